@@ -1,0 +1,201 @@
+"""The algorithm's maths against naive references and closed forms."""
+
+import numpy as np
+import pytest
+import torch
+
+
+def random_rollout(T, N, seed, p_end=0.15):
+    """Random next-step-autoreset data: after a step that ends an episode comes a reset step (reward 0,
+    neither terminated nor truncated), as gymnasium 1.x and envpool produce. Step 0 of env 0 is a reset
+    step carried over from the previous rollout."""
+    rng = np.random.default_rng(seed)
+    rewards = rng.normal(size=(T, N)).astype(np.float32)
+    terms = np.zeros((T, N), np.float32)
+    truncs = np.zeros((T, N), np.float32)
+    is_reset = np.zeros((T, N), bool)
+    is_reset[0, 0] = True
+    for n in range(N):
+        for t in range(T):
+            if is_reset[t, n]:
+                rewards[t, n] = 0.0
+                continue
+            u = rng.random()
+            if u < p_end:
+                terms[t, n] = 1.0
+            elif u < 2 * p_end:
+                truncs[t, n] = 1.0
+            if (terms[t, n] or truncs[t, n]) and t + 1 < T:
+                is_reset[t + 1, n] = True
+    values = rng.normal(size=(T + 1, N)).astype(np.float32)
+    return rewards, values, terms, truncs, is_reset
+
+
+def naive_gae(rewards, values, terms, truncs, is_reset, gamma, lam):
+    """Per-episode GAE, one env at a time, written from the definition: each episode's transitions are
+    collected, bootstrapped at their end (0 if terminated; V(final observation) if truncated or cut by the
+    rollout's end) and discounted backwards. Reset steps are no transition and get NaN."""
+    T, N = rewards.shape
+    adv = np.full((T, N), np.nan)
+    for n in range(N):
+        t = 0
+        while t < T:
+            if is_reset[t, n]:
+                t += 1
+                continue
+            episode = []
+            while t < T:
+                episode.append(t)
+                if terms[t, n] or truncs[t, n]:
+                    break
+                t += 1
+            last = episode[-1]
+            bootstrap = 0.0 if terms[last, n] else values[last + 1, n]
+            next_values = [values[i + 1, n] for i in episode[:-1]] + [bootstrap]
+            running = 0.0
+            for i, nv in reversed(list(zip(episode, next_values))):
+                delta = rewards[i, n] + gamma * nv - values[i, n]
+                running = delta + gamma * lam * running
+                adv[i, n] = running
+            t = last + 1
+    return adv
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_gae_matches_naive_per_episode_reference(script, seed):
+    rewards, values, terms, truncs, is_reset = random_rollout(64, 6, seed)
+    expected = naive_gae(rewards, values, terms, truncs, is_reset, 0.99, 0.95)
+    got = script.compute_gae(*map(torch.from_numpy, (rewards, values, terms, truncs)), 0.99, 0.95).numpy()
+    valid = ~is_reset
+    assert terms.sum() > 3 and truncs.sum() > 3 and is_reset.sum() > 6  # the data exercises every case
+    np.testing.assert_allclose(got[valid], expected[valid], rtol=1e-5, atol=1e-5)
+
+
+def test_gae_truncation_bootstraps_and_termination_does_not(script):
+    """Constant reward 1 and the true value 1/(1-gamma) everywhere: every TD error is 0 when a truncated
+    step bootstraps from V(final observation); a terminated step has advantage r - V."""
+    gamma, v = 0.9, 10.0
+    T = 6
+    rewards = torch.tensor([[1.0], [1.0], [1.0], [0.0], [1.0], [1.0]])  # step 3 is the reset step
+    values = torch.full((T + 1, 1), v)
+    truncs = torch.tensor([[0.0], [0.0], [1.0], [0.0], [0.0], [0.0]])
+    terms = torch.zeros(T, 1)
+    adv = script.compute_gae(rewards, values, terms, truncs, gamma, 0.95)
+    assert torch.allclose(adv[[0, 1, 2, 4, 5]], torch.zeros(5, 1), atol=1e-5)
+    terms_at_2 = truncs.clone()
+    adv_term = script.compute_gae(rewards, values, terms_at_2, torch.zeros(T, 1), gamma, 0.95)
+    assert adv_term[2, 0] == pytest.approx(1.0 - v)
+
+
+def test_gae_never_crosses_an_episode_boundary(script):
+    rewards, values, terms, truncs, is_reset = random_rollout(40, 3, 7)
+    ended = np.argwhere((terms + truncs)[:-2] > 0)
+    t, n = ended[0]
+    base = script.compute_gae(*map(torch.from_numpy, (rewards, values, terms, truncs)), 0.99, 0.95)
+    later_rewards = rewards.copy()
+    later_rewards[t + 2 :, n] += 100.0  # change only what comes after the episode's end and its reset step
+    changed = script.compute_gae(*map(torch.from_numpy, (later_rewards, values, terms, truncs)), 0.99, 0.95)
+    assert torch.equal(base[: t + 1, n], changed[: t + 1, n])
+
+
+@pytest.mark.parametrize(
+    "advantage, ratio, gradient_is_zero",
+    [
+        (1.0, 1.05, False),  # A > 0, inside the band
+        (1.0, 1.5, True),  # A > 0, above: clipped, no incentive to grow further
+        (1.0, 0.5, False),  # A > 0, below: the unclipped term is the minimum, pushes r back up
+        (-1.0, 0.95, False),  # A < 0, inside
+        (-1.0, 1.5, False),  # A < 0, above: the unclipped term is the minimum, pushes r back down
+        (-1.0, 0.5, True),  # A < 0, below: clipped
+    ],
+)
+def test_clipped_objective_six_cases(script, advantage, ratio, gradient_is_zero):
+    logratio = torch.tensor([np.log(ratio)], requires_grad=True)
+    adv = torch.tensor([advantage])
+    loss = script.clipped_policy_loss(logratio, adv, 0.2)
+    expected = -min(ratio * advantage, float(np.clip(ratio, 0.8, 1.2)) * advantage)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    loss.backward()
+    if gradient_is_zero:
+        assert logratio.grad.item() == 0.0
+    else:  # d(-A r)/d log r = -A r
+        assert logratio.grad.item() == pytest.approx(-advantage * ratio, rel=1e-6)
+
+
+def test_value_loss_clipping(script):
+    old = torch.tensor([0.0, 0.0, 0.0])
+    new = torch.tensor([1.0, 1.0, 0.1], requires_grad=True)
+    ret = torch.tensor([2.0, 0.0, 2.0])
+    loss = script.value_loss(new, old, ret, 0.2, clip_vloss=True)
+    # per sample: max((new-ret)^2, (old + clip(new-old, -.2, .2) - ret)^2)
+    per_sample = [max(1.0, 1.8**2), max(1.0, 0.2**2), max(1.9**2, 1.9**2)]
+    assert loss.item() == pytest.approx(0.5 * np.mean(per_sample), rel=1e-6)
+    loss.backward()
+    # sample 0: the clipped term wins -> no gradient; sample 1: unclipped -> (new-ret)/3; sample 2: inside the band
+    assert new.grad.tolist() == pytest.approx([0.0, 1.0 / 3, -1.9 / 3], rel=1e-6)
+    unclipped = script.value_loss(new.detach(), old, ret, 0.2, clip_vloss=False)
+    assert unclipped.item() == pytest.approx(0.5 * np.mean([1.0, 1.0, 1.9**2]), rel=1e-6)
+
+
+def test_approx_kl_estimates_the_true_kl(script):
+    """mean((r-1) - log r) over actions sampled from the old policy estimates KL(old || new); it is >= 0
+    for every sample and 0 when the policies agree."""
+    torch.manual_seed(0)
+    old_logits, new_logits = torch.tensor([0.2, -0.4, 1.0]), torch.tensor([0.5, -0.1, 0.6])
+    old, new = torch.distributions.Categorical(logits=old_logits), torch.distributions.Categorical(logits=new_logits)
+    actions = old.sample((200_000,))
+    logratio = new.log_prob(actions) - old.log_prob(actions)
+    true_kl = torch.distributions.kl_divergence(old, new).item()
+    assert script.approx_kl(logratio).item() == pytest.approx(true_kl, rel=0.05)
+    assert (torch.expm1(logratio) - logratio).min() >= 0
+    assert script.approx_kl(torch.zeros(10)).item() == 0.0
+
+
+def test_logprobs_and_entropy_match_torch_distributions(ppo_discrete):
+    logits = torch.randn(7, 4)
+    actions = torch.randint(0, 4, (7,))
+    logprob, entropy, logp_all = ppo_discrete.logprobs_and_entropy(logits, actions)
+    dist = torch.distributions.Categorical(logits=logits)
+    assert torch.allclose(logprob, dist.log_prob(actions), atol=1e-6)
+    assert torch.allclose(entropy, dist.entropy(), atol=1e-6)
+    assert torch.allclose(logp_all.exp().sum(-1), torch.ones(7), atol=1e-6)
+
+
+def test_gumbel_max_sampling_matches_the_categorical_distribution():
+    """The rollout samples argmax(logits + G), G ~ Gumbel(0, 1) from -log(Exp(1)): same law as Categorical."""
+    torch.manual_seed(0)
+    logits = torch.tensor([0.3, -1.0, 1.2])
+    gumbel = -torch.empty((200_000, 3)).exponential_().log()
+    freq = torch.bincount((logits + gumbel).argmax(-1), minlength=3).float() / 200_000
+    assert torch.allclose(freq, logits.softmax(-1), atol=0.005)
+
+
+def test_normalize_advantages(script):
+    adv = torch.tensor([1.0, 2.0, 3.0, 10.0])
+    out = script.normalize_advantages(adv)
+    assert out.mean().item() == pytest.approx(0.0, abs=1e-6)
+    assert out.std().item() == pytest.approx(1.0, rel=1e-6)
+
+
+def test_annealed_lr_is_linear_from_lr_to_lr_over_n(script):
+    n, lr = 10, 2.5e-4
+    lrs = [script.annealed_lr(i, n, lr) for i in range(1, n + 1)]
+    assert lrs[0] == lr and lrs[-1] == pytest.approx(lr / n)
+    assert np.allclose(np.diff(lrs), -lr / n)
+
+
+@pytest.mark.parametrize(
+    "kl, expected_beta", [(0.001, 0.5), (0.0066, 0.5), (0.007, 1.0), (0.01, 1.0), (0.015, 1.0), (0.016, 2.0)]
+)
+def test_kl_penalty_beta_adaptation(script, kl, expected_beta):
+    """PPO paper, section 4: d < d_targ/1.5 -> beta/2; d > 1.5 d_targ -> 2 beta (d_targ = 0.01)."""
+    assert script.adapt_kl_beta(1.0, kl, 0.01) == expected_beta
+
+
+def test_kl_penalty_loss(script):
+    logratio = torch.tensor([0.1, -0.2], requires_grad=True)
+    adv = torch.tensor([1.0, 2.0])
+    kl = torch.tensor([0.05, 0.01])
+    loss = script.kl_penalty_policy_loss(logratio, adv, kl, 3.0)
+    expected = np.mean([-(1.0 * np.exp(0.1) - 3.0 * 0.05), -(2.0 * np.exp(-0.2) - 3.0 * 0.01)])
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
