@@ -1,0 +1,349 @@
+"""ppo_discrete.py end to end: update phase, time limits, reproducibility, resume, logging, checkpoints, errors."""
+
+import glob
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+
+def tiny(P, **kw):
+    """4 iterations of 2 envs x 16 steps: a run of about a second."""
+    defaults = dict(num_envs=2, num_steps=16, total_timesteps=128, num_minibatches=2, update_epochs=2)
+    return P.Args(**{**defaults, **kw})
+
+
+def learning(result):
+    """What a run computed, per iteration: every logged scalar except the wall-clock SPS."""
+    return [{k: v for k, v in h.items() if k != "charts/SPS"} for h in result["history"]]
+
+
+def scalars(run_dir):
+    acc = EventAccumulator(run_dir, size_guidance={"scalars": 0, "tensors": 0})
+    acc.Reload()
+    return acc
+
+
+def rollout_batch(P, agent, n=256, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    obs = torch.randn(n, 4, generator=g)
+    with torch.no_grad():
+        logits = agent.actor(obs)
+        actions = torch.distributions.Categorical(logits=logits).sample()
+        logprobs, _, logp_all = P.logprobs_and_entropy(logits, actions)
+        values = agent.get_value(obs)
+    advantages = torch.randn(n, generator=g)
+    return dict(obs=obs, actions=actions, logprobs=logprobs, logp_all=logp_all, values=values,
+                advantages=advantages, returns=advantages + values)
+
+
+# --- the update phase --------------------------------------------------------------------------------------
+
+
+def test_kl_early_stop_is_checked_per_minibatch(ppo_discrete):
+    """With a KL target that one aggressive step exceeds, the update phase stops at the second minibatch:
+    one minibatch step in all, not the 4 that an end-of-epoch check would allow, nor the 16 of no check."""
+    P = ppo_discrete
+    torch.manual_seed(0)
+    args = P.Args(num_envs=4, num_steps=64, num_minibatches=4, update_epochs=4, target_kl=1e-4)
+    agent = P.Agent(4, 2)
+    optimizer = torch.optim.Adam(agent.parameters(), lr=0.05)
+    before = [p.detach().clone() for p in agent.parameters()]
+    stats = P.ppo_update(agent, optimizer, rollout_batch(P, agent), args, kl_beta=1.0)
+    assert stats["minibatch_updates"] == 1
+    assert any(not torch.equal(a, b) for a, b in zip(before, agent.parameters()))
+
+    args.target_kl = None
+    stats = P.ppo_update(agent, optimizer, rollout_batch(P, agent), args, kl_beta=1.0)
+    assert stats["minibatch_updates"] == 16
+
+
+def test_update_uses_every_transition_once_per_epoch(ppo_discrete, monkeypatch):
+    """Minibatches partition the (reset-step-free) batch, whatever its size."""
+    P = ppo_discrete
+    agent = P.Agent(4, 2)
+    batch = rollout_batch(P, agent, n=253)
+    seen = []
+    real = P.logprobs_and_entropy
+    monkeypatch.setattr(P, "logprobs_and_entropy", lambda logits, a: (seen.append(len(a)), real(logits, a))[1])
+    args = P.Args(num_envs=4, num_steps=64, num_minibatches=4, update_epochs=3)
+    P.ppo_update(agent, torch.optim.Adam(agent.parameters()), batch, args, 1.0)
+    assert len(seen) == 12 and sum(seen) == 3 * 253 and max(seen) - min(seen) <= 1
+
+
+# --- time limits and reset steps ------------------------------------------------------------------------------
+
+
+def test_truncation_bootstrap_learns_the_true_value(ppo_discrete):
+    """ConstantReward: reward 1 forever, cut by a 5-step time limit. With gamma 0.9 the true value is 10.
+    Treating the cut as termination would learn about 4.1; learning from the reset steps about 8.3."""
+    P = ppo_discrete
+    args = tiny(P, env_id="tests/ConstantReward-v0", gamma=0.9, num_envs=4, num_steps=32, total_timesteps=40_960,
+                learning_rate=3e-3, clip_vloss=False, anneal_lr=False)
+    result = P.main(args)
+    with torch.no_grad():
+        value = result["agent"].get_value(torch.full((1, 3), 0.5)).item()
+    assert value == pytest.approx(10.0, abs=0.5)
+    assert {e[2] for e in result["episodes"]} == {5}
+
+
+def test_every_finished_episode_is_logged(ppo_discrete):
+    P = ppo_discrete
+    result = P.main(tiny(P, env_id="tests/ConstantReward-v0"))
+    # 128 steps over 2 envs: each env runs 64 steps = 10 episodes of 5 steps plus their 10 reset steps (60 steps)
+    assert len(result["episodes"]) == 20
+    assert all(r == 5.0 and length == 5 for _, r, length in result["episodes"])
+
+
+# --- reproducibility and resume ----------------------------------------------------------------------------
+
+
+def test_same_seed_same_run_and_other_seed_differs(ppo_discrete):
+    P = ppo_discrete
+    a, b = P.main(tiny(P)), P.main(tiny(P))
+    assert learning(a) == learning(b) and a["episodes"] == b["episodes"]
+    c = P.main(tiny(P, seed=2))
+    assert learning(c) != learning(a)
+
+
+@pytest.mark.parametrize("backend", ["gymnasium", "envpool"])
+def test_resume_reproduces_the_uninterrupted_run(ppo_discrete, monkeypatch, workdir, backend):
+    """A run killed after its checkpoint at iteration 4 of 8 and resumed gives exactly the uninterrupted
+    run's losses, episodes and weights (CPU), learning-rate annealing included: replaying the logged
+    actions restores the environments' state."""
+    P = ppo_discrete
+    for name in ("full", "crash"):
+        (workdir / name).mkdir()
+    monkeypatch.chdir(workdir / "full")
+    full = P.main(tiny(P, total_timesteps=256, env_backend=backend))
+
+    monkeypatch.chdir(workdir / "crash")
+    real_update, calls = P.ppo_update, []
+
+    def crashing_update(*a, **k):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt  # killed during iteration 5
+        return real_update(*a, **k)
+
+    monkeypatch.setattr(P, "ppo_update", crashing_update)
+    interrupted_args = tiny(P, total_timesteps=256, save_model=True, checkpoint_every=4, env_backend=backend)
+    with pytest.raises(KeyboardInterrupt):
+        P.main(interrupted_args)
+    monkeypatch.setattr(P, "ppo_update", real_update)
+    (ckpt,) = glob.glob("runs/*/checkpoint.pt")
+    assert torch.load(ckpt, weights_only=True)["iteration"] == 4
+
+    resumed = P.main(P.parse_args(["--resume", ckpt]))
+    assert learning(resumed) == learning(full)[4:]
+    assert resumed["episodes"] == full["episodes"]
+    for p, q in zip(resumed["agent"].parameters(), full["agent"].parameters()):
+        assert torch.equal(p, q)
+
+
+def test_resume_takes_flags_from_the_checkpoint_and_refuses_other_envs(ppo_discrete):
+    P = ppo_discrete
+    P.main(tiny(P, save_model=True, learning_rate=1e-3))
+    (ckpt,) = glob.glob("runs/*/checkpoint.pt")
+    args = P.parse_args(["--resume", ckpt, "--total-timesteps", "256"])
+    assert args.learning_rate == 1e-3 and args.num_envs == 2 and args.total_timesteps == 256
+    with pytest.raises(P.UsageError, match="--num-envs 3 differs from the checkpoint's 2"):
+        P.main(P.parse_args(["--resume", ckpt, "--num-envs", "3"]))
+    # a finished run resumed with nothing left to train only evaluates
+    result = P.main(P.parse_args([f"--resume={ckpt}", "--eval-episodes", "2"]))
+    assert result["history"] == [] and set(result["eval"]) == {"greedy", "sampled"}
+
+
+# --- logging -----------------------------------------------------------------------------------------------
+
+
+def test_tensorboard_has_cleanrl_tags(ppo_discrete):
+    P = ppo_discrete
+    result = P.main(tiny(P))
+    acc = scalars(result["run_dir"])
+    tags = set(acc.Tags()["scalars"])
+    expected = {"charts/episodic_return", "charts/episodic_length", "charts/SPS", "charts/learning_rate",
+                "losses/value_loss", "losses/policy_loss", "losses/entropy", "losses/old_approx_kl",
+                "losses/approx_kl", "losses/clipfrac", "losses/explained_variance"}
+    assert expected <= tags
+    assert len(acc.Scalars("losses/approx_kl")) == 4  # once per iteration
+    assert len(acc.Scalars("charts/episodic_return")) == len(result["episodes"])
+    assert [s.step for s in acc.Scalars("charts/SPS")] == [32, 64, 96, 128]
+    assert "hyperparameters/text_summary" in acc.Tags()["tensors"]
+
+
+def test_losses_are_averaged_over_minibatches(ppo_discrete, monkeypatch):
+    P = ppo_discrete
+    seen = []
+    real = P.value_loss
+    monkeypatch.setattr(P, "value_loss", lambda *a, **k: (lambda v: (seen.append(v.item()), v)[1])(real(*a, **k)))
+    result = P.main(tiny(P, total_timesteps=32))
+    assert len(seen) == 4
+    assert result["history"][0]["losses/value_loss"] == pytest.approx(np.mean(seen), rel=1e-5)
+
+
+def test_kl_penalty_adapts_beta_by_the_measured_kl(ppo_discrete):
+    P = ppo_discrete
+    result = P.main(tiny(P, loss_type="kl-penalty", total_timesteps=320, kl_target=0.001, learning_rate=1e-3))
+    betas = [h["losses/kl_beta"] for h in result["history"]]
+    kls = [h["losses/kl"] for h in result["history"]]
+    assert betas[0] == 1.0
+    for beta, kl, next_beta in zip(betas, kls, betas[1:]):
+        assert next_beta == P.adapt_kl_beta(beta, kl, 0.001)
+    assert len(set(betas)) > 1
+
+
+def test_track_writes_wandb_offline_run(ppo_discrete, workdir):
+    P = ppo_discrete
+    P.main(tiny(P, track=True, wandb_project_name="test"))
+    runs = glob.glob(str(workdir / "wandb" / "offline-run-*" / "run-*.wandb"))
+    assert len(runs) == 1 and os.path.getsize(runs[0]) > 0
+
+
+def test_capture_video_records_env_0(ppo_discrete):
+    P = ppo_discrete
+    result = P.main(tiny(P, capture_video=True, total_timesteps=1024))
+    assert result["episodes"]
+    assert glob.glob(f"videos/{result['run_name']}/*.mp4")
+
+
+# --- evaluation ----------------------------------------------------------------------------------------------
+
+
+def test_eval_logs_both_modes_and_leaves_training_untouched(ppo_discrete):
+    P = ppo_discrete
+    plain = P.main(tiny(P))
+    evaluated = P.main(tiny(P, eval_episodes=3))
+    assert learning(evaluated) == learning(plain)
+    assert set(evaluated["eval"]) == {"greedy", "sampled"}
+    acc = scalars(evaluated["run_dir"])
+    assert len(acc.Scalars("eval/episodic_return")) == 3
+    assert len(acc.Scalars("eval/episodic_return_greedy")) == 3
+
+
+def test_evaluate_runs_exactly_the_requested_episodes(ppo_discrete):
+    P = ppo_discrete
+    args = tiny(P, env_id="tests/ConstantReward-v0", num_envs=4)
+    returns = P.evaluate(P.Agent(3, 2), args, 7, greedy=True, device=torch.device("cpu"))
+    assert returns.tolist() == [5.0] * 7
+
+
+# --- checkpoints ---------------------------------------------------------------------------------------------
+
+
+def test_checkpoint_write_is_atomic(ppo_discrete, monkeypatch):
+    P = ppo_discrete
+    P.save_checkpoint("ckpt.pt", {"format": P.CHECKPOINT_FORMAT, "n": 1})
+
+    def crash_mid_write(obj, f):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    with monkeypatch.context() as m, pytest.raises(OSError):
+        m.setattr(P.torch, "save", crash_mid_write)
+        P.save_checkpoint("ckpt.pt", {"format": P.CHECKPOINT_FORMAT, "n": 2})
+    assert P.load_checkpoint("ckpt.pt")["n"] == 1
+    assert os.listdir(".") == ["ckpt.pt"]
+
+
+class NotAllowed:
+    pass
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "no such file"),
+        (b"not a checkpoint at all", "not a readable checkpoint"),
+        ({"agent": {}}, "not a ppo_discrete.py checkpoint"),
+        (NotAllowed(), "not a readable checkpoint"),  # arbitrary objects are never unpickled
+    ],
+)
+def test_load_refuses_anything_but_this_scripts_checkpoint(ppo_discrete, content, message):
+    P = ppo_discrete
+    if isinstance(content, bytes):
+        open("bad.pt", "wb").write(content)
+    elif content is not None:
+        torch.save(content, "bad.pt")
+    with pytest.raises(P.UsageError, match=f"--resume bad.pt: {message}"):
+        P.load_checkpoint("bad.pt")
+
+
+def test_checkpoint_has_everything_to_continue(ppo_discrete):
+    P = ppo_discrete
+    result = P.main(tiny(P, save_model=True))
+    ckpt = P.load_checkpoint(f"{result['run_dir']}/checkpoint.pt")
+    assert ckpt["iteration"] == 4 and ckpt["global_step"] == 128
+    assert ckpt["actions"].shape == (64, 2)
+    assert set(ckpt) >= {"agent", "optimizer", "rng", "args", "run_name", "episodes", "kl_beta"}
+
+
+# --- bad input -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        (dict(num_envs=0), "--num-envs must be positive"),
+        (dict(num_steps=-5), "--num-steps must be positive"),
+        (dict(total_timesteps=0), "--total-timesteps must be positive"),
+        (dict(learning_rate=0.0), "--learning-rate must be positive"),
+        (dict(gamma=1.5), r"--gamma must be in \[0, 1\]"),
+        (dict(num_minibatches=3), "--num-minibatches 3 must divide the batch size num_envs\\*num_steps = 32"),
+        (dict(total_timesteps=10), "--total-timesteps 10 is less than one batch"),
+        (dict(target_kl=0.0), "--target-kl must be positive"),
+        (dict(checkpoint_every=2), "--checkpoint-every needs --save-model"),
+        (dict(env_id="NoSuchEnv-v0"), "--env-id NoSuchEnv-v0: not a registered gymnasium environment"),
+        (dict(env_id="Pendulum-v1"), "--env-id Pendulum-v1: action space Box.* is not Discrete"),
+        (dict(env_id="NoSuchEnv-v0", env_backend="envpool"), "--env-id NoSuchEnv-v0: not an envpool environment"),
+        (dict(resume="missing.pt"), "--resume missing.pt: no such file"),
+    ],
+)
+def test_bad_input_is_refused_before_anything_is_written(ppo_discrete, workdir, kw, message):
+    P = ppo_discrete
+    with pytest.raises(P.UsageError, match=message):
+        P.main(tiny(P, **kw))
+    assert os.listdir(workdir) == []
+
+
+def test_cli_error_is_one_line_and_nonzero_exit(workdir):
+    proc = subprocess.run([sys.executable, str(ROOT / "ppo_discrete.py"), "--num-minibatches", "3"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "ppo_discrete.py: error: --num-minibatches 3 must divide the batch size num_envs*num_steps = 512"
+    )
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not os.path.exists(workdir / "runs")
+
+
+def test_help_lists_every_flag_with_its_help(ppo_discrete):
+    P = ppo_discrete
+    proc = subprocess.run([sys.executable, str(ROOT / "ppo_discrete.py"), "--help"],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "200"})
+    assert proc.returncode == 0
+    for field in P.Args.__dataclass_fields__:
+        assert "--" + field.replace("_", "-") in proc.stdout
+
+
+# --- backends and devices ------------------------------------------------------------------------------------
+
+
+def test_envpool_backend(ppo_discrete):
+    P = ppo_discrete
+    result = P.main(tiny(P, env_backend="envpool", env_id="CartPole-v1", total_timesteps=1024))
+    assert len(result["history"]) == 32 and result["episodes"]
+    assert all(0 < length <= 500 for _, _, length in result["episodes"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_run(ppo_discrete):
+    P = ppo_discrete
+    result = P.main(tiny(P, total_timesteps=1024, save_model=True, eval_episodes=2))
+    assert next(result["agent"].parameters()).is_cuda
+    assert result["episodes"] and set(result["eval"]) == {"greedy", "sampled"}
