@@ -5,7 +5,7 @@ import random
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
-from typing import Literal, Optional
+from typing import Literal
 
 import gymnasium as gym
 import numpy as np
@@ -34,7 +34,7 @@ class Args:
     """if toggled, this experiment will be tracked with Weights and Biases"""
     wandb_project_name: str = "cleanRL"
     """the wandb's project name"""
-    wandb_entity: Optional[str] = None
+    wandb_entity: str | None = None
     """the entity (team) of wandb's project"""
     capture_video: bool = False
     """whether to capture videos of the agent performances (check out `videos` folder)"""
@@ -42,7 +42,7 @@ class Args:
     """whether to save a checkpoint to `runs/{run_name}/checkpoint.pt` at the end (and every `--checkpoint-every` iterations)"""
     checkpoint_every: int = 0
     """with `--save-model`, also checkpoint every this many iterations (0: only at the end)"""
-    resume: Optional[str] = None
+    resume: str | None = None
     """path of a checkpoint of this script to continue from (its flags become the defaults)"""
     eval_episodes: int = 0
     """after training, evaluate the final policy for this many episodes, greedy and sampled (0: no evaluation)"""
@@ -88,7 +88,7 @@ class Args:
     """coefficient of the value function"""
     max_grad_norm: float = 0.5
     """the maximum norm for the gradient clipping"""
-    target_kl: Optional[float] = None
+    target_kl: float | None = None
     """early-stop the update phase at the first minibatch whose approx_kl exceeds this (None: never)"""
 
     @property
@@ -420,7 +420,7 @@ def evaluate(agent: Agent, args: Args, episodes: int, greedy: bool, device: torc
     envs = make_envs(args, num_envs, args.seed + 10000, capture_video=False, run_name="")
     generator = torch.Generator(device=device).manual_seed(args.seed + 10000)
     returns = [[] for _ in range(num_envs)]
-    next_obs, _ = envs.reset(seed=args.seed + 10000)
+    next_obs, _ = envs.reset(seed=args.seed + 10000 if args.env_backend == "gymnasium" else None)
     with torch.inference_mode():
         while any(len(r) < q for r, q in zip(returns, quota)):
             logits = agent.actor(torch.as_tensor(next_obs, dtype=torch.float32, device=device))
@@ -474,7 +474,13 @@ def parse_args(argv: list[str]) -> Args:
     """tyro CLI; with `--resume PATH`, the checkpoint's flags are the defaults that the command line overrides."""
     default = Args()
     for i, arg in enumerate(argv):
-        path = arg.split("=", 1)[1] if arg.startswith("--resume=") else argv[i + 1] if arg == "--resume" and i + 1 < len(argv) else None
+        path = (
+            arg.split("=", 1)[1]
+            if arg.startswith("--resume=")
+            else argv[i + 1]
+            if arg == "--resume" and i + 1 < len(argv)
+            else None
+        )
         if path is not None and path != "None":
             saved = load_checkpoint(path)["args"]
             names = {f.name for f in fields(Args)}
@@ -503,7 +509,12 @@ def main(args: Args) -> dict:
 
     run_name = ckpt["run_name"] if ckpt else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
     run_dir = f"runs/{run_name}"
-    config = {**asdict(args), "batch_size": args.batch_size, "minibatch_size": args.minibatch_size, "num_iterations": args.num_iterations}
+    config = {
+        **asdict(args),
+        "batch_size": args.batch_size,
+        "minibatch_size": args.minibatch_size,
+        "num_iterations": args.num_iterations,
+    }
     wandb_run = None
     if args.track:
         import wandb
@@ -553,7 +564,7 @@ def main(args: Args) -> dict:
 
     # TRY NOT TO MODIFY: start the game
     global_step, start_iteration, kl_beta, episodes = 0, 1, args.kl_beta, []
-    next_obs, _ = envs.reset(seed=args.seed)
+    next_obs, _ = envs.reset(seed=args.seed if args.env_backend == "gymnasium" else None)  # envpool: seeded at make
     next_done = np.zeros(args.num_envs, dtype=bool)  # whether the last step ended an episode
     if ckpt is not None:
         agent.load_state_dict(ckpt["agent"])
@@ -583,7 +594,10 @@ def main(args: Args) -> dict:
                 "kl_beta": kl_beta,
                 "agent": agent.state_dict(),
                 "optimizer": optimizer.state_dict(),
-                "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None},
+                "rng": {
+                    "torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None,
+                },
                 "actions": torch.cat(action_log),
                 "episodes": [list(e) for e in episodes],
                 "wandb_id": wandb_run.id if wandb_run else None,
@@ -591,107 +605,145 @@ def main(args: Args) -> dict:
         )
 
     history = []
-    start_time, start_step, last_print = time.time(), global_step, 0.0
-    bar = tqdm(total=args.num_iterations * args.batch_size, initial=global_step, unit="step", dynamic_ncols=True) if sys.stderr.isatty() else None
-    for iteration in range(start_iteration, args.num_iterations + 1):
-        # Annealing the rate if instructed to do so.
-        lrnow = annealed_lr(iteration, args.num_iterations, args.learning_rate) if args.anneal_lr else args.learning_rate
-        optimizer.param_groups[0]["lr"] = lrnow
+    start_time, start_step, last_print, saved = time.time(), global_step, 0.0, False
+    bar = (
+        tqdm(total=args.num_iterations * args.batch_size, initial=global_step, unit="step", dynamic_ncols=True)
+        if sys.stderr.isatty()
+        else None
+    )
+    try:
+        for iteration in range(start_iteration, args.num_iterations + 1):
+            # Annealing the rate if instructed to do so.
+            lrnow = (
+                annealed_lr(iteration, args.num_iterations, args.learning_rate)
+                if args.anneal_lr
+                else args.learning_rate
+            )
+            optimizer.param_groups[0]["lr"] = lrnow
 
-        obs[0] = obs[args.num_steps]
-        reset_first = next_done
-        iteration_episodes = []
-        with torch.inference_mode():
-            # Gumbel-max sampling: argmax(logits + G) with G ~ Gumbel(0, 1) is a sample of Categorical(logits).
-            gumbel = -torch.empty((args.num_steps, args.num_envs, num_actions), device=device).exponential_().log()
-            for step in range(0, args.num_steps):
-                global_step += args.num_envs
-                action = (agent.actor(obs_t[step]) + gumbel[step]).argmax(-1)
-                actions_t[step].copy_(action)
+            obs[0] = obs[args.num_steps]
+            reset_first = next_done
+            iteration_episodes = []
+            with torch.inference_mode():
+                # Gumbel-max sampling: argmax(logits + G) with G ~ Gumbel(0, 1) is a sample of Categorical(logits).
+                gumbel = -torch.empty((args.num_steps, args.num_envs, num_actions), device=device).exponential_().log()
+                for step in range(0, args.num_steps):
+                    global_step += args.num_envs
+                    action = (agent.actor(obs_t[step]) + gumbel[step]).argmax(-1)
+                    actions_t[step].copy_(action)
 
-                # TRY NOT TO MODIFY: execute the game and log data.
-                next_obs, rewards[step], terminations[step], truncations[step], infos = envs.step(action.cpu().numpy())
-                obs_t[step + 1].copy_(torch.from_numpy(next_obs))
-                if "episode" in infos:
-                    for i in np.nonzero(infos["_episode"])[0]:
-                        iteration_episodes.append((global_step, float(infos["episode"]["r"][i]), int(infos["episode"]["l"][i])))
-            next_done = (terminations[-1] + truncations[-1]) > 0
+                    # TRY NOT TO MODIFY: execute the game and log data.
+                    next_obs, rewards[step], terminations[step], truncations[step], infos = envs.step(
+                        action.cpu().numpy()
+                    )
+                    obs_t[step + 1].copy_(torch.from_numpy(next_obs))
+                    if "episode" in infos:
+                        for i in np.nonzero(infos["_episode"])[0]:
+                            iteration_episodes.append(
+                                (global_step, float(infos["episode"]["r"][i]), int(infos["episode"]["l"][i]))
+                            )
+                next_done = (terminations[-1] + truncations[-1]) > 0
 
-            # Old log-probabilities and values in one batched pass: the parameters did not change during the rollout.
-            logprobs, _, logp_all = logprobs_and_entropy(agent.actor(obs[:-1]), actions)
-            values = agent.get_value(obs)
-            t_rewards, t_terms, t_truncs = (torch.from_numpy(x).to(device) for x in (rewards, terminations, truncations))
-            advantages = compute_gae(t_rewards, values, t_terms, t_truncs, args.gamma, args.gae_lambda)
-            returns = advantages + values[:-1]
-            # A reset step (the step after an episode ended, its action ignored) is no transition: leave it out.
-            is_reset = torch.cat([torch.from_numpy(reset_first).to(device)[None], (t_terms[:-1] + t_truncs[:-1]) > 0])
-            b_inds = torch.nonzero(~is_reset.reshape(-1)).squeeze(1)
-        action_log.append(actions.to("cpu", action_dtype))
+                # Old log-probabilities and values in one batched pass: the parameters did not change during the rollout.
+                logprobs, _, logp_all = logprobs_and_entropy(agent.actor(obs[:-1]), actions)
+                values = agent.get_value(obs)
+                t_rewards, t_terms, t_truncs = (
+                    torch.from_numpy(x).to(device) for x in (rewards, terminations, truncations)
+                )
+                advantages = compute_gae(t_rewards, values, t_terms, t_truncs, args.gamma, args.gae_lambda)
+                returns = advantages + values[:-1]
+                # A reset step (the step after an episode ended, its action ignored) is no transition: leave it out.
+                is_reset = torch.cat(
+                    [torch.from_numpy(reset_first).to(device)[None], (t_terms[:-1] + t_truncs[:-1]) > 0]
+                )
+                b_inds = torch.nonzero(~is_reset.reshape(-1)).squeeze(1)
+            action_log.append(actions.to("cpu", action_dtype))
 
-        # flatten the batch (indexing outside inference mode gives normal tensors that autograd accepts)
-        batch = {
-            "obs": obs[:-1].reshape(-1, obs_dim)[b_inds],
-            "actions": actions.reshape(-1)[b_inds],
-            "logprobs": logprobs.reshape(-1)[b_inds],
-            "logp_all": logp_all.reshape(-1, num_actions)[b_inds],
-            "values": values[:-1].reshape(-1)[b_inds],
-            "advantages": advantages.reshape(-1)[b_inds],
-            "returns": returns.reshape(-1)[b_inds],
-        }
-        stats = ppo_update(agent, optimizer, batch, args, kl_beta)
+            # flatten the batch (indexing outside inference mode gives normal tensors that autograd accepts)
+            batch = {
+                "obs": obs[:-1].reshape(-1, obs_dim)[b_inds],
+                "actions": actions.reshape(-1)[b_inds],
+                "logprobs": logprobs.reshape(-1)[b_inds],
+                "logp_all": logp_all.reshape(-1, num_actions)[b_inds],
+                "values": values[:-1].reshape(-1)[b_inds],
+                "advantages": advantages.reshape(-1)[b_inds],
+                "returns": returns.reshape(-1)[b_inds],
+            }
+            stats = ppo_update(agent, optimizer, batch, args, kl_beta)
 
-        y_pred, y_true = batch["values"], batch["returns"]
-        var_y = y_true.var()
-        explained_var = (1 - (y_true - y_pred).var() / var_y).item() if var_y > 0 else float("nan")
-        if args.loss_type == "kl-penalty":
-            with torch.no_grad():
-                new_logp_all = torch.log_softmax(agent.actor(batch["obs"]), -1)
-                kl = (batch["logp_all"].exp() * (batch["logp_all"] - new_logp_all)).sum(-1).mean().item()
-            stats.update(kl=kl, kl_beta=kl_beta)
-            kl_beta = adapt_kl_beta(kl_beta, kl, args.kl_target)
+            y_pred, y_true = batch["values"], batch["returns"]
+            var_y = y_true.var()
+            explained_var = (1 - (y_true - y_pred).var() / var_y).item() if var_y > 0 else float("nan")
+            if args.loss_type == "kl-penalty":
+                with torch.no_grad():
+                    new_logp_all = torch.log_softmax(agent.actor(batch["obs"]), -1)
+                    kl = (batch["logp_all"].exp() * (batch["logp_all"] - new_logp_all)).sum(-1).mean().item()
+                stats.update(kl=kl, kl_beta=kl_beta)
+                kl_beta = adapt_kl_beta(kl_beta, kl, args.kl_target)
 
-        # TRY NOT TO MODIFY: record rewards for plotting purposes
-        episodes.extend(iteration_episodes)
-        for step_, episodic_return, episodic_length in iteration_episodes:
-            writer.add_scalar("charts/episodic_return", episodic_return, step_)
-            writer.add_scalar("charts/episodic_length", episodic_length, step_)
-        sps = int((global_step - start_step) / (time.time() - start_time))
-        scalars = {"charts/learning_rate": lrnow, "charts/SPS": sps, "charts/minibatch_updates": stats.pop("minibatch_updates")}
-        scalars.update({f"losses/{k}": v for k, v in stats.items()})
-        scalars["losses/explained_variance"] = explained_var
-        for tag, value in scalars.items():
-            writer.add_scalar(tag, value, global_step)
-        history.append(scalars)
+            # TRY NOT TO MODIFY: record rewards for plotting purposes
+            episodes.extend(iteration_episodes)
+            for step_, episodic_return, episodic_length in iteration_episodes:
+                writer.add_scalar("charts/episodic_return", episodic_return, step_)
+                writer.add_scalar("charts/episodic_length", episodic_length, step_)
+            sps = int((global_step - start_step) / (time.time() - start_time))
+            scalars = {
+                "charts/learning_rate": lrnow,
+                "charts/SPS": sps,
+                "charts/minibatch_updates": stats.pop("minibatch_updates"),
+            }
+            scalars.update({f"losses/{k}": v for k, v in stats.items()})
+            scalars["losses/explained_variance"] = explained_var
+            for tag, value in scalars.items():
+                writer.add_scalar(tag, value, global_step)
+            history.append(scalars)
 
-        recent = [e[1] for e in episodes[-20:]]
+            recent = [e[1] for e in episodes[-20:]]
+            if bar is not None:
+                bar.update(global_step - bar.n)
+                bar.set_postfix(SPS=sps, ret=f"{np.mean(recent):.1f}" if recent else "-", refresh=False)
+            elif time.time() - last_print > 10 or iteration == args.num_iterations:
+                last_print = time.time()
+                mean_return = f"{np.mean(recent):.1f}" if recent else "-"
+                print(
+                    f"global_step={global_step} SPS={sps} return(last {len(recent)} episodes)={mean_return}", flush=True
+                )
+            if args.save_model and (
+                iteration == args.num_iterations or (args.checkpoint_every and iteration % args.checkpoint_every == 0)
+            ):
+                checkpoint(iteration)
+                saved = True
+        recent = [e[1] for e in episodes[-100:]]
+        summary = f"{np.mean(recent):.2f} (last {len(recent)} episodes)" if recent else "- (no episode finished)"
+        print(f"finished at global_step={global_step}: mean return {summary}", flush=True)
+        if saved:
+            print(f"checkpoint saved to {run_dir}/checkpoint.pt", flush=True)
+
+        eval_result = {}
+        if args.eval_episodes:
+            for mode, tag in (("sampled", "eval/episodic_return"), ("greedy", "eval/episodic_return_greedy")):
+                eval_returns = evaluate(agent, args, args.eval_episodes, greedy=mode == "greedy", device=device)
+                for idx, episodic_return in enumerate(eval_returns):
+                    writer.add_scalar(tag, episodic_return, idx)
+                eval_result[mode] = float(eval_returns.mean())
+                print(
+                    f"eval ({mode}, {args.eval_episodes} episodes): mean return {eval_returns.mean():.2f} +- {eval_returns.std():.2f}"
+                )
+    finally:
         if bar is not None:
-            bar.update(global_step - bar.n)
-            bar.set_postfix(SPS=sps, ret=f"{np.mean(recent):.1f}" if recent else "-", refresh=False)
-        elif time.time() - last_print > 10 or iteration == args.num_iterations:
-            last_print = time.time()
-            mean_return = f"{np.mean(recent):.1f}" if recent else "-"
-            print(f"global_step={global_step} SPS={sps} return(last {len(recent)} episodes)={mean_return}", flush=True)
-        if args.save_model and (iteration == args.num_iterations or (args.checkpoint_every and iteration % args.checkpoint_every == 0)):
-            checkpoint(iteration)
-    if bar is not None:
-        bar.close()
-    if args.save_model:
-        print(f"checkpoint saved to {run_dir}/checkpoint.pt", flush=True)
-    envs.close()
-
-    eval_result = {}
-    if args.eval_episodes:
-        for mode, tag in (("sampled", "eval/episodic_return"), ("greedy", "eval/episodic_return_greedy")):
-            eval_returns = evaluate(agent, args, args.eval_episodes, greedy=mode == "greedy", device=device)
-            for idx, episodic_return in enumerate(eval_returns):
-                writer.add_scalar(tag, episodic_return, idx)
-            eval_result[mode] = float(eval_returns.mean())
-            print(f"eval ({mode}, {args.eval_episodes} episodes): mean return {eval_returns.mean():.2f} +- {eval_returns.std():.2f}")
-
-    writer.close()
-    if wandb_run is not None:
-        wandb_run.finish()
-    return {"run_name": run_name, "run_dir": run_dir, "history": history, "episodes": episodes, "eval": eval_result, "agent": agent}
+            bar.close()
+        envs.close()
+        writer.close()
+        if wandb_run is not None:
+            wandb_run.finish()
+    return {
+        "run_name": run_name,
+        "run_dir": run_dir,
+        "history": history,
+        "episodes": episodes,
+        "eval": eval_result,
+        "agent": agent,
+    }
 
 
 if __name__ == "__main__":

@@ -38,8 +38,15 @@ def rollout_batch(P, agent, n=256, seed=0):
         logprobs, _, logp_all = P.logprobs_and_entropy(logits, actions)
         values = agent.get_value(obs)
     advantages = torch.randn(n, generator=g)
-    return dict(obs=obs, actions=actions, logprobs=logprobs, logp_all=logp_all, values=values,
-                advantages=advantages, returns=advantages + values)
+    return dict(
+        obs=obs,
+        actions=actions,
+        logprobs=logprobs,
+        logp_all=logp_all,
+        values=values,
+        advantages=advantages,
+        returns=advantages + values,
+    )
 
 
 # --- the update phase --------------------------------------------------------------------------------------
@@ -83,8 +90,17 @@ def test_truncation_bootstrap_learns_the_true_value(ppo_discrete):
     """ConstantReward: reward 1 forever, cut by a 5-step time limit. With gamma 0.9 the true value is 10.
     Treating the cut as termination would learn about 4.1; learning from the reset steps about 8.3."""
     P = ppo_discrete
-    args = tiny(P, env_id="tests/ConstantReward-v0", gamma=0.9, num_envs=4, num_steps=32, total_timesteps=40_960,
-                learning_rate=3e-3, clip_vloss=False, anneal_lr=False)
+    args = tiny(
+        P,
+        env_id="tests/ConstantReward-v0",
+        gamma=0.9,
+        num_envs=4,
+        num_steps=32,
+        total_timesteps=40_960,
+        learning_rate=3e-3,
+        clip_vloss=False,
+        anneal_lr=False,
+    )
     result = P.main(args)
     with torch.no_grad():
         value = result["agent"].get_value(torch.full((1, 3), 0.5)).item()
@@ -167,9 +183,19 @@ def test_tensorboard_has_cleanrl_tags(ppo_discrete):
     result = P.main(tiny(P))
     acc = scalars(result["run_dir"])
     tags = set(acc.Tags()["scalars"])
-    expected = {"charts/episodic_return", "charts/episodic_length", "charts/SPS", "charts/learning_rate",
-                "losses/value_loss", "losses/policy_loss", "losses/entropy", "losses/old_approx_kl",
-                "losses/approx_kl", "losses/clipfrac", "losses/explained_variance"}
+    expected = {
+        "charts/episodic_return",
+        "charts/episodic_length",
+        "charts/SPS",
+        "charts/learning_rate",
+        "losses/value_loss",
+        "losses/policy_loss",
+        "losses/entropy",
+        "losses/old_approx_kl",
+        "losses/approx_kl",
+        "losses/clipfrac",
+        "losses/explained_variance",
+    }
     assert expected <= tags
     assert len(acc.Scalars("losses/approx_kl")) == 4  # once per iteration
     assert len(acc.Scalars("charts/episodic_return")) == len(result["episodes"])
@@ -312,8 +338,12 @@ def test_bad_input_is_refused_before_anything_is_written(ppo_discrete, workdir, 
 
 
 def test_cli_error_is_one_line_and_nonzero_exit(workdir):
-    proc = subprocess.run([sys.executable, str(ROOT / "ppo_discrete.py"), "--num-minibatches", "3"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "ppo_discrete.py"), "--num-minibatches", "3"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines()[-1] == (
         "ppo_discrete.py: error: --num-minibatches 3 must divide the batch size num_envs*num_steps = 512"
@@ -324,8 +354,13 @@ def test_cli_error_is_one_line_and_nonzero_exit(workdir):
 
 def test_help_lists_every_flag_with_its_help(ppo_discrete):
     P = ppo_discrete
-    proc = subprocess.run([sys.executable, str(ROOT / "ppo_discrete.py"), "--help"],
-                          capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "200"})
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "ppo_discrete.py"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     assert proc.returncode == 0
     for field in P.Args.__dataclass_fields__:
         assert "--" + field.replace("_", "-") in proc.stdout

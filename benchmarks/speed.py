@@ -1,0 +1,141 @@
+"""Speed benchmark: agent steps per second (SPS) of a PPO script at its defaults, and where the time goes.
+
+    python -m benchmarks.speed                                   # ppo_discrete.py, 3 runs of 100k steps
+    python -m benchmarks.speed --total-timesteps 500000 --runs 1
+    python -m benchmarks.speed --reference ~/cleanrl/ppo.py      # the reference, interleaved run by run
+
+Each run is a fresh process; SPS is the script's own last reported figure (steps / seconds since the loop
+started, as CleanRL computes it). Runs alternate between the scripts so that a machine's noisy moments hit
+both alike. Without --reference the comparison is with --reference-sps (CleanRL's ppo.py measured on this
+project's 2-vCPU machines, ../shared/REFERENCE.md). The profile runs once in-process and splits wall time
+into env stepping, the update phase and the rest (acting, storage, GAE, logging, setup).
+"""
+
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import tyro
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Args:
+    script: str = "ppo_discrete.py"
+    """the script to measure, relative to the repository root"""
+    total_timesteps: int = 100_000
+    """steps per run (the scripts' other flags stay at their defaults)"""
+    runs: int = 3
+    """runs per script; the median is reported"""
+    reference: str | None = None
+    """path of a reference script to run interleaved (it must print `SPS: N` or `SPS=N`)"""
+    reference_sps: float = 5100.0
+    """the reference's SPS when --reference is not given (CleanRL ppo.py on CartPole-v1, REFERENCE.md)"""
+    profile: bool = True
+    """also split one run's wall time into env, update and the rest"""
+    script_args: tuple[str, ...] = ()
+    """extra flags for the measured script, e.g. --script-args --env-backend envpool"""
+
+
+def measure_sps(command: list[str]) -> int:
+    """Run `command` in a scratch directory; return the last SPS figure it printed.
+
+    Raises:
+        RuntimeError: the command failed or printed no SPS.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        proc = subprocess.run(
+            command, cwd=tmp, capture_output=True, text=True, env={**os.environ, "WANDB_MODE": "offline"}
+        )
+    found = re.findall(r"SPS[=:]\s*(\d+)", proc.stdout)
+    if proc.returncode != 0 or not found:
+        raise RuntimeError(f"{' '.join(command)} failed (exit {proc.returncode}): {proc.stderr.strip()[-500:]}")
+    return int(found[-1])
+
+
+def profile(script: str, total_timesteps: int, script_args: tuple[str, ...]) -> dict[str, float]:
+    """Seconds spent in env.step, in the update phase, and in all, for one in-process run of `script`."""
+    sys.path.insert(0, str(ROOT))
+    module = __import__(Path(script).stem)
+    spent = {"env": 0.0, "update": 0.0}
+
+    def timed(name, fn):
+        def wrapper(*a, **k):
+            start = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                spent[name] += time.perf_counter() - start
+
+        return wrapper
+
+    make_envs, ppo_update = module.make_envs, module.ppo_update
+
+    def make_timed_envs(*a, **k):
+        envs = make_envs(*a, **k)
+        envs.step = timed("env", envs.step)
+        return envs
+
+    module.make_envs, module.ppo_update = make_timed_envs, timed("update", ppo_update)
+    args = module.parse_args(["--total-timesteps", str(total_timesteps), *script_args])
+    cwd = os.getcwd()
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chdir(tmp)
+        start = time.perf_counter()
+        try:
+            module.main(args)
+        finally:
+            os.chdir(cwd)
+        spent["total"] = time.perf_counter() - start
+    return spent
+
+
+def main(args: Args) -> None:
+    ours_cmd = [
+        sys.executable,
+        str(ROOT / args.script),
+        "--total-timesteps",
+        str(args.total_timesteps),
+        *args.script_args,
+    ]
+    ref_cmd = (
+        [sys.executable, str(Path(args.reference).resolve()), "--total-timesteps", str(args.total_timesteps)]
+        if args.reference
+        else None
+    )
+    ours, ref = [], []
+    for i in range(args.runs):
+        ours.append(measure_sps(ours_cmd))
+        line = f"run {i + 1}/{args.runs}: {args.script} {ours[-1]} SPS"
+        if ref_cmd:
+            ref.append(measure_sps(ref_cmd))
+            line += f", reference {ref[-1]} SPS"
+        print(line, flush=True)
+    median = statistics.median(ours)
+    ref_median = statistics.median(ref) if ref else args.reference_sps
+    ref_name = f"reference (measured, median of {len(ref)})" if ref else "reference (REFERENCE.md)"
+    print(
+        f"\n{args.script}: median {median:.0f} SPS (min {min(ours)}, max {max(ours)}) over {args.runs} runs of {args.total_timesteps} steps"
+    )
+    print(f"{ref_name}: {ref_median:.0f} SPS  ->  ratio {median / ref_median:.2f}x")
+    if args.profile:
+        spent = profile(args.script, args.total_timesteps, args.script_args)
+        rest = spent["total"] - spent["env"] - spent["update"]
+        print(f"\nwhere the time goes ({spent['total']:.1f} s, one in-process run):")
+        for name, seconds in (
+            ("env.step", spent["env"]),
+            ("update phase", spent["update"]),
+            ("acting, storage, GAE, logging, setup", rest),
+        ):
+            print(f"  {name:38s} {seconds:6.1f} s  {100 * seconds / spent['total']:5.1f}%")
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
