@@ -472,19 +472,16 @@ def load_checkpoint(path: str) -> dict:
 
 def parse_args(argv: list[str]) -> Args:
     """tyro CLI; with `--resume PATH`, the checkpoint's flags are the defaults that the command line overrides."""
-    default = Args()
+    resume = None
     for i, arg in enumerate(argv):
-        path = (
-            arg.split("=", 1)[1]
-            if arg.startswith("--resume=")
-            else argv[i + 1]
-            if arg == "--resume" and i + 1 < len(argv)
-            else None
-        )
-        if path is not None and path != "None":
-            saved = load_checkpoint(path)["args"]
-            names = {f.name for f in fields(Args)}
-            default = Args(**{k: v for k, v in saved.items() if k in names})
+        if arg.startswith("--resume="):
+            resume = arg.split("=", 1)[1]
+        elif arg == "--resume" and i + 1 < len(argv):
+            resume = argv[i + 1]
+    default = Args()
+    if resume not in (None, "None"):
+        saved = load_checkpoint(resume)["args"]
+        default = Args(**{f.name: saved[f.name] for f in fields(Args) if f.name in saved})
     return tyro.cli(Args, args=argv, default=default)
 
 
