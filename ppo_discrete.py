@@ -155,7 +155,7 @@ def env_spaces(env_id: str, backend: str) -> tuple[gym.Space, gym.Space]:
     """The (observation, action) spaces of one environment, without building the vector env.
 
     Raises:
-        UsageError: unknown env id, or envpool not installed.
+        UsageError: unknown env id, an env that cannot be made, or envpool not installed.
     """
     if backend == "envpool":
         try:
@@ -170,11 +170,12 @@ def env_spaces(env_id: str, backend: str) -> tuple[gym.Space, gym.Space]:
         gym.spec(env_id)
     except gym.error.Error as e:
         raise UsageError(f"--env-id {env_id}: not a registered gymnasium environment ({e})") from None
-    env = gym.make(env_id)
     try:
-        return env.observation_space, env.action_space
-    finally:
-        env.close()
+        env = gym.make(env_id)
+    except gym.error.Error as e:  # e.g. DependencyNotInstalled
+        raise UsageError(f"--env-id {env_id}: cannot be made ({e})") from None
+    env.close()
+    return env.observation_space, env.action_space
 
 
 def check_env(args: Args) -> None:
@@ -437,6 +438,17 @@ def evaluate(agent: Agent, args: Args, episodes: int, greedy: bool, device: torc
     return np.array([r for env_returns in returns for r in env_returns])
 
 
+def upload_new_videos(wandb_run, video_dir: str, uploaded: set) -> None:
+    """Log to W&B (key `videos`) each finished .mp4 in `video_dir` not in `uploaded`, and add it there."""
+    import wandb
+
+    if os.path.isdir(video_dir):
+        for name in sorted(set(os.listdir(video_dir)) - uploaded):
+            if name.endswith(".mp4"):
+                wandb_run.log({"videos": wandb.Video(os.path.join(video_dir, name), format="mp4")})
+                uploaded.add(name)
+
+
 def save_checkpoint(path: str, state: dict) -> None:
     """Write `state` with torch.save atomically: to a temporary file in the same folder, fsync'ed, then
     renamed over `path`, so a crash mid-write leaves the previous checkpoint intact."""
@@ -601,7 +613,7 @@ def main(args: Args) -> dict:
             },
         )
 
-    history = []
+    history, uploaded_videos = [], set()
     start_time, start_step, last_print, saved = time.time(), global_step, 0.0, False
     bar = (
         tqdm(total=args.num_iterations * args.batch_size, initial=global_step, unit="step", dynamic_ncols=True)
@@ -694,6 +706,8 @@ def main(args: Args) -> dict:
             for tag, value in scalars.items():
                 writer.add_scalar(tag, value, global_step)
             history.append(scalars)
+            if wandb_run is not None and args.capture_video:  # wandb's monitor_gym fails on gymnasium 1.x
+                upload_new_videos(wandb_run, f"videos/{run_name}", uploaded_videos)
 
             recent = [e[1] for e in episodes[-20:]]
             if bar is not None:

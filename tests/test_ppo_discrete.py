@@ -224,11 +224,14 @@ def test_kl_penalty_adapts_beta_by_the_measured_kl(ppo_discrete):
     assert len(set(betas)) > 1
 
 
-def test_track_writes_wandb_offline_run(ppo_discrete, workdir):
+def test_track_writes_wandb_offline_run_with_videos(ppo_discrete, workdir):
     P = ppo_discrete
-    P.main(tiny(P, track=True, wandb_project_name="test"))
+    result = P.main(tiny(P, track=True, wandb_project_name="test", capture_video=True, total_timesteps=1024))
     runs = glob.glob(str(workdir / "wandb" / "offline-run-*" / "run-*.wandb"))
     assert len(runs) == 1 and os.path.getsize(runs[0]) > 0
+    recorded = glob.glob(f"videos/{result['run_name']}/*.mp4")
+    uploaded = glob.glob(str(workdir / "wandb" / "offline-run-*" / "files" / "media" / "videos" / "*.mp4"))
+    assert recorded and len(uploaded) == len(recorded)
 
 
 def test_capture_video_records_env_0(ppo_discrete):
@@ -382,3 +385,15 @@ def test_cuda_run(ppo_discrete):
     result = P.main(tiny(P, total_timesteps=1024, save_model=True, eval_episodes=2))
     assert next(result["agent"].parameters()).is_cuda
     assert result["episodes"] and set(result["eval"]) == {"greedy", "sampled"}
+
+
+def test_env_that_cannot_be_made_is_a_usage_error(ppo_discrete, monkeypatch, workdir):
+    P = ppo_discrete
+
+    def missing_dependency(*a, **k):
+        raise P.gym.error.DependencyNotInstalled("Box2D is not installed")
+
+    monkeypatch.setattr(P.gym, "make", missing_dependency)
+    with pytest.raises(P.UsageError, match="--env-id CartPole-v1: cannot be made \\(Box2D is not installed\\)"):
+        P.main(tiny(P))
+    assert os.listdir(workdir) == []
