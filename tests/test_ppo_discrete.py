@@ -369,6 +369,13 @@ def test_help_lists_every_flag_with_its_help(ppo_discrete):
         assert "--" + field.replace("_", "-") in proc.stdout
 
 
+def test_readme_documents_every_flag(ppo_discrete):
+    readme = (ROOT / "README.md").read_text()
+    flags = map(ppo_discrete.flag, ppo_discrete.Args.__dataclass_fields__)
+    missing = [f for f in flags if f"`{f}`" not in readme]
+    assert not missing, f"README.md does not document {missing}"
+
+
 # --- backends and devices ------------------------------------------------------------------------------------
 
 
