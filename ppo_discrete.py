@@ -2,7 +2,9 @@
 # Docs: README.md. Paper: Schulman et al. 2017, "Proximal Policy Optimization Algorithms", arXiv 1707.06347.
 import os
 import random
+import signal
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, fields
 from typing import Literal
@@ -615,6 +617,10 @@ def main(args: Args) -> dict:
 
     history, uploaded_videos = [], set()
     start_time, start_step, last_print, saved = time.time(), global_step, 0.0, False
+    # SIGTERM (a cluster's preemption notice): finish the iteration, checkpoint, stop; --resume continues exactly.
+    preempted, previous_sigterm = [], None
+    if args.save_model and threading.current_thread() is threading.main_thread():
+        previous_sigterm = signal.signal(signal.SIGTERM, lambda signum, frame: preempted.append(signum))
     bar = (
         tqdm(total=args.num_iterations * args.batch_size, initial=global_step, unit="step", dynamic_ncols=True)
         if sys.stderr.isatty()
@@ -720,10 +726,15 @@ def main(args: Args) -> dict:
                     f"global_step={global_step} SPS={sps} return(last {len(recent)} episodes)={mean_return}", flush=True
                 )
             if args.save_model and (
-                iteration == args.num_iterations or (args.checkpoint_every and iteration % args.checkpoint_every == 0)
+                iteration == args.num_iterations
+                or (args.checkpoint_every and iteration % args.checkpoint_every == 0)
+                or preempted
             ):
                 checkpoint(iteration)
                 saved = True
+            if preempted:
+                print(f"SIGTERM: stopped after iteration {iteration}; resume with --resume {run_dir}/checkpoint.pt")
+                break
         recent = [e[1] for e in episodes[-100:]]
         summary = f"{np.mean(recent):.2f} (last {len(recent)} episodes)" if recent else "- (no episode finished)"
         print(f"finished at global_step={global_step}: mean return {summary}", flush=True)
@@ -731,7 +742,7 @@ def main(args: Args) -> dict:
             print(f"checkpoint saved to {run_dir}/checkpoint.pt", flush=True)
 
         eval_result = {}
-        if args.eval_episodes:
+        if args.eval_episodes and not preempted:
             for mode, tag in (("sampled", "eval/episodic_return"), ("greedy", "eval/episodic_return_greedy")):
                 eval_returns = evaluate(agent, args, args.eval_episodes, greedy=mode == "greedy", device=device)
                 for idx, episodic_return in enumerate(eval_returns):
@@ -741,6 +752,8 @@ def main(args: Args) -> dict:
                     f"eval ({mode}, {args.eval_episodes} episodes): mean return {eval_returns.mean():.2f} +- {eval_returns.std():.2f}"
                 )
     finally:
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
         if bar is not None:
             bar.close()
         envs.close()

@@ -2,6 +2,7 @@
 
 import glob
 import os
+import signal
 import subprocess
 import sys
 
@@ -160,6 +161,28 @@ def test_resume_reproduces_the_uninterrupted_run(ppo_discrete, monkeypatch, work
     assert resumed["episodes"] == full["episodes"]
     for p, q in zip(resumed["agent"].parameters(), full["agent"].parameters()):
         assert torch.equal(p, q)
+
+
+def test_sigterm_checkpoints_at_the_iteration_end_and_resume_is_exact(ppo_discrete, monkeypatch, workdir):
+    """A preemption notice (SIGTERM) during iteration 3 of 8: the run finishes iteration 3, checkpoints and
+    stops cleanly; resuming gives the uninterrupted run."""
+    P = ppo_discrete
+    full = P.main(tiny(P, total_timesteps=256))
+    real_update, calls = P.ppo_update, []
+
+    def preempting_update(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_update(*a, **k)
+
+    monkeypatch.setattr(P, "ppo_update", preempting_update)
+    stopped = P.main(tiny(P, total_timesteps=256, save_model=True, eval_episodes=2, exp_name="preempted"))
+    monkeypatch.setattr(P, "ppo_update", real_update)
+    assert len(stopped["history"]) == 3 and stopped["eval"] == {}
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is removed again
+    resumed = P.main(P.parse_args(["--resume", f"{stopped['run_dir']}/checkpoint.pt", "--eval-episodes", "0"]))
+    assert learning(stopped) + learning(resumed) == learning(full)
 
 
 def test_resume_takes_flags_from_the_checkpoint_and_refuses_other_envs(ppo_discrete):
