@@ -591,7 +591,6 @@ def main(args: Args) -> dict:
             next_obs, _, term, trunc, _ = envs.step(step_actions)
             next_done = term | trunc
     obs[args.num_steps] = torch.as_tensor(next_obs, device=device)
-    ckpt = None
 
     def checkpoint(iteration):
         save_checkpoint(
