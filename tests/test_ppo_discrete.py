@@ -1,5 +1,6 @@
 """ppo_discrete.py end to end: update phase, time limits, reproducibility, resume, logging, checkpoints, errors."""
 
+import ast
 import glob
 import os
 import signal
@@ -363,6 +364,18 @@ def test_bad_input_is_refused_before_anything_is_written(ppo_discrete, workdir, 
     assert os.listdir(workdir) == []
 
 
+def test_env_that_cannot_be_made_is_a_usage_error(ppo_discrete, monkeypatch, workdir):
+    P = ppo_discrete
+
+    def missing_dependency(*a, **k):
+        raise P.gym.error.DependencyNotInstalled("Box2D is not installed")
+
+    monkeypatch.setattr(P.gym, "make", missing_dependency)
+    with pytest.raises(P.UsageError, match="--env-id CartPole-v1: cannot be made \\(Box2D is not installed\\)"):
+        P.main(tiny(P))
+    assert os.listdir(workdir) == []
+
+
 def test_cli_error_is_one_line_and_nonzero_exit(workdir):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "ppo_discrete.py"), "--num-minibatches", "3"],
@@ -390,6 +403,17 @@ def test_help_lists_every_flag_with_its_help(ppo_discrete):
     assert proc.returncode == 0
     for field in P.Args.__dataclass_fields__:
         assert "--" + field.replace("_", "-") in proc.stdout
+    # tyro's help text is the docstring under each field: every field has one
+    (args_class,) = [
+        n for n in ast.parse((ROOT / "ppo_discrete.py").read_text()).body if getattr(n, "name", "") == "Args"
+    ]
+    body = args_class.body
+    for i, node in enumerate(body):
+        if isinstance(node, ast.AnnAssign):
+            doc = body[i + 1] if i + 1 < len(body) else None
+            assert isinstance(doc, ast.Expr) and isinstance(doc.value.value, str) and doc.value.value.strip(), (
+                f"Args.{node.target.id} has no docstring"
+            )
 
 
 def test_readme_documents_every_flag(ppo_discrete):
@@ -415,15 +439,3 @@ def test_cuda_run(ppo_discrete):
     result = P.main(tiny(P, total_timesteps=1024, save_model=True, eval_episodes=2))
     assert next(result["agent"].parameters()).is_cuda
     assert result["episodes"] and set(result["eval"]) == {"greedy", "sampled"}
-
-
-def test_env_that_cannot_be_made_is_a_usage_error(ppo_discrete, monkeypatch, workdir):
-    P = ppo_discrete
-
-    def missing_dependency(*a, **k):
-        raise P.gym.error.DependencyNotInstalled("Box2D is not installed")
-
-    monkeypatch.setattr(P.gym, "make", missing_dependency)
-    with pytest.raises(P.UsageError, match="--env-id CartPole-v1: cannot be made \\(Box2D is not installed\\)"):
-        P.main(tiny(P))
-    assert os.listdir(workdir) == []
