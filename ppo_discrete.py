@@ -330,6 +330,12 @@ def approx_kl(logratio):
     return (torch.expm1(logratio) - logratio).mean()
 
 
+def categorical_kl(old_logp_all, new_logp_all):
+    """Exact KL(pi_old(.|s) || pi(.|s)) per state, [B], from the log-probabilities of every action, [B, A]:
+    sum_a pi_old(a|s) (log pi_old(a|s) - log pi(a|s)). PPO-Penalty's penalty term (arXiv 1707.06347, eq. 8)."""
+    return (old_logp_all.exp() * (old_logp_all - new_logp_all)).sum(-1)
+
+
 def adapt_kl_beta(beta: float, kl: float, kl_target: float) -> float:
     """PPO-Penalty's adaptive coefficient (arXiv 1707.06347, section 4): halve beta when the measured KL is
     below kl_target / 1.5, double it when above kl_target * 1.5, keep it otherwise."""
@@ -386,7 +392,7 @@ def ppo_update(agent: Agent, optimizer: torch.optim.Optimizer, batch: dict, args
             if args.loss_type == "clip":
                 pg_loss = clipped_policy_loss(logratio, mb_advantages, args.clip_coef)
             else:
-                kl = (mb["logp_all"].exp() * (mb["logp_all"] - newlogp_all)).sum(-1)
+                kl = categorical_kl(mb["logp_all"], newlogp_all)
                 pg_loss = kl_penalty_policy_loss(logratio, mb_advantages, kl, kl_beta)
             v_loss = value_loss(newvalue, mb["values"], mb["returns"], args.clip_coef, args.clip_vloss)
             entropy_loss = entropy.mean()
@@ -691,7 +697,7 @@ def main(args: Args) -> dict:
             if args.loss_type == "kl-penalty":
                 with torch.no_grad():
                     new_logp_all = torch.log_softmax(agent.actor(batch["obs"]), -1)
-                    kl = (batch["logp_all"].exp() * (batch["logp_all"] - new_logp_all)).sum(-1).mean().item()
+                    kl = categorical_kl(batch["logp_all"], new_logp_all).mean().item()
                 stats.update(kl=kl, kl_beta=kl_beta)
                 kl_beta = adapt_kl_beta(kl_beta, kl, args.kl_target)
 

@@ -170,6 +170,18 @@ def test_gumbel_max_sampling_matches_the_categorical_distribution():
     assert torch.allclose(freq, logits.softmax(-1), atol=0.005)
 
 
+def test_categorical_kl_matches_torch_distributions(ppo_discrete):
+    old_logits, new_logits = torch.randn(6, 4), torch.randn(6, 4)
+    got = ppo_discrete.categorical_kl(old_logits.log_softmax(-1), new_logits.log_softmax(-1))
+    expected = torch.distributions.kl_divergence(
+        torch.distributions.Categorical(logits=old_logits), torch.distributions.Categorical(logits=new_logits)
+    )
+    assert torch.allclose(got, expected, atol=1e-6)
+    assert torch.equal(
+        ppo_discrete.categorical_kl(old_logits.log_softmax(-1), old_logits.log_softmax(-1)), torch.zeros(6)
+    )
+
+
 def test_normalize_advantages(script):
     adv = torch.tensor([1.0, 2.0, 3.0, 10.0])
     out = script.normalize_advantages(adv)
