@@ -25,6 +25,19 @@ def learning(result):
     return [{k: v for k, v in h.items() if k != "charts/SPS"} for h in result["history"]]
 
 
+def interrupt_update(P, monkeypatch, call, interrupt):
+    """Make the `call`-th ppo_update (the update of that iteration) run `interrupt()` first."""
+    real_update, calls = P.ppo_update, []
+
+    def update(*a, **k):
+        calls.append(1)
+        if len(calls) == call:
+            interrupt()
+        return real_update(*a, **k)
+
+    monkeypatch.setattr(P, "ppo_update", update)
+
+
 def scalars(run_dir):
     acc = EventAccumulator(run_dir, size_guidance={"scalars": 0, "tensors": 0})
     acc.Reload()
@@ -141,19 +154,13 @@ def test_resume_reproduces_the_uninterrupted_run(ppo_discrete, monkeypatch, work
     full = P.main(tiny(P, total_timesteps=256, env_backend=backend))
 
     monkeypatch.chdir(workdir / "crash")
-    real_update, calls = P.ppo_update, []
 
-    def crashing_update(*a, **k):
-        calls.append(1)
-        if len(calls) == 5:
-            raise KeyboardInterrupt  # killed during iteration 5
-        return real_update(*a, **k)
+    def killed():
+        raise KeyboardInterrupt
 
-    monkeypatch.setattr(P, "ppo_update", crashing_update)
-    interrupted_args = tiny(P, total_timesteps=256, save_model=True, checkpoint_every=4, env_backend=backend)
-    with pytest.raises(KeyboardInterrupt):
-        P.main(interrupted_args)
-    monkeypatch.setattr(P, "ppo_update", real_update)
+    with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
+        interrupt_update(P, m, 5, killed)  # killed during iteration 5
+        P.main(tiny(P, total_timesteps=256, save_model=True, checkpoint_every=4, env_backend=backend))
     (ckpt,) = glob.glob("runs/*/checkpoint.pt")
     assert torch.load(ckpt, weights_only=True)["iteration"] == 4
 
@@ -169,17 +176,9 @@ def test_sigterm_checkpoints_at_the_iteration_end_and_resume_is_exact(ppo_discre
     stops cleanly; resuming gives the uninterrupted run."""
     P = ppo_discrete
     full = P.main(tiny(P, total_timesteps=256))
-    real_update, calls = P.ppo_update, []
-
-    def preempting_update(*a, **k):
-        calls.append(1)
-        if len(calls) == 3:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real_update(*a, **k)
-
-    monkeypatch.setattr(P, "ppo_update", preempting_update)
-    stopped = P.main(tiny(P, total_timesteps=256, save_model=True, eval_episodes=2, exp_name="preempted"))
-    monkeypatch.setattr(P, "ppo_update", real_update)
+    with monkeypatch.context() as m:
+        interrupt_update(P, m, 3, lambda: os.kill(os.getpid(), signal.SIGTERM))
+        stopped = P.main(tiny(P, total_timesteps=256, save_model=True, eval_episodes=2, exp_name="preempted"))
     assert len(stopped["history"]) == 3 and stopped["eval"] == {}
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is removed again
     resumed = P.main(P.parse_args(["--resume", f"{stopped['run_dir']}/checkpoint.pt", "--eval-episodes", "0"]))
