@@ -13,6 +13,7 @@ into env stepping, the update phase and the rest (acting, storage, GAE, logging,
 
 import os
 import re
+import shlex
 import statistics
 import subprocess
 import sys
@@ -40,8 +41,8 @@ class Args:
     """the reference's SPS when --reference is not given (CleanRL ppo.py on CartPole-v1, REFERENCE.md)"""
     profile: bool = True
     """also split one run's wall time into env, update and the rest"""
-    script_args: tuple[str, ...] = ()
-    """extra flags for the measured script, e.g. --script-args --env-backend envpool"""
+    script_args: str = ""
+    """extra flags for the measured script, as one string, e.g. --script-args='--env-backend envpool'"""
 
 
 def measure_sps(command: list[str]) -> int:
@@ -60,7 +61,7 @@ def measure_sps(command: list[str]) -> int:
     return int(found[-1])
 
 
-def profile(script: str, total_timesteps: int, script_args: tuple[str, ...]) -> dict[str, float]:
+def profile(script: str, total_timesteps: int, script_args: list[str]) -> dict[str, float]:
     """Seconds spent in env.step, in the update phase, and in all, for one in-process run of `script`."""
     sys.path.insert(0, str(ROOT))
     module = __import__(Path(script).stem)
@@ -103,7 +104,7 @@ def main(args: Args) -> None:
         str(ROOT / args.script),
         "--total-timesteps",
         str(args.total_timesteps),
-        *args.script_args,
+        *shlex.split(args.script_args),
     ]
     ref_cmd = (
         [sys.executable, str(Path(args.reference).resolve()), "--total-timesteps", str(args.total_timesteps)]
@@ -126,7 +127,7 @@ def main(args: Args) -> None:
     )
     print(f"{ref_name}: {ref_median:.0f} SPS  ->  ratio {median / ref_median:.2f}x")
     if args.profile:
-        spent = profile(args.script, args.total_timesteps, args.script_args)
+        spent = profile(args.script, args.total_timesteps, shlex.split(args.script_args))
         rest = spent["total"] - spent["env"] - spent["update"]
         print(f"\nwhere the time goes ({spent['total']:.1f} s, one in-process run):")
         for name, seconds in (
