@@ -593,7 +593,7 @@ def main(args: Args) -> dict:
         episodes = [tuple(e) for e in ckpt["episodes"]]
         action_log = [ckpt["actions"]]
         # Replaying the actions into the freshly seeded envs restores their exact state.
-        for step_actions in ckpt["actions"].long().numpy():
+        for step_actions in ckpt["actions"].long().numpy() if start_iteration <= args.num_iterations else []:
             next_obs, _, term, trunc, _ = envs.step(step_actions)
             next_done = term | trunc
     obs[args.num_steps] = torch.as_tensor(next_obs, device=device)
@@ -663,6 +663,9 @@ def main(args: Args) -> dict:
                                 (global_step, float(infos["episode"]["r"][i]), int(infos["episode"]["l"][i]))
                             )
                 next_done = (terminations[-1] + truncations[-1]) > 0
+                # A reset step (the step after an episode ended, its action ignored) is no transition: leave it out.
+                is_reset = np.concatenate([reset_first[None], (terminations[:-1] + truncations[:-1]) > 0])
+                b_inds = torch.from_numpy(np.flatnonzero(~is_reset)).to(device)
 
                 # Old log-probabilities and values in one batched pass: the parameters did not change during the rollout.
                 logprobs, _, logp_all = logprobs_and_entropy(agent.actor(obs[:-1]), actions)
@@ -672,11 +675,6 @@ def main(args: Args) -> dict:
                 )
                 advantages = compute_gae(t_rewards, values, t_terms, t_truncs, args.gamma, args.gae_lambda)
                 returns = advantages + values[:-1]
-                # A reset step (the step after an episode ended, its action ignored) is no transition: leave it out.
-                is_reset = torch.cat(
-                    [torch.from_numpy(reset_first).to(device)[None], (t_terms[:-1] + t_truncs[:-1]) > 0]
-                )
-                b_inds = torch.nonzero(~is_reset.reshape(-1)).squeeze(1)
             action_log.append(actions.to("cpu", action_dtype))
 
             # flatten the batch (indexing outside inference mode gives normal tensors that autograd accepts)
