@@ -649,6 +649,8 @@ def main(args: Args) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
     # env setup
+    if args.capture_video and "DISPLAY" not in os.environ:
+        os.environ.setdefault("MUJOCO_GL", "egl")  # MuJoCo renders headless through EGL (set MUJOCO_GL to override)
     envs = make_envs(args, args.num_envs, args.seed, args.capture_video, run_name)
     obs_dim = envs.single_observation_space.shape[0]
     action_dim = envs.single_action_space.shape[0]
@@ -781,7 +783,7 @@ def main(args: Args) -> dict:
                 )
                 advantages = compute_gae(t_rewards, values, t_terms, t_truncs, args.gamma, args.gae_lambda)
                 returns = advantages + values[:-1]
-            action_log.append(actions.to("cpu", action_dtype))
+            action_log.append(actions.to("cpu", action_dtype, copy=True))
 
             # flatten the batch (indexing outside inference mode gives normal tensors that autograd accepts)
             batch = {

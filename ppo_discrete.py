@@ -675,7 +675,7 @@ def main(args: Args) -> dict:
                 )
                 advantages = compute_gae(t_rewards, values, t_terms, t_truncs, args.gamma, args.gae_lambda)
                 returns = advantages + values[:-1]
-            action_log.append(actions.to("cpu", action_dtype))
+            action_log.append(actions.to("cpu", action_dtype, copy=True))
 
             # flatten the batch (indexing outside inference mode gives normal tensors that autograd accepts)
             batch = {

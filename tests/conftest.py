@@ -11,8 +11,26 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-# Scripts whose shared maths (GAE, losses, KL, schedules, checkpoints) the parametrised tests check.
-PPO_SCRIPTS = ["ppo_discrete"]
+# Scripts whose shared maths and behaviour (GAE, losses, KL, schedules, checkpoints, resume, logging, errors)
+# the parametrised tests check.
+PPO_SCRIPTS = ["ppo_discrete", "ppo_continuous"]
+
+# Per script: a cheap env for end-to-end runs (short episodes), the constant-reward env with its action type,
+# an env of the other action type with the error it gets, and an env to record videos of.
+TEST_ENVS = {
+    "ppo_discrete": dict(
+        env_id="CartPole-v1",
+        constant="tests/ConstantReward-v0",
+        wrong=("Pendulum-v1", "action space Box.* is not Discrete"),
+        video="CartPole-v1",
+    ),
+    "ppo_continuous": dict(
+        env_id="InvertedPendulum-v5",
+        constant="tests/ConstantRewardBox-v0",
+        wrong=("CartPole-v1", "action space Discrete.* is not a flat Box"),
+        video="Pendulum-v1",  # rendered by pygame: MuJoCo needs an OpenGL backend (EGL) that CI may lack
+    ),
+}
 
 
 @pytest.fixture(params=PPO_SCRIPTS)
@@ -24,6 +42,11 @@ def script(request):
 @pytest.fixture
 def ppo_discrete():
     return importlib.import_module("ppo_discrete")
+
+
+@pytest.fixture
+def ppo_continuous():
+    return importlib.import_module("ppo_continuous")
 
 
 @pytest.fixture(autouse=True)
@@ -54,4 +77,17 @@ class ConstantRewardEnv(gym.Env):
         return np.full(3, 0.5, np.float32), 1.0, False, False, {}
 
 
+class ConstantRewardBoxEnv(ConstantRewardEnv):
+    """ConstantRewardEnv with a 2-d Box action space in [-0.5, 0.5]; an action outside the bounds is an error,
+    so a script that forgets to clip its Gaussian samples fails here."""
+
+    action_space = gym.spaces.Box(-0.5, 0.5, (2,), np.float32)
+
+    def step(self, action):
+        if not self.action_space.contains(np.asarray(action, np.float32)):
+            raise ValueError(f"action {action} outside the action space")
+        return super().step(action)
+
+
 gym.register("tests/ConstantReward-v0", entry_point=ConstantRewardEnv, max_episode_steps=5)
+gym.register("tests/ConstantRewardBox-v0", entry_point=ConstantRewardBoxEnv, max_episode_steps=5)
