@@ -56,7 +56,9 @@ def workdir(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_SILENT", "true")
-    return tmp_path
+    yield tmp_path
+    if "wandb" in sys.modules:  # wandb keeps its settings (WANDB_DIR) per process: forget them between tests
+        sys.modules["wandb"].teardown()
 
 
 class ConstantRewardEnv(gym.Env):
