@@ -33,6 +33,19 @@ TEST_ENVS = {
 }
 
 
+def tiny(P, **kw):
+    """4 iterations of 2 envs x 16 steps on the script's cheap test env: a run of about a second."""
+    defaults = dict(
+        env_id=TEST_ENVS[P.__name__]["env_id"],
+        num_envs=2,
+        num_steps=16,
+        total_timesteps=128,
+        num_minibatches=2,
+        update_epochs=2,
+    )
+    return P.Args(**{**defaults, **kw})
+
+
 @pytest.fixture(params=PPO_SCRIPTS)
 def script(request):
     """Each PPO script, imported as a module."""

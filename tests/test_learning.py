@@ -1,4 +1,4 @@
-"""Learning on a fixed seed with a margin: the script solves CartPole-v1."""
+"""Learning on fixed seeds with a margin: ppo_discrete.py solves CartPole-v1, ppo_continuous.py InvertedPendulum-v5."""
 
 import numpy as np
 import pytest
@@ -12,3 +12,13 @@ def test_cartpole_reaches_195_within_100k_steps(ppo_discrete, seed):
     result = ppo_discrete.main(ppo_discrete.Args(seed=seed, total_timesteps=100_000))
     returns = [r for _, r, _ in result["episodes"]]
     assert np.mean(returns[-20:]) >= 195
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_inverted_pendulum_learns_within_61k_steps(ppo_continuous, seed):
+    """CleanRL's MuJoCo defaults, 30 iterations of 2048 steps (about 35 s): the last 20 episodes average over
+    700 (the maximum is 1000). Measured for seeds 1-3: 1000, 1000, 1000 (seed 1 was at 885 after 37k steps)."""
+    result = ppo_continuous.main(ppo_continuous.Args(env_id="InvertedPendulum-v5", seed=seed, total_timesteps=61_440))
+    returns = [r for _, r, _ in result["episodes"]]
+    assert np.mean(returns[-20:]) >= 700

@@ -1,8 +1,10 @@
 """The algorithm's maths against naive references and closed forms."""
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from gymnasium.wrappers.utils import RunningMeanStd
 
 
 def random_rollout(T, N, seed, p_end=0.15):
@@ -179,6 +181,100 @@ def test_categorical_kl_matches_torch_distributions(ppo_discrete):
     assert torch.allclose(got, expected, atol=1e-6)
     assert torch.equal(
         ppo_discrete.categorical_kl(old_logits.log_softmax(-1), old_logits.log_softmax(-1)), torch.zeros(6)
+    )
+
+
+def test_gaussian_logprobs_and_entropy_match_torch_distributions(ppo_continuous):
+    """Diagonal Gaussian with a state-independent log-std: summed over the action dims."""
+    mean, logstd, actions = torch.randn(7, 3), torch.randn(1, 3), torch.randn(7, 3) * 2
+    logprob, entropy = ppo_continuous.logprobs_and_entropy(mean, logstd, actions)
+    dist = torch.distributions.Normal(mean, logstd.exp())
+    assert torch.allclose(logprob, dist.log_prob(actions).sum(-1), atol=1e-5)
+    assert torch.allclose(entropy, dist.entropy().sum(-1), atol=1e-5)
+    assert logprob.shape == entropy.shape == (7,)
+
+
+def test_gaussian_kl_matches_torch_distributions(ppo_continuous):
+    old_mean, new_mean = torch.randn(6, 2), torch.randn(6, 2)
+    old_logstd, new_logstd = torch.randn(6, 2) * 0.5, torch.randn(1, 2) * 0.5
+    got = ppo_continuous.gaussian_kl(old_mean, old_logstd, new_mean, new_logstd)
+    expected = torch.distributions.kl_divergence(
+        torch.distributions.Normal(old_mean, old_logstd.exp()), torch.distributions.Normal(new_mean, new_logstd.exp())
+    ).sum(-1)
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert torch.allclose(ppo_continuous.gaussian_kl(old_mean, old_logstd, old_mean, old_logstd), torch.zeros(6))
+
+
+class ScriptedRewards(gym.vector.VectorEnv):
+    """A vector env that replays given rewards and termination/truncation flags (next-step autoreset)."""
+
+    metadata = {"autoreset_mode": gym.vector.AutoresetMode.NEXT_STEP}
+
+    def __init__(self, rewards, terms, truncs):
+        self.num_envs = rewards.shape[1]
+        self.data, self.t = (rewards, terms.astype(bool), truncs.astype(bool)), 0
+        self.single_observation_space = self.single_action_space = gym.spaces.Box(-1, 1, (1,))
+        self.observation_space = self.action_space = gym.vector.utils.batch_space(
+            self.single_observation_space, self.num_envs
+        )
+
+    def reset(self, **kwargs):
+        return np.zeros((self.num_envs, 1)), {}
+
+    def step(self, actions):
+        self.t += 1
+        return (np.zeros((self.num_envs, 1)), *(x[self.t - 1].copy() for x in self.data), {})
+
+
+def test_reward_scaling_equals_gymnasium_normalize_reward_then_clip(ppo_continuous):
+    """scale_rewards, called once per rollout of 50 steps with its state carried over, gives what CleanRL's
+    wrappers give step by step: gymnasium's NormalizeReward (gamma 0.99) then a clip to [-10, 10]."""
+    rewards, _, terms, truncs, is_reset = random_rollout(200, 3, seed=0, p_end=0.03)
+    rewards = rewards * 5 + 2  # a non-zero mean return
+    rewards[120, :] = 1000.0  # an outlier that the clip cuts
+    rewards[is_reset] = 0.0
+    is_reset[0, 0] = False  # the wrapper's first step is no reset step
+    env = gym.wrappers.vector.NormalizeReward(ScriptedRewards(rewards, terms, truncs), gamma=0.99)
+    env.reset()
+    expected = np.stack([np.clip(env.step(None)[1], -10, 10) for _ in range(200)])
+
+    return_rms, discounted_return = RunningMeanStd(shape=()), np.zeros(3)
+    got = np.concatenate(
+        [
+            ppo_continuous.scale_rewards(
+                rewards[t : t + 50], is_reset[t : t + 50], terms[t : t + 50], return_rms, discounted_return, 0.99
+            )
+            for t in range(0, 200, 50)
+        ]
+    )
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    assert np.abs(expected).max() == 10.0  # the clip acted
+    assert return_rms.count == pytest.approx(env.return_rms.count)
+    assert return_rms.mean == pytest.approx(env.return_rms.mean, rel=1e-6)
+    assert return_rms.var == pytest.approx(env.return_rms.var, rel=1e-6)
+    np.testing.assert_allclose(discounted_return, env.accumulated_reward, rtol=1e-6)
+
+
+def test_observation_normalisation_equals_gymnasium_normalize_observation_then_clip(ppo_continuous):
+    """Agent.normalize_obs(update=True) is gymnasium's NormalizeObservation followed by CleanRL's clip to
+    [-10, 10]; with update=False the statistics stay as they are."""
+    rng = np.random.default_rng(0)
+    batches = rng.normal(3.0, 2.0, size=(40, 2, 5))
+    batches[5, 0, 0] = 500.0  # an outlier, clipped to 10
+    agent = ppo_continuous.Agent(5, 2)
+    reference = RunningMeanStd(shape=(5,))
+    for obs in batches:
+        got = agent.normalize_obs(obs, update=True)
+        reference.update(obs)
+        expected = np.clip((obs - reference.mean) / np.sqrt(reference.var + 1e-8), -10, 10)
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+    assert got.dtype == np.float32
+    frozen = agent.get_extra_state()
+    agent.normalize_obs(rng.normal(size=(2, 5)) * 100, update=False)
+    assert all(torch.equal(frozen[k], agent.get_extra_state()[k]) for k in frozen)
+    assert ppo_continuous.Agent(5, 2, norm_obs=False).normalize_obs(batches[5], update=True).tolist() == (
+        batches[5].astype(np.float32).tolist()
     )
 
 
