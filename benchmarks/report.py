@@ -1,0 +1,184 @@
+"""Learning curves and results tables from the scripts' TensorBoard logs.
+
+    python -m benchmarks.report runs/                       # every run under runs/
+    python -m benchmarks.report runs/ --out benchmarks/results/mujoco
+
+A run is a directory `{env_id}__{exp_name}__{seed}__{time}` holding event files (the scripts' `runs/`
+layout). Runs are grouped by env and script (exp_name); for each env the report draws the mean episodic
+return over seeds with a 95% t-interval against env steps and against wall time (PNG), and writes a
+markdown table: return of the last 100 episodes (mean +- std over seeds, per-seed values), wall time
+and median SPS, next to the published reference where REFERENCE.md has one.
+"""
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import tyro
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+# Published returns (last 100 episodes, mean +- std over seeds) from ../shared/REFERENCE.md, by (exp_name, env_id).
+REFERENCE = {
+    ("ppo_discrete", "CartPole-v1"): ("CleanRL ppo.py", 490.04, 6.12),
+    ("ppo_discrete", "Acrobot-v1"): ("CleanRL ppo.py", -86.36, 1.32),
+    ("ppo_discrete", "MountainCar-v0"): ("CleanRL ppo.py", -200.00, 0.00),
+    ("ppo_continuous", "HalfCheetah-v5"): ("CleanRL ppo_continuous_action.py, -v4", 1442.64, 46.03),
+    ("ppo_continuous", "Hopper-v5"): ("CleanRL ppo_continuous_action.py, -v4", 2382.86, 271.74),
+    ("ppo_continuous", "Walker2d-v5"): ("CleanRL ppo_continuous_action.py, -v4", 2287.95, 571.78),
+    ("ppo_continuous", "InvertedPendulum-v5"): ("CleanRL ppo_continuous_action.py, -v4", 963.09, 22.20),
+}
+
+
+@dataclass
+class Args:
+    runs_dir: tyro.conf.Positional[str]
+    """directory holding the runs (searched recursively for event files)"""
+    out: str | None = None
+    """where to write the PNGs and results.md (default: RUNS_DIR/report)"""
+    last: int = 100
+    """the final return of a run is the mean of its last this many episodes"""
+
+
+@dataclass
+class Run:
+    """One run's logged scalars: episodes as (global step, wall seconds since the run's start, return)."""
+
+    path: str
+    env_id: str
+    exp_name: str
+    seed: int
+    start: int
+    episodes: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
+    sps: list[float] = field(default_factory=list)
+
+
+def load_run(path: str) -> Run | None:
+    """Read one run directory with tensorboard's event reader; None if its name is not a script run name."""
+    parts = os.path.basename(os.path.normpath(path)).split("__")
+    if len(parts) != 4 or not parts[2].lstrip("-").isdigit() or not parts[3].isdigit():
+        return None
+    acc = EventAccumulator(path, size_guidance={"scalars": 0})
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    run = Run(path, parts[0], parts[1], int(parts[2]), int(parts[3]))
+    if "charts/episodic_return" in tags:
+        events = acc.Scalars("charts/episodic_return")
+        start = min(e.wall_time for e in events)
+        if "charts/SPS" in tags:
+            start = min(start, acc.Scalars("charts/SPS")[0].wall_time)
+        run.episodes = np.array([(e.step, e.wall_time - start, e.value) for e in events])
+    if "charts/SPS" in tags:
+        run.sps = [e.value for e in acc.Scalars("charts/SPS")]
+    return run
+
+
+def load_runs(runs_dir: str) -> list[Run]:
+    """Every run under `runs_dir` that logged at least one episode, sorted by env, script and seed; of runs
+    repeating an (env, script, seed), the latest."""
+    dirs = {os.path.dirname(p) for p in map(str, Path(runs_dir).rglob("events.out.tfevents.*"))}
+    latest = {}  # a repeated (env, script, seed) counts once: its latest run (the name ends with its start time)
+    for run in sorted(filter(None, map(load_run, dirs)), key=lambda r: r.start):
+        if len(run.episodes):
+            latest[(run.env_id, run.exp_name, run.seed)] = run
+    return [latest[k] for k in sorted(latest)]
+
+
+def final_return(run: Run, last: int = 100) -> float:
+    """Mean return of the run's last `last` episodes."""
+    return float(run.episodes[-last:, 2].mean())
+
+
+def smoothed_curve(run: Run, grid: np.ndarray, x_column: int = 0, window: int = 20) -> np.ndarray:
+    """The mean return of the last `window` episodes finished by each grid point (NaN before the first)."""
+    x, returns = run.episodes[:, x_column], run.episodes[:, 2]
+    cumulative = np.concatenate([[0.0], np.cumsum(returns)])
+    n = np.searchsorted(x, grid, side="right")  # episodes finished by each grid point
+    lo = np.maximum(n - window, 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, (cumulative[n] - cumulative[lo]) / (n - lo), np.nan)
+
+
+def mean_and_interval(curves: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean over seeds (axis 0) and the half-width of its 95% Student-t interval (0 with one seed)."""
+    from scipy import stats
+
+    n = curves.shape[0]
+    mean = curves.mean(0)
+    if n < 2:
+        return mean, np.zeros_like(mean)
+    return mean, stats.t.ppf(0.975, n - 1) * curves.std(0, ddof=1) / math.sqrt(n)
+
+
+def plot_env(env_id: str, runs: list[Run], out_dir: str) -> list[str]:
+    """Two PNGs for one env: mean return (95% interval over seeds) against steps and against wall time."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for x_column, xlabel, suffix in ((0, "environment steps", "steps"), (1, "wall time (s)", "walltime")):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for exp_name in sorted({r.exp_name for r in runs}):
+            group = [r for r in runs if r.exp_name == exp_name]
+            end = min(r.episodes[-1, x_column] for r in group)
+            grid = np.linspace(0, end, 200)
+            mean, half = mean_and_interval(np.stack([smoothed_curve(r, grid, x_column) for r in group]))
+            ax.plot(grid, mean, label=f"{exp_name} ({len(group)} seeds)")
+            ax.fill_between(grid, mean - half, mean + half, alpha=0.2)
+        ax.set_title(env_id)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("episodic return (mean of last 20 episodes)")
+        ax.legend()
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        path = os.path.join(out_dir, f"{env_id}_{suffix}.png")
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def results_table(runs: list[Run], last: int = 100) -> str:
+    """Markdown: one row per (env, script) with the final return over seeds, wall time, SPS and reference."""
+    lines = [
+        f"| env | script | seeds | return, last {last} episodes (mean ± std) | per seed | wall time (min) | median SPS | reference |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for env_id, exp_name in sorted({(r.env_id, r.exp_name) for r in runs}):
+        group = [r for r in runs if (r.env_id, r.exp_name) == (env_id, exp_name)]
+        finals = np.array([final_return(r, last) for r in group])
+        wall = np.mean([r.episodes[-1, 1] for r in group]) / 60
+        sps = np.median([np.median(r.sps) for r in group if r.sps]) if any(r.sps for r in group) else float("nan")
+        ref = REFERENCE.get((exp_name, env_id))
+        ref_text = f"{ref[1]:.2f} ± {ref[2]:.2f} ({ref[0]})" if ref else "-"
+        per_seed = ", ".join(f"{r.seed}: {f:.2f}" for r, f in zip(group, finals))
+        lines.append(
+            f"| {env_id} | {exp_name} | {len(group)} | **{finals.mean():.2f} ± {finals.std():.2f}** | {per_seed} "
+            f"| {wall:.1f} | {sps:,.0f} | {ref_text} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(args: Args) -> None:
+    runs = load_runs(args.runs_dir)
+    if not runs:
+        raise SystemExit(f"benchmarks.report: error: no runs with episodes under {args.runs_dir}")
+    out = args.out or os.path.join(args.runs_dir, "report")
+    os.makedirs(out, exist_ok=True)
+    table = results_table(runs, args.last)
+    images = [
+        p
+        for env_id in sorted({r.env_id for r in runs})
+        for p in plot_env(env_id, [r for r in runs if r.env_id == env_id], out)
+    ]
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write("# Results\n\n" + table + "\n" + "".join(f"![{Path(p).stem}]({Path(p).name})\n" for p in images))
+    print(table)
+    print(f"wrote {out}/results.md and {len(images)} PNGs")
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

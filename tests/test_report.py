@@ -1,0 +1,41 @@
+"""benchmarks.report on synthetic TensorBoard logs written the way the scripts write them."""
+
+import numpy as np
+import pytest
+from torch.utils.tensorboard import SummaryWriter
+
+from benchmarks import report
+
+
+def write_run(name, returns, steps):
+    with SummaryWriter(f"runs/{name}") as writer:
+        for step, value in zip(steps, returns):
+            writer.add_scalar("charts/episodic_return", value, step)
+        writer.add_scalar("charts/SPS", 1000, steps[-1])
+
+
+def test_report_tables_and_curves_from_event_files(workdir):
+    steps = np.arange(1, 301) * 10
+    write_run("Hopper-v5__ppo_continuous__1__100", np.arange(300.0), steps)  # last 100: 200..299, mean 249.5
+    write_run("Hopper-v5__ppo_continuous__2__101", np.full(300, 100.0), steps)
+    write_run("Hopper-v5__ppo_continuous__2__50", np.full(300, -5.0), steps)  # an older run of seed 2: ignored
+    write_run("not-a-run-name", np.ones(3), [1, 2, 3])
+    runs = report.load_runs("runs")
+    assert [(r.env_id, r.exp_name, r.seed) for r in runs] == [("Hopper-v5", "ppo_continuous", s) for s in (1, 2)]
+    assert report.final_return(runs[0]) == 249.5 and report.final_return(runs[1]) == 100.0
+
+    report.main(report.Args("runs", out="out"))
+    table = (workdir / "out" / "results.md").read_text()
+    row = next(line for line in table.splitlines() if line.startswith("| Hopper-v5"))
+    assert "**174.75 ± 74.75**" in row and "1: 249.50, 2: 100.00" in row and "1,000" in row
+    assert "2382.86 ± 271.74" in row  # the published reference
+    assert {p.name for p in (workdir / "out").glob("*.png")} == {"Hopper-v5_steps.png", "Hopper-v5_walltime.png"}
+
+
+def test_smoothed_curve_and_interval():
+    run = report.Run("r", "E", "x", 1, 0, episodes=np.array([[10, 1, 1.0], [20, 2, 3.0], [30, 3, 5.0]]))
+    curve = report.smoothed_curve(run, np.array([5, 10, 25, 30]), window=2)
+    assert np.isnan(curve[0]) and curve[1:].tolist() == [1.0, 2.0, 4.0]
+    mean, half = report.mean_and_interval(np.array([[1.0, 2.0], [3.0, 2.0]]))
+    assert mean.tolist() == [2.0, 2.0] and half[1] == 0.0
+    assert half[0] == pytest.approx(12.706, rel=1e-3)  # t(0.975, 1) * sd / sqrt(n), sd = sqrt(2), n = 2
