@@ -187,7 +187,8 @@ def env_spaces(env_id: str, backend: str) -> tuple[gym.Space, gym.Space]:
 
 
 def check_env(args: Args) -> None:
-    """Refuse environments this script cannot learn on: it needs a flat Box action space and a flat Box observation.
+    """Refuse environments this script cannot learn on: it needs a flat Box action space and a flat Box observation
+    (or a Dict of flat Boxes, as envpool's dm_control tasks have, which make_envs flattens).
 
     Raises:
         UsageError: naming `--env-id`.
@@ -195,8 +196,12 @@ def check_env(args: Args) -> None:
     obs_space, act_space = env_spaces(args.env_id, args.env_backend)
     if not isinstance(act_space, gym.spaces.Box) or len(act_space.shape) != 1:
         raise UsageError(f"--env-id {args.env_id}: action space {act_space} is not a flat Box (use ppo_discrete.py)")
+    if isinstance(obs_space, gym.spaces.Dict):  # dm_control through envpool: flattened by make_envs
+        obs_space = (
+            gym.spaces.flatten_space(obs_space) if all(len(s.shape) == 1 for s in obs_space.values()) else obs_space
+        )
     if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
-        raise UsageError(f"--env-id {args.env_id}: observation space {obs_space} is not a flat Box")
+        raise UsageError(f"--env-id {args.env_id}: observation space {obs_space} is not a flat Box (or a Dict of them)")
 
 
 def make_env(env_id, idx, capture_video, run_name):
@@ -227,7 +232,10 @@ def make_envs(args: Args, num_envs: int, seed: int, capture_video: bool, run_nam
             [make_env(args.env_id, i, capture_video, run_name) for i in range(num_envs)],
             autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP,
         )
-    return gym.wrappers.vector.RecordEpisodeStatistics(envs)
+    envs = gym.wrappers.vector.RecordEpisodeStatistics(envs)
+    if isinstance(envs.single_observation_space, gym.spaces.Dict):  # dm_control's named parts, concatenated
+        envs = gym.wrappers.vector.FlattenObservation(envs)
+    return envs
 
 
 def layer_init(layer, std=np.sqrt(2), bias_const=0.0):

@@ -53,3 +53,11 @@ def test_checkpoint_keeps_reward_scaling_state(ppo_continuous):
     assert count > 100 and var > 0
     assert ckpt["discounted_return"].shape == (2,) and ckpt["discounted_return"].dtype == torch.float64
     assert ckpt["actions"].shape == (64, 2, 1) and ckpt["actions"].dtype == torch.float32
+
+
+def test_dm_control_through_envpool_gets_flattened_observations(ppo_continuous):
+    """envpool's dm_control tasks have Dict observations (position, velocity): the script concatenates them."""
+    P = ppo_continuous
+    result = P.main(tiny(P, env_id="CheetahRun-v1", env_backend="envpool", total_timesteps=64, eval_episodes=1))
+    assert result["agent"].critic[0].in_features == 17 and len(result["history"]) == 2
+    assert 0 <= result["eval"]["greedy"] <= 1000  # one full 1000-step episode, reward in [0, 1] per step
