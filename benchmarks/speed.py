@@ -3,6 +3,7 @@
     python -m benchmarks.speed                                   # ppo_discrete.py, 3 runs of 100k steps
     python -m benchmarks.speed --total-timesteps 500000 --runs 1
     python -m benchmarks.speed --reference ~/cleanrl/ppo.py      # the reference, interleaved run by run
+    python -m benchmarks.speed --script ppo_continuous.py --runs 3
 
 Each run is a fresh process; SPS is the script's own last reported figure (steps / seconds since the loop
 started, as CleanRL computes it). Runs alternate between the scripts so that a machine's noisy moments hit
@@ -26,6 +27,9 @@ import tyro
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# CleanRL's counterpart of each script at its defaults on this project's 2-vCPU machines (REFERENCE.md, section 3).
+REFERENCE_SPS = {"ppo_discrete.py": 5100.0, "ppo_continuous.py": 1230.0}
+
 
 @dataclass
 class Args:
@@ -37,8 +41,9 @@ class Args:
     """runs per script; the median is reported"""
     reference: str | None = None
     """path of a reference script to run interleaved (it must print `SPS: N` or `SPS=N`)"""
-    reference_sps: float = 5100.0
-    """the reference's SPS when --reference is not given (CleanRL ppo.py on CartPole-v1, REFERENCE.md)"""
+    reference_sps: float | None = None
+    """the reference's SPS when --reference is not given (default: REFERENCE.md's figure for the script's CleanRL
+    counterpart at its defaults: 5,100 for ppo_discrete.py, 1,230 for ppo_continuous.py)"""
     profile: bool = True
     """also split one run's wall time into env, update and the rest"""
     script_args: str = ""
@@ -99,6 +104,13 @@ def profile(script: str, total_timesteps: int, script_args: list[str]) -> dict[s
 
 
 def main(args: Args) -> None:
+    reference_sps = args.reference_sps or REFERENCE_SPS.get(Path(args.script).name)
+    if args.reference is None and reference_sps is None:
+        raise SystemExit(
+            f"benchmarks.speed: error: no reference SPS for {args.script}: pass --reference-sps or --reference"
+        )
+    if not (ROOT / args.script).is_file():
+        raise SystemExit(f"benchmarks.speed: error: --script {args.script}: no such file in {ROOT}")
     ours_cmd = [
         sys.executable,
         str(ROOT / args.script),
@@ -120,7 +132,7 @@ def main(args: Args) -> None:
             line += f", reference {ref[-1]} SPS"
         print(line, flush=True)
     median = statistics.median(ours)
-    ref_median = statistics.median(ref) if ref else args.reference_sps
+    ref_median = statistics.median(ref) if ref else reference_sps
     ref_name = f"reference (measured, median of {len(ref)})" if ref else "reference (REFERENCE.md)"
     print(
         f"\n{args.script}: median {median:.0f} SPS (min {min(ours)}, max {max(ours)}) over {args.runs} runs of {args.total_timesteps} steps"
