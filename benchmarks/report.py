@@ -5,13 +5,13 @@
 
 A run is a directory `{env_id}__{exp_name}__{seed}__{time}` holding event files (the scripts' `runs/`
 layout). Runs are grouped by env and script (exp_name); for each env the report draws the mean episodic
-return over seeds with a 95% t-interval against env steps and against wall time (PNG), and writes a
+return over seeds with a 95% bootstrap interval against env steps and against wall time (PNG), and writes a
 markdown table: return of the last 100 episodes (mean +- std over seeds, per-seed values), wall time
 and median SPS, next to the published reference where REFERENCE.md has one.
 """
 
-import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -100,15 +100,19 @@ def smoothed_curve(run: Run, grid: np.ndarray, x_column: int = 0, window: int = 
         return np.where(n > 0, (cumulative[n] - cumulative[lo]) / (n - lo), np.nan)
 
 
-def mean_and_interval(curves: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean over seeds (axis 0) and the half-width of its 95% Student-t interval (0 with one seed)."""
-    from scipy import stats
-
+def mean_and_interval(
+    curves: np.ndarray, resamples: int = 2000, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean over seeds (axis 0) and its 95% percentile-bootstrap interval (seeds resampled with replacement,
+    as seaborn's default error band). Returns (mean, low, high), each [T]; NaN entries are ignored."""
+    rng = np.random.default_rng(seed)
     n = curves.shape[0]
-    mean = curves.mean(0)
-    if n < 2:
-        return mean, np.zeros_like(mean)
-    return mean, stats.t.ppf(0.975, n - 1) * curves.std(0, ddof=1) / math.sqrt(n)
+    samples = curves[rng.integers(0, n, size=(resamples, n))]  # [resamples, n, T]
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns (before any episode ended)
+        means = np.nanmean(samples, axis=1)
+        low, high = np.nanpercentile(means, [2.5, 97.5], axis=0)
+        return np.nanmean(curves, axis=0), low, high
 
 
 def plot_env(env_id: str, runs: list[Run], out_dir: str) -> list[str]:
@@ -125,9 +129,9 @@ def plot_env(env_id: str, runs: list[Run], out_dir: str) -> list[str]:
             group = [r for r in runs if r.exp_name == exp_name]
             end = min(r.episodes[-1, x_column] for r in group)
             grid = np.linspace(0, end, 200)
-            mean, half = mean_and_interval(np.stack([smoothed_curve(r, grid, x_column) for r in group]))
+            mean, low, high = mean_and_interval(np.stack([smoothed_curve(r, grid, x_column) for r in group]))
             ax.plot(grid, mean, label=f"{exp_name} ({len(group)} seeds)")
-            ax.fill_between(grid, mean - half, mean + half, alpha=0.2)
+            ax.fill_between(grid, low, high, alpha=0.2)
         ax.set_title(env_id)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("episodic return (mean of last 20 episodes)")
