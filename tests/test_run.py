@@ -1,0 +1,94 @@
+"""benchmarks.run: a tiny matrix end to end, failures, skipping finished runs, the SLURM array."""
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from benchmarks import report, run
+
+
+def tiny_matrix(out, **kw):
+    """2 scripts x CartPole-v1 x 2 seeds x 1024 steps: ppo_continuous refuses CartPole (a Discrete env), so
+    half the runs fail, quickly and for a known reason."""
+    defaults = dict(
+        scripts=("ppo_discrete.py", "ppo_continuous.py"),
+        env_ids=("CartPole-v1",),
+        seeds=(1, 2),
+        total_timesteps=1024,
+        script_args="--num-steps 32",
+        workers=2,
+        out=str(out),
+    )
+    return run.Args(**{**defaults, **kw})
+
+
+def test_matrix_runs_records_a_manifest_and_reports(workdir, monkeypatch):
+    manifest = run.main(tiny_matrix(workdir / "bm"))
+    assert set(manifest) == {
+        f"{s}/CartPole-v1/seed{n}" for s in ("ppo_discrete.py", "ppo_continuous.py") for n in (1, 2)
+    }
+    on_disk = json.loads((workdir / "bm" / "manifest.json").read_text())
+    assert on_disk == manifest
+    for seed in (1, 2):
+        done = manifest[f"ppo_discrete.py/CartPole-v1/seed{seed}"]
+        assert done["status"] == "done" and done["returncode"] == 0 and done["wall_time_s"] > 0
+        assert f"--seed {seed} --total-timesteps 1024 --torch-threads 1 --num-steps 32" in done["command"]
+        assert os.path.isdir(done["tensorboard"]) and "finished at global_step=1024" in open(done["log"]).read()
+        failed = manifest[f"ppo_continuous.py/CartPole-v1/seed{seed}"]  # reported, and the others went on
+        assert failed["status"] == "failed" and failed["returncode"] != 0 and failed["tensorboard"] is None
+        assert "is not a flat Box" in open(failed["log"]).read()
+
+    report.main(report.Args(str(workdir / "bm"), out=str(workdir / "report")))
+    table = (workdir / "report" / "results.md").read_text()
+    assert "| CartPole-v1 | ppo_discrete | 2 |" in table
+    assert sorted(p.name for p in (workdir / "report").glob("*.png")) == [
+        "CartPole-v1_steps.png",
+        "CartPole-v1_walltime.png",
+    ]
+
+    # Run again: the finished runs are skipped, the failed ones are tried again.
+    ran = []
+    monkeypatch.setattr(run, "run_one", lambda r: (ran.append(r.key), {**manifest[r.key]})[1])
+    run.main(tiny_matrix(workdir / "bm"))
+    assert sorted(ran) == [f"ppo_continuous.py/CartPole-v1/seed{n}" for n in (1, 2)]
+    ran.clear()  # a changed command is a different run
+    run.main(tiny_matrix(workdir / "bm", total_timesteps=2048, scripts=("ppo_discrete.py",)))
+    assert sorted(ran) == [f"ppo_discrete.py/CartPole-v1/seed{n}" for n in (1, 2)]
+
+
+def test_slurm_array_is_well_formed_and_runs_a_task(workdir):
+    args = tiny_matrix(workdir / "bm", slurm=True, scripts=("ppo_discrete.py",), track=True, wandb_entity="team")
+    assert run.main(args) == {}
+    sbatch = workdir / "bm" / "benchmark.sbatch"
+    text = sbatch.read_text()
+    assert text.startswith("#!/bin/bash\n") and "#SBATCH --array=0-1\n" in text
+    assert subprocess.run(["bash", "-n", str(sbatch)]).returncode == 0
+    assert "--track --wandb-project-name ppo-single-file --wandb-entity team" in text
+    assert not (workdir / "bm" / "manifest.json").exists()  # nothing ran
+    env = {**os.environ, "SLURM_ARRAY_TASK_ID": "1"}
+    args.track = False
+    run.write_sbatch(run.plan(args)[0], str(workdir / "bm"))  # the same array without W&B, to run task 1 here
+    proc = subprocess.run(["bash", str(sbatch)], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "finished at global_step=1024" in proc.stdout
+    assert os.listdir(workdir / "bm" / "ppo_discrete" / "CartPole-v1" / "seed2" / "runs")
+    assert not (workdir / "bm" / "ppo_discrete" / "CartPole-v1" / "seed1").exists()
+
+
+def test_bad_input_is_refused_before_anything_runs(workdir):
+    with pytest.raises(SystemExit, match="--scripts no_such.py: no such script"):
+        run.main(tiny_matrix(workdir / "bm", scripts=("no_such.py",)))
+    with pytest.raises(SystemExit, match="--workers must be positive"):
+        run.main(tiny_matrix(workdir / "bm", workers=0))
+    assert not (workdir / "bm").exists()
+
+
+def test_presets_skip_scripts_not_yet_in_the_repository():
+    scripts, env_ids = run.PRESETS["mujoco"]
+    present = {s for s in scripts if (run.ROOT / s).is_file()}
+    runs, missing, _ = run.plan(run.Args(preset="mujoco", seeds=(1, 2)))
+    assert "ppo_continuous.py" in present
+    assert {r.script for r in runs} == present and len(runs) == len(present) * len(env_ids) * 2
+    assert set(missing) == set(scripts) - present
