@@ -7,7 +7,8 @@ A run is a directory `{env_id}__{exp_name}__{seed}__{time}` holding event files 
 layout). Runs are grouped by env and script (exp_name); for each env the report draws the mean episodic
 return over seeds with a 95% bootstrap interval against env steps and against wall time (PNG), and writes a
 markdown table: return of the last 100 episodes (mean +- std over seeds, per-seed values), wall time
-and median SPS, next to the published reference where REFERENCE.md has one.
+and median SPS, next to the published reference where REFERENCE.md has one. Across envs, per script: the
+IQM and mean of normalised scores with stratified-bootstrap intervals (rliable), as a table and aggregate.png.
 """
 
 import os
@@ -28,6 +29,22 @@ REFERENCE = {
     ("ppo_continuous", "Hopper-v5"): ("CleanRL ppo_continuous_action.py, -v4", 2382.86, 271.74),
     ("ppo_continuous", "Walker2d-v5"): ("CleanRL ppo_continuous_action.py, -v4", 2287.95, 571.78),
     ("ppo_continuous", "InvertedPendulum-v5"): ("CleanRL ppo_continuous_action.py, -v4", 963.09, 22.20),
+}
+
+
+# Score normalisation for the aggregate, (low, high) -> 0 and 1, by env id. Classic control: the return's range.
+# MuJoCo: D4RL's random and expert reference returns (Fu et al. 2020, arXiv 2004.07219). Atari: random and
+# human scores (Mnih et al. 2015), i.e. human-normalised scores.
+NORMALISATION = {
+    "CartPole-v1": (0.0, 500.0),
+    "Acrobot-v1": (-500.0, 0.0),
+    "MountainCar-v0": (-200.0, 0.0),
+    "HalfCheetah-v5": (-280.18, 12135.0),
+    "Hopper-v5": (-20.27, 3234.3),
+    "Walker2d-v5": (1.63, 4592.3),
+    "Pong-v5": (-20.7, 14.6),
+    "Breakout-v5": (1.7, 30.5),
+    "BeamRider-v5": (363.9, 16926.5),
 }
 
 
@@ -166,6 +183,76 @@ def results_table(runs: list[Run], last: int = 100) -> str:
     return "\n".join(lines) + "\n"
 
 
+def aggregate(runs: list[Run], last: int = 100, reps: int = 2000) -> dict[str, dict]:
+    """Per script, the IQM and the mean of normalised final returns across envs and seeds, with 95%
+    stratified-bootstrap intervals (rliable; Agarwal et al. 2021, arXiv 2108.13264).
+
+    Only envs in NORMALISATION count, and per script the seeds that every one of its envs has. Returns
+    {exp_name: {"envs": [...], "seeds": n, "iqm": (point, low, high), "mean": (point, low, high)}}.
+    """
+    from rliable import library as rly
+    from rliable import metrics
+
+    scores, envs_of = {}, {}
+    for exp_name in sorted({r.exp_name for r in runs}):
+        group = [r for r in runs if r.exp_name == exp_name and r.env_id in NORMALISATION]
+        env_ids = sorted({r.env_id for r in group})
+        seeds = (
+            sorted(set.intersection(*({r.seed for r in group if r.env_id == e} for e in env_ids))) if env_ids else []
+        )
+        if not seeds:
+            continue
+        by_key = {(r.env_id, r.seed): final_return(r, last) for r in group}
+        low, high = np.array([NORMALISATION[e] for e in env_ids]).T
+        raw = np.array([[by_key[(e, s)] for e in env_ids] for s in seeds])  # [seeds, envs]
+        scores[exp_name], envs_of[exp_name] = (raw - low) / (high - low), env_ids
+    if not scores:
+        return {}
+    point, interval = rly.get_interval_estimates(
+        scores, lambda x: np.array([metrics.aggregate_iqm(x), metrics.aggregate_mean(x)]), reps=reps
+    )
+    return {
+        name: {
+            "envs": envs_of[name],
+            "seeds": scores[name].shape[0],
+            "iqm": (point[name][0], interval[name][0, 0], interval[name][1, 0]),
+            "mean": (point[name][1], interval[name][0, 1], interval[name][1, 1]),
+        }
+        for name in scores
+    }
+
+
+def aggregate_table_and_plot(result: dict, out_dir: str) -> str:
+    """Markdown table of `aggregate`'s result, and aggregate.png (point estimates with their intervals)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lines = [
+        "| script | envs | seeds | IQM [95% CI] | mean [95% CI] |",
+        "|---|---|---|---|---|",
+    ]
+    for name, r in result.items():
+        iqm, mean = r["iqm"], r["mean"]
+        lines.append(
+            f"| {name} | {', '.join(r['envs'])} | {r['seeds']} | {iqm[0]:.3f} [{iqm[1]:.3f}, {iqm[2]:.3f}] "
+            f"| {mean[0]:.3f} [{mean[1]:.3f}, {mean[2]:.3f}] |"
+        )
+    fig, axes = plt.subplots(1, 2, figsize=(8, 0.6 * len(result) + 1.5), sharey=True)
+    for ax, metric in zip(axes, ("iqm", "mean")):
+        for i, (name, r) in enumerate(result.items()):
+            point, low, high = r[metric]
+            ax.errorbar(point, i, xerr=[[point - low], [high - point]], fmt="o", capsize=4)
+        ax.set_yticks(range(len(result)), list(result))
+        ax.set_title(f"{metric.upper() if metric == 'iqm' else 'mean'} of normalised score")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "aggregate.png"), dpi=100)
+    plt.close(fig)
+    return "\n".join(lines) + "\n"
+
+
 def main(args: Args) -> None:
     runs = load_runs(args.runs_dir)
     if not runs:
@@ -178,9 +265,24 @@ def main(args: Args) -> None:
         for env_id in sorted({r.env_id for r in runs})
         for p in plot_env(env_id, [r for r in runs if r.env_id == env_id], out)
     ]
+    summary = aggregate(runs, args.last)
+    aggregate_md = ""
+    if summary:
+        aggregate_md = (
+            "\n## Aggregate across envs\n\nNormalised score: (return - low) / (high - low), bounds in "
+            "benchmarks/report.py's NORMALISATION. IQM and mean with 95% stratified-bootstrap intervals (rliable).\n\n"
+            + aggregate_table_and_plot(summary, out)
+            + "\n![aggregate](aggregate.png)\n"
+        )
     with open(os.path.join(out, "results.md"), "w") as f:
-        f.write("# Results\n\n" + table + "\n" + "".join(f"![{Path(p).stem}]({Path(p).name})\n" for p in images))
-    print(table)
+        f.write(
+            "# Results\n\n"
+            + table
+            + aggregate_md
+            + "\n"
+            + "".join(f"![{Path(p).stem}]({Path(p).name})\n" for p in images)
+        )
+    print(table + aggregate_md)
     print(f"wrote {out}/results.md and {len(images)} PNGs")
 
 

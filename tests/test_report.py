@@ -28,7 +28,12 @@ def test_report_tables_and_curves_from_event_files(workdir):
     row = next(line for line in table.splitlines() if line.startswith("| Hopper-v5"))
     assert "**174.75 ± 74.75**" in row and "1: 249.50, 2: 100.00" in row and "1,000" in row
     assert "2382.86 ± 271.74" in row  # the published reference
-    assert {p.name for p in (workdir / "out").glob("*.png")} == {"Hopper-v5_steps.png", "Hopper-v5_walltime.png"}
+    assert {p.name for p in (workdir / "out").glob("*.png")} == {
+        "Hopper-v5_steps.png",
+        "Hopper-v5_walltime.png",
+        "aggregate.png",
+    }
+    assert "| ppo_continuous | Hopper-v5 | 2 |" in table  # the aggregate row
 
 
 def test_smoothed_curve_and_interval():
@@ -39,3 +44,18 @@ def test_smoothed_curve_and_interval():
     assert mean[:2].tolist() == [2.0, 2.0] and np.isnan(mean[2])
     assert low[0] >= 1.0 and high[0] <= 3.0 and low[0] < 2.0 < high[0]  # resampled seed means lie in [1, 3]
     assert low[1] == high[1] == 2.0
+
+
+def test_aggregate_normalises_and_bootstraps_with_rliable():
+    """CartPole returns 250 (score 0.5) and Acrobot -100 (score 0.8) for both seeds: every bootstrap sample
+    has the same mean, 0.65; a run of an env without normalisation bounds is left out."""
+
+    def fake(env_id, seed, value):
+        return report.Run("r", env_id, "algo", seed, 0, episodes=np.array([[1, 1, value]]))
+
+    runs = [fake("CartPole-v1", s, 250.0) for s in (1, 2)] + [fake("Acrobot-v1", s, -100.0) for s in (1, 2)]
+    runs.append(fake("NoBounds-v0", 1, 5.0))
+    result = report.aggregate(runs, reps=200)
+    assert set(result) == {"algo"}
+    assert result["algo"]["envs"] == ["Acrobot-v1", "CartPole-v1"] and result["algo"]["seeds"] == 2
+    assert np.allclose(result["algo"]["mean"], 0.65) and np.allclose(result["algo"]["iqm"], 0.65)

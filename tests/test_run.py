@@ -46,6 +46,7 @@ def test_matrix_runs_records_a_manifest_and_reports(workdir, monkeypatch):
     assert sorted(p.name for p in (workdir / "report").glob("*.png")) == [
         "CartPole-v1_steps.png",
         "CartPole-v1_walltime.png",
+        "aggregate.png",
     ]
 
     # Run again: the finished runs are skipped, the failed ones are tried again.
