@@ -252,6 +252,26 @@ class Agent(nn.Module):
         return self.critic(x).squeeze(-1)
 
 
+def flat_parameters(module: nn.Module) -> nn.Parameter:
+    """Move every parameter of `module`, and its gradient, into one contiguous buffer, as views into it.
+
+    Returns that buffer as one Parameter whose `.grad` is the flat gradient: Adam and the gradient-norm clip
+    then work on one tensor instead of one per parameter, which matters when per-op overhead dominates (small
+    MLPs on CPU). Values, names and state_dict are unchanged; backward accumulates into the views, so the
+    gradients must be zeroed in place (`zero_grad(set_to_none=False)`), never set to None. Call it after
+    moving the module to its device.
+    """
+    params = list(module.parameters())
+    flat = nn.Parameter(torch.cat([p.detach().reshape(-1) for p in params]))
+    flat.grad = torch.zeros_like(flat)
+    offset = 0
+    for p in params:
+        p.data = flat.data[offset : offset + p.numel()].view_as(p)
+        p.grad = flat.grad[offset : offset + p.numel()].view_as(p)
+        offset += p.numel()
+    return flat
+
+
 def compute_gae(
     rewards: torch.Tensor,
     values: torch.Tensor,
@@ -398,9 +418,9 @@ def ppo_update(agent: Agent, optimizer: torch.optim.Optimizer, batch: dict, args
             entropy_loss = entropy.mean()
             loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
 
-            optimizer.zero_grad()
+            optimizer.zero_grad(set_to_none=False)  # keep the gradients in place (see flat_parameters)
             loss.backward()
-            nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+            nn.utils.clip_grad_norm_(optimizer.param_groups[0]["params"], args.max_grad_norm)
             optimizer.step()
             losses.append(torch.stack([pg_loss, v_loss, entropy_loss]).detach())
             logratios.append(logratio.detach())
@@ -566,7 +586,7 @@ def main(args: Args) -> dict:
     num_actions = envs.single_action_space.n
 
     agent = Agent(obs_dim, num_actions).to(device)
-    optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=True)
+    optimizer = torch.optim.Adam([flat_parameters(agent)], lr=args.learning_rate, eps=1e-5, fused=True)
 
     # ALGO Logic: Storage setup. obs[t] is the observation acted on at step t; obs[num_steps] the next one.
     obs = torch.zeros((args.num_steps + 1, args.num_envs, obs_dim), device=device)
