@@ -2,6 +2,7 @@
 
     python -m benchmarks.report runs/                       # every run under runs/
     python -m benchmarks.report runs/ --out benchmarks/results/mujoco
+    python -m benchmarks.report runs_a/ runs_b/ --out report/      # runs from several places, combined
 
 A run is a directory `{env_id}__{exp_name}__{seed}__{time}` holding event files (the scripts' `runs/`
 layout). Runs are grouped by env and script (exp_name); for each env the report draws the mean episodic
@@ -50,10 +51,10 @@ NORMALISATION = {
 
 @dataclass
 class Args:
-    runs_dir: tyro.conf.Positional[str]
-    """directory holding the runs (searched recursively for event files)"""
+    runs_dirs: tyro.conf.Positional[tuple[str, ...]]
+    """directories holding the runs (searched recursively for event files); several are combined"""
     out: str | None = None
-    """where to write the PNGs and results.md (default: RUNS_DIR/report)"""
+    """where to write the PNGs and results.md (default: the first RUNS_DIR/report)"""
     last: int = 100
     """the final return of a run is the mean of its last this many episodes"""
 
@@ -91,10 +92,10 @@ def load_run(path: str) -> Run | None:
     return run
 
 
-def load_runs(runs_dir: str) -> list[Run]:
-    """Every run under `runs_dir` that logged at least one episode, sorted by env, script and seed; of runs
+def load_runs(*runs_dirs: str) -> list[Run]:
+    """Every run under the `runs_dirs` that logged at least one episode, sorted by env, script and seed; of runs
     repeating an (env, script, seed), the latest."""
-    dirs = {os.path.dirname(p) for p in map(str, Path(runs_dir).rglob("events.out.tfevents.*"))}
+    dirs = {os.path.dirname(str(p)) for d in runs_dirs for p in Path(d).rglob("events.out.tfevents.*")}
     latest = {}  # a repeated (env, script, seed) counts once: its latest run (the name ends with its start time)
     for run in sorted(filter(None, map(load_run, dirs)), key=lambda r: r.start):
         if len(run.episodes):
@@ -254,10 +255,10 @@ def aggregate_table_and_plot(result: dict, out_dir: str) -> str:
 
 
 def main(args: Args) -> None:
-    runs = load_runs(args.runs_dir)
+    runs = load_runs(*args.runs_dirs)
     if not runs:
-        raise SystemExit(f"benchmarks.report: error: no runs with episodes under {args.runs_dir}")
-    out = args.out or os.path.join(args.runs_dir, "report")
+        raise SystemExit(f"benchmarks.report: error: no runs with episodes under {' '.join(args.runs_dirs)}")
+    out = args.out or os.path.join(args.runs_dirs[0], "report")
     os.makedirs(out, exist_ok=True)
     table = results_table(runs, args.last)
     images = [

@@ -23,7 +23,7 @@ def test_report_tables_and_curves_from_event_files(workdir):
     assert [(r.env_id, r.exp_name, r.seed) for r in runs] == [("Hopper-v5", "ppo_continuous", s) for s in (1, 2)]
     assert report.final_return(runs[0]) == 249.5 and report.final_return(runs[1]) == 100.0
 
-    report.main(report.Args("runs", out="out"))
+    report.main(report.Args(("runs",), out="out"))
     table = (workdir / "out" / "results.md").read_text()
     row = next(line for line in table.splitlines() if line.startswith("| Hopper-v5"))
     assert "**174.75 ± 74.75**" in row and "1: 249.50, 2: 100.00" in row and "1,000" in row

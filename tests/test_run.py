@@ -40,7 +40,7 @@ def test_matrix_runs_records_a_manifest_and_reports(workdir, monkeypatch):
         assert failed["status"] == "failed" and failed["returncode"] != 0 and failed["tensorboard"] is None
         assert "is not a flat Box" in open(failed["log"]).read()
 
-    report.main(report.Args(str(workdir / "bm"), out=str(workdir / "report")))
+    report.main(report.Args((str(workdir / "bm"),), out=str(workdir / "report")))
     table = (workdir / "report" / "results.md").read_text()
     assert "| CartPole-v1 | ppo_discrete | 2 |" in table
     assert sorted(p.name for p in (workdir / "report").glob("*.png")) == [
