@@ -67,10 +67,11 @@ def measure_sps(command: list[str]) -> int:
 
 
 def profile(script: str, total_timesteps: int, script_args: list[str]) -> dict[str, float]:
-    """Seconds spent in env.step, in the update phase, and in all, for one in-process run of `script`."""
+    """Seconds spent in env.step, in the update phase, in normalisation (scripts that normalise), and in all,
+    for one in-process run of `script`."""
     sys.path.insert(0, str(ROOT))
     module = __import__(Path(script).stem)
-    spent = {"env": 0.0, "update": 0.0}
+    spent = {"env": 0.0, "update": 0.0, "normalisation": 0.0}
 
     def timed(name, fn):
         def wrapper(*a, **k):
@@ -90,6 +91,9 @@ def profile(script: str, total_timesteps: int, script_args: list[str]) -> dict[s
         return envs
 
     module.make_envs, module.ppo_update = make_timed_envs, timed("update", ppo_update)
+    if hasattr(module, "scale_rewards"):  # ppo_continuous.py: observation normalisation and reward scaling
+        module.scale_rewards = timed("normalisation", module.scale_rewards)
+        module.Agent.normalize_obs = timed("normalisation", module.Agent.normalize_obs)
     args = module.parse_args(["--total-timesteps", str(total_timesteps), *script_args])
     cwd = os.getcwd()
     with tempfile.TemporaryDirectory() as tmp:
@@ -140,13 +144,12 @@ def main(args: Args) -> None:
     print(f"{ref_name}: {ref_median:.0f} SPS  ->  ratio {median / ref_median:.2f}x")
     if args.profile:
         spent = profile(args.script, args.total_timesteps, shlex.split(args.script_args))
-        rest = spent["total"] - spent["env"] - spent["update"]
+        rest = spent["total"] - spent["env"] - spent["update"] - spent["normalisation"]
         print(f"\nwhere the time goes ({spent['total']:.1f} s, one in-process run):")
-        for name, seconds in (
-            ("env.step", spent["env"]),
-            ("update phase", spent["update"]),
-            ("acting, storage, GAE, logging, setup", rest),
-        ):
+        rows = [("env.step", spent["env"]), ("update phase", spent["update"])]
+        if spent["normalisation"]:
+            rows.append(("observation and reward normalisation", spent["normalisation"]))
+        for name, seconds in (*rows, ("acting, storage, GAE, logging, setup", rest)):
             print(f"  {name:38s} {seconds:6.1f} s  {100 * seconds / spent['total']:5.1f}%")
 
 
