@@ -721,7 +721,9 @@ def main(args: Args) -> dict:
         discounted_return = ckpt["discounted_return"].numpy().copy()
         # Replaying the actions into the freshly seeded envs restores their exact state.
         for step_actions in ckpt["actions"].numpy() if start_iteration <= args.num_iterations else []:
-            next_obs, _, term, trunc, _ = envs.step(np.clip(step_actions, low.cpu().numpy(), high.cpu().numpy()))
+            next_obs, _, term, trunc, _ = envs.step(
+                np.clip(step_actions, envs.single_action_space.low, envs.single_action_space.high)
+            )
             next_done = term | trunc
     # A resumed run's statistics already include this observation (the agent's state_dict restored them).
     obs[args.num_steps] = torch.as_tensor(agent.normalize_obs(next_obs, update=ckpt is None), device=device)
