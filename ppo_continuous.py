@@ -196,10 +196,10 @@ def check_env(args: Args) -> None:
     obs_space, act_space = env_spaces(args.env_id, args.env_backend)
     if not isinstance(act_space, gym.spaces.Box) or len(act_space.shape) != 1:
         raise UsageError(f"--env-id {args.env_id}: action space {act_space} is not a flat Box (use ppo_discrete.py)")
-    if isinstance(obs_space, gym.spaces.Dict):  # dm_control through envpool: flattened by make_envs
-        obs_space = (
-            gym.spaces.flatten_space(obs_space) if all(len(s.shape) == 1 for s in obs_space.values()) else obs_space
-        )
+    if isinstance(obs_space, gym.spaces.Dict) and all(  # dm_control through envpool: make_envs flattens it
+        isinstance(part, gym.spaces.Box) and len(part.shape) == 1 for part in obs_space.values()
+    ):
+        obs_space = gym.spaces.flatten_space(obs_space)
     if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
         raise UsageError(f"--env-id {args.env_id}: observation space {obs_space} is not a flat Box (or a Dict of them)")
 

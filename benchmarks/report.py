@@ -133,13 +133,19 @@ def mean_and_interval(
         return np.nanmean(curves, axis=0), low, high
 
 
-def plot_env(env_id: str, runs: list[Run], out_dir: str) -> list[str]:
-    """Two PNGs for one env: mean return (95% interval over seeds) against steps and against wall time."""
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (no display needed); imported only when plotting."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_env(env_id: str, runs: list[Run], out_dir: str) -> list[str]:
+    """Two PNGs for one env: mean return (95% interval over seeds) against steps and against wall time."""
+    plt = pyplot()
     written = []
     for x_column, xlabel, suffix in ((0, "environment steps", "steps"), (1, "wall time (s)", "walltime")):
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -225,11 +231,7 @@ def aggregate(runs: list[Run], last: int = 100, reps: int = 2000) -> dict[str, d
 
 def aggregate_table_and_plot(result: dict, out_dir: str) -> str:
     """Markdown table of `aggregate`'s result, and aggregate.png (point estimates with their intervals)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     lines = [
         "| script | envs | seeds | IQM [95% CI] | mean [95% CI] |",
         "|---|---|---|---|---|",

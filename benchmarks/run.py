@@ -18,7 +18,6 @@ import os
 import shlex
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -206,15 +205,14 @@ def main(args: Args) -> dict:
     ]
     if len(todo) < len(runs):
         print(f"skipping {len(runs) - len(todo)} finished runs (manifest: {out}/manifest.json)")
-    lock, failed = threading.Lock(), []
+    failed = []
     bar = tqdm(total=len(todo), unit="run", dynamic_ncols=True, disable=not todo or not sys.stderr.isatty())
     with ThreadPoolExecutor(max_workers=args.workers) as pool:
         futures = {pool.submit(run_one, r): r for r in todo}
         for future in as_completed(futures):
             run, entry = futures[future], future.result()
-            with lock:
-                manifest[run.key] = entry
-                save_manifest(out, manifest)
+            manifest[run.key] = entry  # only this thread writes the manifest
+            save_manifest(out, manifest)
             if entry["status"] == "failed":
                 failed.append(run.key)
                 tqdm.write(f"FAILED {run.key} (exit {entry['returncode']}): see {entry['log']}")
