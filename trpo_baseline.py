@@ -1,0 +1,997 @@
+# TRPO, the baseline PPO is compared against: a single file, Discrete or Box actions, the PPO scripts' CLI and logging.
+# Docs: README.md. Paper: Schulman et al. 2015, "Trust Region Policy Optimization", arXiv 1502.05477.
+import math
+import os
+import random
+import signal
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, fields
+from typing import Literal
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import tyro
+from gymnasium.wrappers.utils import RunningMeanStd
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+CHECKPOINT_FORMAT = "trpo_baseline.py checkpoint v1"
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """if toggled, cuda will be enabled by default"""
+    torch_threads: int = 1
+    """torch CPU threads (1 is fastest for small networks)"""
+    track: bool = False
+    """if toggled, this experiment will be tracked with Weights and Biases"""
+    wandb_project_name: str = "cleanRL"
+    """the wandb's project name"""
+    wandb_entity: str | None = None
+    """the entity (team) of wandb's project"""
+    capture_video: bool = False
+    """whether to capture videos of the agent performances (check out `videos` folder)"""
+    save_model: bool = False
+    """whether to save a checkpoint to `runs/{run_name}/checkpoint.pt` at the end (and every `--checkpoint-every` iterations)"""
+    checkpoint_every: int = 0
+    """with `--save-model`, also checkpoint every this many iterations (0: only at the end)"""
+    resume: str | None = None
+    """path of a checkpoint of this script to continue from (its flags become the defaults)"""
+    eval_episodes: int = 0
+    """after training, evaluate the final policy for this many episodes, greedy and sampled (0: no evaluation)"""
+
+    # Algorithm specific arguments
+    env_id: str = "HalfCheetah-v5"
+    """the id of the environment (Discrete or Box action space)"""
+    env_backend: Literal["gymnasium", "envpool"] = "gymnasium"
+    """vector environment implementation: gymnasium's SyncVectorEnv or envpool"""
+    total_timesteps: int = 1000000
+    """total timesteps of the experiments"""
+    learning_rate: float = 1e-3
+    """the critic's learning rate (Adam); the policy's step size is set by --max-kl"""
+    num_envs: int = 1
+    """the number of parallel game environments"""
+    num_steps: int = 2048
+    """the number of steps to run in each environment per policy rollout"""
+    anneal_lr: bool = False
+    """Toggle linear annealing of the critic's learning rate"""
+    gamma: float = 0.99
+    """the discount factor gamma"""
+    gae_lambda: float = 0.95
+    """the lambda for the general advantage estimation"""
+    num_minibatches: int = 16
+    """the number of mini-batches of the critic's updates"""
+    update_epochs: int = 10
+    """the K epochs to update the critic (the policy takes one natural-gradient step per iteration)"""
+    norm_adv: bool = True
+    """Toggles advantages normalization (over the whole batch)"""
+    max_kl: float = 0.01
+    """the trust region: the largest mean KL(pi_old || pi) a policy step may reach (delta)"""
+    cg_iters: int = 10
+    """conjugate-gradient iterations for the natural-gradient direction"""
+    cg_damping: float = 0.1
+    """damping added to the Fisher-vector product (H + damping * I)"""
+    backtrack_coef: float = 0.8
+    """the line search's shrink factor for the step"""
+    backtrack_iters: int = 10
+    """the line search's maximum number of tries; if none is accepted the policy is left unchanged"""
+    norm_obs: bool = True
+    """with a Box action space: normalise observations by their running mean and std, clipped to [-10, 10] (the statistics are saved with the agent)"""
+    norm_reward: bool = True
+    """with a Box action space: scale rewards by the running std of the discounted return, clipped to [-10, 10]"""
+
+    @property
+    def batch_size(self) -> int:
+        """the batch size (num_envs * num_steps)"""
+        return self.num_envs * self.num_steps
+
+    @property
+    def minibatch_size(self) -> int:
+        """the mini-batch size (batch_size // num_minibatches)"""
+        return self.batch_size // self.num_minibatches
+
+    @property
+    def num_iterations(self) -> int:
+        """the number of iterations (total_timesteps // batch_size)"""
+        return self.total_timesteps // self.batch_size
+
+
+class UsageError(Exception):
+    """Bad flags or files: reported as one line and a non-zero exit before any work starts."""
+
+
+def flag(name: str) -> str:
+    """The command-line spelling of an Args field: `num_envs` -> `--num-envs`."""
+    return "--" + name.replace("_", "-")
+
+
+def validate_args(args: Args) -> None:
+    """Check the flags that need no environment.
+
+    Raises:
+        UsageError: naming the first bad flag.
+    """
+    for name in (
+        "total_timesteps",
+        "num_envs",
+        "num_steps",
+        "num_minibatches",
+        "update_epochs",
+        "cg_iters",
+        "backtrack_iters",
+        "torch_threads",
+    ):
+        if getattr(args, name) <= 0:
+            raise UsageError(f"{flag(name)} must be positive, got {getattr(args, name)}")
+    for name in ("learning_rate", "max_kl"):
+        if not getattr(args, name) > 0:
+            raise UsageError(f"{flag(name)} must be positive, got {getattr(args, name)}")
+    for name in ("gamma", "gae_lambda"):
+        if not 0 <= getattr(args, name) <= 1:
+            raise UsageError(f"{flag(name)} must be in [0, 1], got {getattr(args, name)}")
+    if not 0 < args.backtrack_coef < 1:
+        raise UsageError(f"--backtrack-coef must be in (0, 1), got {args.backtrack_coef}")
+    for name in ("cg_damping", "checkpoint_every", "eval_episodes"):
+        if getattr(args, name) < 0:
+            raise UsageError(f"{flag(name)} must not be negative, got {getattr(args, name)}")
+    if args.batch_size % args.num_minibatches:
+        raise UsageError(
+            f"--num-minibatches {args.num_minibatches} must divide the batch size "
+            f"num_envs*num_steps = {args.batch_size}"
+        )
+    if args.total_timesteps < args.batch_size:
+        raise UsageError(
+            f"--total-timesteps {args.total_timesteps} is less than one batch (num_envs*num_steps = {args.batch_size})"
+        )
+    if args.checkpoint_every and not args.save_model:
+        raise UsageError("--checkpoint-every needs --save-model")
+    if args.capture_video and args.env_backend != "gymnasium":
+        raise UsageError("--capture-video needs --env-backend gymnasium")
+
+
+def env_spaces(env_id: str, backend: str) -> tuple[gym.Space, gym.Space]:
+    """The (observation, action) spaces of one environment, without building the vector env.
+
+    Raises:
+        UsageError: unknown env id, an env that cannot be made, or envpool not installed.
+    """
+    if backend == "envpool":
+        try:
+            import envpool
+        except ImportError:
+            raise UsageError("--env-backend envpool needs envpool: pip install 'ppo-single-file[envpool]'") from None
+        if env_id not in envpool.list_all_envs():
+            raise UsageError(f"--env-id {env_id}: not an envpool environment")
+        spec = envpool.make_spec(env_id)
+        return spec.gymnasium_observation_space, spec.gymnasium_action_space
+    try:
+        gym.spec(env_id)
+    except gym.error.Error as e:
+        raise UsageError(f"--env-id {env_id}: not a registered gymnasium environment ({e})") from None
+    try:
+        env = gym.make(env_id)
+    except gym.error.Error as e:  # e.g. DependencyNotInstalled
+        raise UsageError(f"--env-id {env_id}: cannot be made ({e})") from None
+    env.close()
+    return env.observation_space, env.action_space
+
+
+def check_env(args: Args) -> None:
+    """Refuse environments this script cannot learn on: it needs a Discrete or flat Box action space and a flat
+    Box observation (or a Dict of flat Boxes, as envpool's dm_control tasks have, which make_envs flattens).
+
+    Raises:
+        UsageError: naming `--env-id`.
+    """
+    obs_space, act_space = env_spaces(args.env_id, args.env_backend)
+    if not isinstance(act_space, gym.spaces.Discrete) and not (
+        isinstance(act_space, gym.spaces.Box) and len(act_space.shape) == 1
+    ):
+        raise UsageError(f"--env-id {args.env_id}: action space {act_space} is neither Discrete nor a flat Box")
+    if isinstance(obs_space, gym.spaces.Dict) and all(  # dm_control through envpool: make_envs flattens it
+        isinstance(part, gym.spaces.Box) and len(part.shape) == 1 for part in obs_space.values()
+    ):
+        obs_space = gym.spaces.flatten_space(obs_space)
+    if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
+        raise UsageError(f"--env-id {args.env_id}: observation space {obs_space} is not a flat Box (or a Dict of them)")
+
+
+def make_env(env_id, idx, capture_video, run_name):
+    def thunk():
+        if capture_video and idx == 0:
+            env = gym.make(env_id, render_mode="rgb_array")
+            env = gym.wrappers.RecordVideo(env, f"videos/{run_name}")
+        else:
+            env = gym.make(env_id)
+        return env
+
+    return thunk
+
+
+def make_envs(args: Args, num_envs: int, seed: int, capture_video: bool, run_name: str) -> gym.vector.VectorEnv:
+    """A vector env with gymnasium's next-step autoreset and episode statistics, either backend.
+
+    After a step that ends an episode (terminated or truncated) the observation is the episode's final
+    observation; the next step ignores its action and returns the reset observation with reward 0.
+    """
+    if args.env_backend == "envpool":
+        import envpool
+
+        num_threads = min(num_envs, len(os.sched_getaffinity(0)))
+        envs = envpool.make(args.env_id, env_type="gymnasium", num_envs=num_envs, seed=seed, num_threads=num_threads)
+    else:
+        envs = gym.vector.SyncVectorEnv(
+            [make_env(args.env_id, i, capture_video, run_name) for i in range(num_envs)],
+            autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP,
+        )
+    envs = gym.wrappers.vector.RecordEpisodeStatistics(envs)
+    if isinstance(envs.single_observation_space, gym.spaces.Dict):  # dm_control's named parts, concatenated
+        envs = gym.wrappers.vector.FlattenObservation(envs)
+    return envs
+
+
+def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
+    torch.nn.init.orthogonal_(layer.weight, std)
+    torch.nn.init.constant_(layer.bias, bias_const)
+    return layer
+
+
+class Agent(nn.Module):
+    """CleanRL's agent for either action type: separate 2x64 tanh critic and actor. For a Discrete action space the
+    actor's outputs are the logits of a Categorical policy; for a Box, the mean of a diagonal Gaussian with a
+    state-independent log-std (init 0). With `norm_obs` it also owns the observation normalisation statistics
+    (running mean, var and count, float64), which are part of its state_dict: a saved agent acts on
+    observations exactly as it did in training."""
+
+    def __init__(self, obs_dim: int, action_dim: int, continuous: bool, norm_obs: bool = True):
+        super().__init__()
+        self.critic = nn.Sequential(
+            layer_init(nn.Linear(obs_dim, 64)),
+            nn.Tanh(),
+            layer_init(nn.Linear(64, 64)),
+            nn.Tanh(),
+            layer_init(nn.Linear(64, 1), std=1.0),
+        )
+        self.actor = nn.Sequential(
+            layer_init(nn.Linear(obs_dim, 64)),
+            nn.Tanh(),
+            layer_init(nn.Linear(64, 64)),
+            nn.Tanh(),
+            layer_init(nn.Linear(64, action_dim), std=0.01),
+        )
+        self.continuous = continuous
+        if continuous:
+            self.actor_logstd = nn.Parameter(torch.zeros(1, action_dim))
+        self.norm_obs = norm_obs
+        # gymnasium's running statistics, as in its NormalizeObservation wrapper (mean 0, var 1, count 1e-4 at first)
+        self.obs_rms = RunningMeanStd(shape=(obs_dim,))
+
+    def policy_parameters(self) -> list[nn.Parameter]:
+        """The parameters of the policy (the actor, and the log-std for Box actions): what TRPO's step moves."""
+        return list(self.actor.parameters()) + ([self.actor_logstd] if self.continuous else [])
+
+    def policy_params(self, x: torch.Tensor) -> torch.Tensor:
+        """The policy's distribution at observations x [B, D], as one tensor: the log-probabilities of every
+        action [B, A] (Discrete), or the mean and log-std concatenated [B, 2A] (Box)."""
+        out = self.actor(x)
+        if self.continuous:
+            return torch.cat([out, self.actor_logstd.expand_as(out)], -1)
+        return torch.log_softmax(out, -1)
+
+    def get_value(self, x):
+        return self.critic(x).squeeze(-1)
+
+    def normalize_obs(self, obs: np.ndarray, update: bool) -> np.ndarray:
+        """Observations [N, D] (any float dtype) -> float32 [N, D]: (obs - mean) / sqrt(var + 1e-8), clipped to
+        [-10, 10], as gymnasium's NormalizeObservation followed by CleanRL's clip. With `update`, the batch enters
+        the running statistics first (training); without, they stay frozen (evaluation). Identity (as float32)
+        when the agent was built with norm_obs=False."""
+        if not self.norm_obs:
+            return obs.astype(np.float32)
+        if update:
+            self.obs_rms.update(obs)
+        return np.clip((obs - self.obs_rms.mean) / np.sqrt(self.obs_rms.var + 1e-8), -10.0, 10.0).astype(np.float32)
+
+    def get_extra_state(self) -> dict:
+        """The observation statistics, as tensors, in state_dict() (loadable with torch.load(weights_only=True))."""
+        return {
+            "obs_mean": torch.from_numpy(np.array(self.obs_rms.mean, dtype=np.float64)),
+            "obs_var": torch.from_numpy(np.array(self.obs_rms.var, dtype=np.float64)),
+            "obs_count": torch.tensor(float(self.obs_rms.count), dtype=torch.float64),
+        }
+
+    def set_extra_state(self, state: dict) -> None:
+        self.obs_rms.mean = state["obs_mean"].numpy().copy()
+        self.obs_rms.var = state["obs_var"].numpy().copy()
+        self.obs_rms.count = state["obs_count"].item()
+
+
+def flat_parameters(module: nn.Module) -> nn.Parameter:
+    """Move every parameter of `module`, and its gradient, into one contiguous buffer, as views into it.
+
+    Returns that buffer as one Parameter whose `.grad` is the flat gradient: Adam and the gradient-norm clip
+    then work on one tensor instead of one per parameter, which matters when per-op overhead dominates (small
+    MLPs on CPU). Values, names and state_dict are unchanged; backward accumulates into the views, so the
+    gradients must be zeroed in place (`zero_grad(set_to_none=False)`), never set to None. Call it after
+    moving the module to its device.
+    """
+    params = list(module.parameters())
+    flat = nn.Parameter(torch.cat([p.detach().reshape(-1) for p in params]))
+    flat.grad = torch.zeros_like(flat)
+    offset = 0
+    for p in params:
+        p.data = flat.data[offset : offset + p.numel()].view_as(p)
+        p.grad = flat.grad[offset : offset + p.numel()].view_as(p)
+        offset += p.numel()
+    return flat
+
+
+def compute_gae(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    terminations: torch.Tensor,
+    truncations: torch.Tensor,
+    gamma: float,
+    gae_lambda: float,
+) -> torch.Tensor:
+    """Generalised advantage estimates for a next-step-autoreset rollout (Schulman et al. 2016, eq. 16).
+
+    Args:
+        rewards: [T, N] float, reward of step t.
+        values: [T + 1, N] float, V(obs_t) for t = 0..T; values[t + 1] is the value of the observation that
+            step t returned, which is the episode's final observation when step t ended it.
+        terminations, truncations: [T, N] float 0/1, whether step t ended the episode by a terminal state or
+            by a time limit.
+    Returns:
+        advantages: [T, N] float. delta_t = r_t + gamma * V(s_{t+1}) * (1 - terminated_t) - V(s_t), so a
+        truncated step bootstraps from V(final observation) and a terminated one does not; the recursion
+        A_t = delta_t + gamma * lambda * (1 - done_t) * A_{t+1} never crosses an episode boundary. Entries for
+        reset steps (the step after an episode ended, whose action the env ignores) are meaningless: the
+        caller drops them from the batch.
+    """
+    deltas = rewards + gamma * values[1:] * (1.0 - terminations) - values[:-1]
+    discounts = gamma * gae_lambda * (1.0 - torch.maximum(terminations, truncations))
+    advantages = torch.empty_like(deltas)
+    lastgaelam = torch.zeros_like(deltas[0])
+    for t in reversed(range(deltas.shape[0])):
+        lastgaelam = torch.addcmul(deltas[t], discounts[t], lastgaelam)
+        advantages[t] = lastgaelam
+    return advantages
+
+
+def normalize_advantages(advantages: torch.Tensor) -> torch.Tensor:
+    """(A - mean) / (std + 1e-8) with the unbiased std, as CleanRL. Shape [B], B >= 2."""
+    return (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+
+
+def approx_kl(logratio):
+    """Schulman's low-variance estimator of KL(pi_old || pi): mean((r - 1) - log r), r = exp(logratio).
+
+    Always >= 0 (http://joschu.net/blog/kl-approx.html). logratio: [B]; returns a 0-d tensor.
+    """
+    return (torch.expm1(logratio) - logratio).mean()
+
+
+def annealed_lr(iteration: int, num_iterations: int, learning_rate: float) -> float:
+    """CleanRL's linear schedule: learning_rate * (1 - (iteration - 1) / num_iterations), iteration from 1;
+    it starts at learning_rate and ends at learning_rate / num_iterations, never 0 during training."""
+    return (1.0 - (iteration - 1.0) / num_iterations) * learning_rate
+
+
+def logprobs_and_entropy(params, actions, continuous):
+    """log pi(a|s) of `actions` and the policy's entropy, both [B], from the distribution's parameters as
+    Agent.policy_params gives them.
+
+    Discrete: params [B, A] log-probabilities of every action, actions [B] int64. Box: params [B, 2A] the mean
+    and log-std concatenated, actions [B, A] float; a diagonal Gaussian, summed over the action dims:
+    log N(a; m, s) = -((a - m) / s)^2 / 2 - log s - log(2 pi) / 2 and entropy 1/2 + log(2 pi) / 2 + log s per dim.
+    """
+    if not continuous:
+        logprob = params.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+        return logprob, -(params.exp() * params).sum(-1)
+    mean, logstd = params.chunk(2, -1)
+    logprob = (-0.5 * ((actions - mean) * torch.exp(-logstd)).square() - logstd).sum(-1) - 0.5 * math.log(
+        2 * math.pi
+    ) * mean.shape[-1]
+    entropy = (0.5 + 0.5 * math.log(2 * math.pi) + logstd).sum(-1)
+    return logprob, entropy
+
+
+def policy_kl(old_params, new_params, continuous):
+    """Exact KL(pi_old(.|s) || pi(.|s)) per state, [B], from both policies' parameters as Agent.policy_params
+    gives them. Discrete: sum_a pi_old(a|s) (log pi_old(a|s) - log pi(a|s)). Box (diagonal Gaussians): sum over
+    action dims of log(s_new / s_old) + (s_old^2 + (m_old - m_new)^2) / (2 s_new^2) - 1/2."""
+    if not continuous:
+        return (old_params.exp() * (old_params - new_params)).sum(-1)
+    old_mean, old_logstd = old_params.chunk(2, -1)
+    new_mean, new_logstd = new_params.chunk(2, -1)
+    var_ratio = torch.exp(2.0 * (old_logstd - new_logstd))
+    mean_term = ((old_mean - new_mean) * torch.exp(-new_logstd)).square()
+    return 0.5 * (var_ratio + mean_term - 1.0 - 2.0 * (old_logstd - new_logstd)).sum(-1)
+
+
+def scale_rewards(rewards, is_reset, terminations, return_rms, discounted_return, gamma):
+    """CleanRL's reward scaling for a whole rollout: gymnasium's NormalizeReward (next-step autoreset) then a
+    clip to [-10, 10], computed after the rollout in one vectorised pass.
+
+    Per env, G_t = gamma * G_{t-1} * (1 - terminated_t) + r_t is the discounted return so far (the wrapper's
+    recurrence); after each
+    step the running statistics `return_rms` take in the G_t of the envs that stepped (reset steps are
+    skipped), and r_t is divided by sqrt(var_t + 1e-8) with var_t the variance after that update.
+
+    Args:
+        rewards, terminations: [T, N] float, raw reward and terminal flag of step t.
+        is_reset: [T, N] bool, step t was a reset step (its action ignored, reward 0).
+        return_rms: gymnasium RunningMeanStd, updated in place to its state after step T - 1.
+        discounted_return: [N] float64, G before step 0; updated in place to G after step T - 1.
+    Returns:
+        [T, N] float32 scaled rewards. Equal to stepping the wrapper (tested) up to float64 rounding.
+    """
+    num_steps = rewards.shape[0]
+    returns = np.empty((num_steps, rewards.shape[1]), dtype=np.float64)
+    g = discounted_return
+    for t in range(num_steps):
+        g = np.where(is_reset[t], g, g * gamma * (1.0 - terminations[t]) + rewards[t])
+        returns[t] = g
+    discounted_return[:] = g
+    # Running mean/var after each step, from cumulative sums shifted by the old mean (for precision):
+    # the same as merging each step's batch into return_rms one at a time.
+    active = ~is_reset
+    count0, mean0, var0 = return_rms.count, return_rms.mean, return_rms.var
+    shifted = np.where(active, returns - mean0, 0.0)
+    count = count0 + np.cumsum(active.sum(1))
+    mean_shift = np.cumsum(shifted.sum(1)) / count
+    var = (count0 * var0 + np.cumsum((shifted**2).sum(1))) / count - mean_shift**2
+    return_rms.count, return_rms.mean, return_rms.var = count[-1], mean0 + mean_shift[-1], var[-1]
+    return np.clip(rewards / np.sqrt(var + 1e-8)[:, None], -10.0, 10.0).astype(np.float32)
+
+
+def conjugate_gradient(matvec, b: torch.Tensor, iters: int, residual_tol: float = 1e-10) -> torch.Tensor:
+    """Approximately solve A x = b for a symmetric positive-definite A given only as `matvec(v) = A v`, by at
+    most `iters` conjugate-gradient iterations from x = 0, stopping early once |r|^2 < residual_tol
+    (Hestenes & Stiefel 1952; TRPO, arXiv 1502.05477, appendix C). b: [P] float; returns x [P]."""
+    x = torch.zeros_like(b)
+    r, p = b.clone(), b.clone()
+    rr = r.dot(r)
+    for _ in range(iters):
+        if rr < residual_tol:
+            break
+        ap = matvec(p)
+        alpha = rr / p.dot(ap)
+        x.add_(alpha * p)
+        r.sub_(alpha * ap)
+        rr_new = r.dot(r)
+        p = r + (rr_new / rr) * p
+        rr = rr_new
+    return x
+
+
+def fisher_vector_product(kl: torch.Tensor, params: list[torch.Tensor], damping: float):
+    """The Fisher-vector product of TRPO (arXiv 1502.05477, appendix C.1): v -> (H + damping * I) v, with H the
+    Hessian of `kl` (a 0-d tensor, the mean KL(pi_old || pi) as a function of `params`, equal to the Fisher
+    information matrix at pi = pi_old) by double backprop, never forming H. v and the result are [P], the
+    parameters flattened in order (torch.nn.utils.parameters_to_vector). The returned function may be called
+    any number of times (the graph of the first derivative is kept)."""
+    grads = torch.autograd.grad(kl, params, create_graph=True)
+    flat_grad = torch.cat([g.reshape(-1) for g in grads])
+
+    def fvp(v: torch.Tensor) -> torch.Tensor:
+        hv = torch.autograd.grad(flat_grad.dot(v), params, retain_graph=True)
+        return torch.cat([h.reshape(-1) for h in hv]) + damping * v
+
+    return fvp
+
+
+def line_search(evaluate, old_params, full_step, old_surrogate, max_kl, backtrack_coef, backtrack_iters):
+    """TRPO's backtracking line search (arXiv 1502.05477, appendix C): try old_params + backtrack_coef^i *
+    full_step for i = 0, 1, ..., backtrack_iters - 1 and accept the first whose measured mean KL is <= max_kl
+    and whose surrogate improves on old_surrogate.
+
+    Args:
+        evaluate: function of a parameter vector [P] -> (surrogate, kl) as floats, measured with the policy at
+            those parameters.
+        old_params, full_step: [P] tensors.
+    Returns:
+        (params, tries, accepted, surrogate, kl): the accepted parameters, or old_params (and old_surrogate,
+        kl 0) when no try was accepted; tries is the number of candidates evaluated.
+    """
+    for i in range(backtrack_iters):
+        candidate = old_params + backtrack_coef**i * full_step
+        surrogate, kl = evaluate(candidate)
+        if kl <= max_kl and surrogate > old_surrogate:
+            return candidate, i + 1, True, surrogate, kl
+    return old_params, backtrack_iters, False, old_surrogate, 0.0
+
+
+def trpo_update(agent: Agent, optimizer: torch.optim.Optimizer, batch: dict, args: Args) -> dict:
+    """The update phase of one iteration: one natural-gradient policy step in the trust region, then the critic.
+
+    Policy (arXiv 1502.05477, section 6 and appendix C): maximise the surrogate L = mean(r * A), r = pi(a|s) /
+    pi_old(a|s), subject to mean KL(pi_old || pi) <= max_kl. The direction s solves (H + damping I) s = grad L
+    by conjugate gradient (H the Hessian of the mean KL, by Fisher-vector products); the full step
+    sqrt(2 max_kl / s^T H s) s is shrunk by the line search until the measured KL is within max_kl and L
+    improves; if no try is accepted the policy keeps its parameters (and `line_search_failed` is 1).
+    Critic: `update_epochs` passes of Adam over `num_minibatches` shuffled minibatches of the mean squared error
+    of V(s) to the returns.
+
+    batch: flat tensors of the B transitions of the rollout (reset steps left out): obs [B, D] (normalised),
+    actions ([B] int64 or [B, A] float, as sampled), logprobs [B], policy_params (the old policy's, as
+    Agent.policy_params), values [B], advantages [B], returns [B].
+    Returns the logged statistics: policy_loss (-L after the step), surrogate_improvement, kl (the accepted
+    step's mean KL), step_size (the norm of the parameter change), line_search_steps, line_search_failed,
+    entropy, old_approx_kl, approx_kl, value_loss (mean over the critic's minibatches).
+    """
+    continuous = agent.continuous
+    advantages = normalize_advantages(batch["advantages"]) if args.norm_adv else batch["advantages"]
+    params = agent.policy_parameters()
+    old_vector = torch.nn.utils.parameters_to_vector(params).detach()
+
+    def surrogate_and_kl():
+        new_params = agent.policy_params(batch["obs"])
+        newlogprob, entropy = logprobs_and_entropy(new_params, batch["actions"], continuous)
+        logratio = newlogprob - batch["logprobs"]
+        surrogate = (logratio.exp() * advantages).mean()
+        return surrogate, policy_kl(batch["policy_params"], new_params, continuous).mean(), logratio, entropy
+
+    surrogate, kl, _, _ = surrogate_and_kl()
+    grad = torch.cat([g.reshape(-1) for g in torch.autograd.grad(surrogate, params, retain_graph=True)])
+    fvp = fisher_vector_product(kl, params, args.cg_damping)
+    step_dir = conjugate_gradient(fvp, grad, args.cg_iters)
+    shs = step_dir.dot(fvp(step_dir))
+    # A zero gradient (or a degenerate direction) gives no step; the line search then keeps the old parameters.
+    full_step = torch.sqrt(2 * args.max_kl / shs) * step_dir if shs > 0 else torch.zeros_like(step_dir)
+
+    def evaluate_step(vector):
+        torch.nn.utils.vector_to_parameters(vector, params)
+        with torch.no_grad():
+            new_surrogate, new_kl, _, _ = surrogate_and_kl()
+        return new_surrogate.item(), new_kl.item()
+
+    old_surrogate = surrogate.item()
+    new_vector, tries, accepted, new_surrogate, step_kl = line_search(
+        evaluate_step, old_vector, full_step, old_surrogate, args.max_kl, args.backtrack_coef, args.backtrack_iters
+    )
+    torch.nn.utils.vector_to_parameters(new_vector, params)
+    with torch.no_grad():
+        _, _, logratio, entropy = surrogate_and_kl()
+
+    value_losses = []
+    for epoch in range(args.update_epochs):
+        b_inds = torch.randperm(len(batch["obs"]), device=batch["obs"].device)
+        for mb_inds in b_inds.tensor_split(args.num_minibatches):
+            v_loss = (agent.get_value(batch["obs"][mb_inds]) - batch["returns"][mb_inds]).square().mean()
+            optimizer.zero_grad(set_to_none=False)  # keep the gradients in place (see flat_parameters)
+            v_loss.backward()
+            optimizer.step()
+            value_losses.append(v_loss.detach())
+
+    stats_t = torch.stack(
+        [torch.stack(value_losses).mean(), entropy.mean(), (-logratio).mean(), approx_kl(logratio)]
+    ).tolist()
+    return {
+        "policy_loss": -new_surrogate,
+        "surrogate_improvement": new_surrogate - old_surrogate,
+        "kl": step_kl,
+        "step_size": (new_vector - old_vector).norm().item(),
+        "line_search_steps": tries,
+        "line_search_failed": float(not accepted),
+        **dict(zip(("value_loss", "entropy", "old_approx_kl", "approx_kl"), stats_t)),
+    }
+
+
+def action_bounds(action_space: gym.Space, device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """A Box action space's (low, high) as float32 tensors on `device`, for clipping actions; (None, None) for
+    a Discrete one."""
+    if not isinstance(action_space, gym.spaces.Box):
+        return None, None
+    return tuple(torch.as_tensor(b, dtype=torch.float32, device=device) for b in (action_space.low, action_space.high))
+
+
+def evaluate(agent: Agent, args: Args, episodes: int, greedy: bool, device: torch.device) -> np.ndarray:
+    """Run the policy for `episodes` full episodes on fresh envs (seed `args.seed + 10000`) without learning.
+
+    Greedy takes argmax pi(a|s) (Discrete) or the mean action (Box); otherwise actions are sampled from a private
+    generator, so evaluation leaves the training RNG untouched. Observations are normalised with the agent's
+    statistics, frozen.
+    Each of the min(episodes, num_envs) envs runs a fixed share of the episodes, so short episodes are not
+    over-represented. Returns [episodes] float64 returns (raw rewards).
+    """
+    num_envs = min(episodes, args.num_envs)
+    quota = np.array([episodes // num_envs + (i < episodes % num_envs) for i in range(num_envs)])
+    envs = make_envs(args, num_envs, args.seed + 10000, capture_video=False, run_name="")
+    low, high = action_bounds(envs.single_action_space, device)
+    generator = torch.Generator(device=device).manual_seed(args.seed + 10000)
+    returns = [[] for _ in range(num_envs)]
+    next_obs, _ = envs.reset(seed=args.seed + 10000 if args.env_backend == "gymnasium" else None)
+    with torch.inference_mode():
+        while any(len(r) < q for r, q in zip(returns, quota)):
+            obs = torch.as_tensor(agent.normalize_obs(next_obs, update=False), device=device)
+            out = agent.actor(obs)
+            if agent.continuous:
+                if not greedy:
+                    noise = torch.randn(out.shape, generator=generator, device=device)
+                    out = out + agent.actor_logstd.exp() * noise
+                action = torch.clamp(out, low, high)
+            elif greedy:
+                action = out.argmax(-1)
+            else:
+                action = torch.multinomial(out.softmax(-1), 1, generator=generator).squeeze(-1)
+            next_obs, _, _, _, infos = envs.step(action.cpu().numpy())
+            if "episode" in infos:
+                for i in np.nonzero(infos["_episode"])[0]:
+                    if len(returns[i]) < quota[i]:
+                        returns[i].append(float(infos["episode"]["r"][i]))
+    envs.close()
+    return np.array([r for env_returns in returns for r in env_returns])
+
+
+def upload_new_videos(wandb_run, video_dir: str, uploaded: set) -> None:
+    """Log to W&B (key `videos`) each finished .mp4 in `video_dir` not in `uploaded`, and add it there."""
+    import wandb
+
+    if os.path.isdir(video_dir):
+        for name in sorted(set(os.listdir(video_dir)) - uploaded):
+            if name.endswith(".mp4"):
+                wandb_run.log({"videos": wandb.Video(os.path.join(video_dir, name), format="mp4")})
+                uploaded.add(name)
+
+
+def save_checkpoint(path: str, state: dict) -> None:
+    """Write `state` with torch.save atomically: to a temporary file in the same folder, fsync'ed, then
+    renamed over `path`, so a crash mid-write leaves the previous checkpoint intact."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_checkpoint(path: str) -> dict:
+    """Load a checkpoint written by this script, with torch.load(weights_only=True) (no arbitrary objects).
+
+    Raises:
+        UsageError: naming `--resume` and the file when it is missing, unreadable, or not this script's.
+    """
+    if not os.path.isfile(path):
+        raise UsageError(f"--resume {path}: no such file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UsageError(f"--resume {path}: not a readable checkpoint ({reason[:120]})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise UsageError(f"--resume {path}: not a {os.path.basename(__file__)} checkpoint")
+    return ckpt
+
+
+def parse_args(argv: list[str]) -> Args:
+    """tyro CLI; with `--resume PATH`, the checkpoint's flags are the defaults that the command line overrides."""
+    resume = None
+    for i, arg in enumerate(argv):
+        if arg.startswith("--resume="):
+            resume = arg.split("=", 1)[1]
+        elif arg == "--resume" and i + 1 < len(argv):
+            resume = argv[i + 1]
+    default = Args()
+    if resume not in (None, "None"):
+        saved = load_checkpoint(resume)["args"]
+        default = Args(**{f.name: saved[f.name] for f in fields(Args) if f.name in saved})
+    return tyro.cli(Args, args=argv, default=default)
+
+
+def main(args: Args) -> dict:
+    """Train (and evaluate) as `args` says. Returns the run's record: `run_name`, `run_dir`, `history`
+    (one dict of logged scalars per iteration), `episodes` ((global_step, return, length) of every finished
+    episode), `eval` (mean returns, when `--eval-episodes`) and the trained `agent`.
+
+    Raises:
+        UsageError: bad flags or `--resume` file, before anything is built or written.
+    """
+    validate_args(args)
+    ckpt = load_checkpoint(args.resume) if args.resume else None
+    if ckpt is not None:
+        for name in ("env_id", "env_backend", "num_envs", "num_steps", "seed"):
+            if getattr(args, name) != ckpt["args"][name]:
+                raise UsageError(
+                    f"{flag(name)} {getattr(args, name)} differs from the checkpoint's {ckpt['args'][name]}: "
+                    "a resumed run keeps its environment settings"
+                )
+    check_env(args)
+
+    run_name = ckpt["run_name"] if ckpt else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir = f"runs/{run_name}"
+    config = {
+        **asdict(args),
+        "batch_size": args.batch_size,
+        "minibatch_size": args.minibatch_size,
+        "num_iterations": args.num_iterations,
+    }
+    wandb_run = None
+    if args.track:
+        import wandb
+
+        wandb_run = wandb.init(
+            project=args.wandb_project_name,
+            entity=args.wandb_entity,
+            sync_tensorboard=True,
+            config=config,
+            name=run_name,
+            id=ckpt.get("wandb_id") if ckpt else None,
+            resume="allow",
+            save_code=True,
+        )
+    writer = SummaryWriter(run_dir, purge_step=ckpt["global_step"] + 1 if ckpt else None)
+    writer.add_text(
+        "hyperparameters",
+        "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in config.items()])),
+    )
+
+    # TRY NOT TO MODIFY: seeding
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    torch.set_num_threads(args.torch_threads)
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    # env setup
+    if args.capture_video and "DISPLAY" not in os.environ:
+        os.environ.setdefault("MUJOCO_GL", "egl")  # MuJoCo renders headless through EGL (set MUJOCO_GL to override)
+    envs = make_envs(args, args.num_envs, args.seed, args.capture_video, run_name)
+    obs_dim = envs.single_observation_space.shape[0]
+    continuous = isinstance(envs.single_action_space, gym.spaces.Box)
+    action_dim = envs.single_action_space.shape[0] if continuous else envs.single_action_space.n
+    # A sampled Box action is stored unclipped (its log-probability is that of the sample); the env gets it clipped.
+    low, high = action_bounds(envs.single_action_space, device)
+    norm_reward = args.norm_reward and continuous  # observation and reward normalisation: Box action spaces only
+
+    agent = Agent(obs_dim, action_dim, continuous, args.norm_obs and continuous).to(device)
+    # Adam trains the critic; the policy moves by TRPO's natural-gradient step.
+    optimizer = torch.optim.Adam([flat_parameters(agent.critic)], lr=args.learning_rate, eps=1e-5, fused=True)
+
+    # ALGO Logic: Storage setup. obs[t] is the observation acted on at step t; obs[num_steps] the next one.
+    obs = torch.zeros((args.num_steps + 1, args.num_envs, obs_dim), device=device)
+    actions = (
+        torch.zeros((args.num_steps, args.num_envs, action_dim), device=device)
+        if continuous
+        else torch.zeros((args.num_steps, args.num_envs), dtype=torch.long, device=device)
+    )
+    # What the env returns stays on the host until the rollout ends: one transfer per iteration.
+    rewards = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
+    terminations = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
+    truncations = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
+    action_dtype = torch.float32 if continuous else torch.uint8 if action_dim <= 256 else torch.int32
+    # Reward scaling's state: running statistics of the discounted return, and that return per env.
+    return_rms, discounted_return = RunningMeanStd(shape=()), np.zeros(args.num_envs)
+    action_log = []  # every action taken, for an exact resume by replay
+    obs_t, actions_t = obs.unbind(0), actions.unbind(0)  # per-step views: cheaper to write than obs[step]
+
+    # TRY NOT TO MODIFY: start the game
+    global_step, start_iteration, episodes = 0, 1, []
+    next_obs, _ = envs.reset(seed=args.seed if args.env_backend == "gymnasium" else None)  # envpool: seeded at make
+    next_done = np.zeros(args.num_envs, dtype=bool)  # whether the last step ended an episode
+    if ckpt is not None:
+        agent.load_state_dict(ckpt["agent"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        if device.type == "cuda" and ckpt["rng"]["cuda"] is not None:
+            torch.cuda.set_rng_state(ckpt["rng"]["cuda"])
+        global_step, start_iteration = ckpt["global_step"], ckpt["iteration"] + 1
+        episodes = [tuple(e) for e in ckpt["episodes"]]
+        action_log = [ckpt["actions"]]
+        return_rms.mean, return_rms.var, return_rms.count = (x.item() for x in ckpt["return_rms"])
+        discounted_return = ckpt["discounted_return"].numpy().copy()
+        # Replaying the actions into the freshly seeded envs restores their exact state.
+        replay = ckpt["actions"].numpy() if continuous else ckpt["actions"].long().numpy()
+        for step_actions in replay if start_iteration <= args.num_iterations else []:
+            if continuous:
+                step_actions = np.clip(step_actions, envs.single_action_space.low, envs.single_action_space.high)
+            next_obs, _, term, trunc, _ = envs.step(step_actions)
+            next_done = term | trunc
+    # A resumed run's statistics already include this observation (the agent's state_dict restored them).
+    obs[args.num_steps] = torch.as_tensor(agent.normalize_obs(next_obs, update=ckpt is None), device=device)
+
+    def checkpoint(iteration):
+        save_checkpoint(
+            f"{run_dir}/checkpoint.pt",
+            {
+                "format": CHECKPOINT_FORMAT,
+                "args": asdict(args),
+                "run_name": run_name,
+                "iteration": iteration,
+                "global_step": global_step,
+                "agent": agent.state_dict(),  # includes the observation statistics
+                "return_rms": torch.tensor([return_rms.mean, return_rms.var, return_rms.count], dtype=torch.float64),
+                "discounted_return": torch.from_numpy(discounted_return.copy()),
+                "optimizer": optimizer.state_dict(),
+                "rng": {
+                    "torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None,
+                },
+                "actions": torch.cat(action_log),
+                "episodes": [list(e) for e in episodes],
+                "wandb_id": wandb_run.id if wandb_run else None,
+            },
+        )
+
+    history, uploaded_videos = [], set()
+    start_time, start_step, last_print, saved = time.time(), global_step, 0.0, False
+    # SIGTERM (a cluster's preemption notice): finish the iteration, checkpoint, stop; --resume continues exactly.
+    preempted, previous_sigterm = [], None
+    if args.save_model and threading.current_thread() is threading.main_thread():
+        previous_sigterm = signal.signal(signal.SIGTERM, lambda signum, frame: preempted.append(signum))
+    bar = (
+        tqdm(total=args.num_iterations * args.batch_size, initial=global_step, unit="step", dynamic_ncols=True)
+        if sys.stderr.isatty()
+        else None
+    )
+    try:
+        for iteration in range(start_iteration, args.num_iterations + 1):
+            # Annealing the rate if instructed to do so.
+            lrnow = (
+                annealed_lr(iteration, args.num_iterations, args.learning_rate)
+                if args.anneal_lr
+                else args.learning_rate
+            )
+            optimizer.param_groups[0]["lr"] = lrnow
+
+            obs[0] = obs[args.num_steps]
+            reset_first = next_done
+            iteration_episodes = []
+            with torch.inference_mode():
+                # Sampling with noise drawn for the whole rollout at once: Gaussian, mean + std * N(0, 1); Categorical,
+                # Gumbel-max, argmax(logits + G) with G ~ Gumbel(0, 1).
+                if continuous:
+                    noise = torch.randn((args.num_steps, args.num_envs, action_dim), device=device)
+                    action_std = agent.actor_logstd.exp()
+                else:
+                    noise = (
+                        -torch.empty((args.num_steps, args.num_envs, action_dim), device=device).exponential_().log()
+                    )
+                for step in range(0, args.num_steps):
+                    global_step += args.num_envs
+                    out = agent.actor(obs_t[step])
+                    if continuous:
+                        action = torch.addcmul(out, action_std, noise[step])
+                        env_action = torch.clamp(action, low, high)
+                    else:
+                        action = env_action = (out + noise[step]).argmax(-1)
+                    actions_t[step].copy_(action)
+
+                    # TRY NOT TO MODIFY: execute the game and log data.
+                    next_obs, rewards[step], terminations[step], truncations[step], infos = envs.step(
+                        env_action.cpu().numpy()
+                    )
+                    obs_t[step + 1].copy_(torch.from_numpy(agent.normalize_obs(next_obs, update=True)))
+                    if "episode" in infos:
+                        for i in np.nonzero(infos["_episode"])[0]:
+                            iteration_episodes.append(
+                                (global_step, float(infos["episode"]["r"][i]), int(infos["episode"]["l"][i]))
+                            )
+                next_done = (terminations[-1] + truncations[-1]) > 0
+                # A reset step (the step after an episode ended, its action ignored) is no transition: leave it out.
+                is_reset = np.concatenate([reset_first[None], (terminations[:-1] + truncations[:-1]) > 0])
+                b_inds = torch.from_numpy(np.flatnonzero(~is_reset)).to(device)
+                if norm_reward:
+                    rewards[:] = scale_rewards(
+                        rewards, is_reset, terminations, return_rms, discounted_return, args.gamma
+                    )
+
+                # Old log-probabilities and values in one batched pass: the parameters did not change during the rollout.
+                policy_params = agent.policy_params(obs[:-1])
+                logprobs, _ = logprobs_and_entropy(policy_params, actions, continuous)
+                values = agent.get_value(obs)
+                t_rewards, t_terms, t_truncs = (
+                    torch.from_numpy(x).to(device) for x in (rewards, terminations, truncations)
+                )
+                advantages = compute_gae(t_rewards, values, t_terms, t_truncs, args.gamma, args.gae_lambda)
+                returns = advantages + values[:-1]
+            action_log.append(actions.to("cpu", action_dtype, copy=True))
+
+            # flatten the batch (indexing outside inference mode gives normal tensors that autograd accepts)
+            batch = {
+                "obs": obs[:-1].reshape(-1, obs_dim)[b_inds],
+                "actions": actions.reshape(-1, *actions.shape[2:])[b_inds],
+                "logprobs": logprobs.reshape(-1)[b_inds],
+                "policy_params": policy_params.reshape(-1, policy_params.shape[-1])[b_inds],
+                "values": values[:-1].reshape(-1)[b_inds],
+                "advantages": advantages.reshape(-1)[b_inds],
+                "returns": returns.reshape(-1)[b_inds],
+            }
+            stats = trpo_update(agent, optimizer, batch, args)
+
+            y_pred, y_true = batch["values"], batch["returns"]
+            var_y = y_true.var()
+            explained_var = (1 - (y_true - y_pred).var() / var_y).item() if var_y > 0 else float("nan")
+
+            # TRY NOT TO MODIFY: record rewards for plotting purposes
+            episodes.extend(iteration_episodes)
+            for step_, episodic_return, episodic_length in iteration_episodes:
+                writer.add_scalar("charts/episodic_return", episodic_return, step_)
+                writer.add_scalar("charts/episodic_length", episodic_length, step_)
+            sps = int((global_step - start_step) / (time.time() - start_time))
+            scalars = {"charts/learning_rate": lrnow, "charts/SPS": sps}
+            scalars.update({f"losses/{k}": v for k, v in stats.items()})
+            scalars["losses/explained_variance"] = explained_var
+            for tag, value in scalars.items():
+                writer.add_scalar(tag, value, global_step)
+            history.append(scalars)
+            if wandb_run is not None and args.capture_video:  # wandb's monitor_gym fails on gymnasium 1.x
+                upload_new_videos(wandb_run, f"videos/{run_name}", uploaded_videos)
+
+            recent = [e[1] for e in episodes[-20:]]
+            if bar is not None:
+                bar.update(global_step - bar.n)
+                bar.set_postfix(SPS=sps, ret=f"{np.mean(recent):.1f}" if recent else "-", refresh=False)
+            elif time.time() - last_print > 10 or iteration == args.num_iterations:
+                last_print = time.time()
+                mean_return = f"{np.mean(recent):.1f}" if recent else "-"
+                print(
+                    f"global_step={global_step} SPS={sps} return(last {len(recent)} episodes)={mean_return}", flush=True
+                )
+            if args.save_model and (
+                iteration == args.num_iterations
+                or (args.checkpoint_every and iteration % args.checkpoint_every == 0)
+                or preempted
+            ):
+                checkpoint(iteration)
+                saved = True
+            if preempted:
+                print(f"SIGTERM: stopped after iteration {iteration}; resume with --resume {run_dir}/checkpoint.pt")
+                break
+        recent = [e[1] for e in episodes[-100:]]
+        summary = f"{np.mean(recent):.2f} (last {len(recent)} episodes)" if recent else "- (no episode finished)"
+        print(f"finished at global_step={global_step}: mean return {summary}", flush=True)
+        if saved:
+            print(f"checkpoint saved to {run_dir}/checkpoint.pt", flush=True)
+
+        eval_result = {}
+        if args.eval_episodes and not preempted:
+            for mode, tag in (("sampled", "eval/episodic_return"), ("greedy", "eval/episodic_return_greedy")):
+                eval_returns = evaluate(agent, args, args.eval_episodes, greedy=mode == "greedy", device=device)
+                for idx, episodic_return in enumerate(eval_returns):
+                    writer.add_scalar(tag, episodic_return, idx)
+                eval_result[mode] = float(eval_returns.mean())
+                print(
+                    f"eval ({mode}, {args.eval_episodes} episodes): mean return {eval_returns.mean():.2f} +- {eval_returns.std():.2f}"
+                )
+    finally:
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
+        if bar is not None:
+            bar.close()
+        envs.close()
+        writer.close()
+        if wandb_run is not None:
+            wandb_run.finish()
+    return {
+        "run_name": run_name,
+        "run_dir": run_dir,
+        "history": history,
+        "episodes": episodes,
+        "eval": eval_result,
+        "agent": agent,
+    }
+
+
+if __name__ == "__main__":
+    try:
+        main(parse_args(sys.argv[1:]))
+    except UsageError as e:
+        sys.exit(f"{os.path.basename(__file__)}: error: {e}")
