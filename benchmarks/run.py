@@ -29,17 +29,19 @@ from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# The published comparisons (REFERENCE.md): scripts and env ids; budgets are the scripts' own defaults.
+# The published comparisons (REFERENCE.md): scripts, env ids and the budget (env steps) every script gets.
 PRESETS = {
     "classic": (
         ("ppo_discrete.py", "trpo_baseline.py", "a2c_baseline.py"),
         ("CartPole-v1", "Acrobot-v1", "MountainCar-v0"),
+        500_000,
     ),
     "mujoco": (
         ("ppo_continuous.py", "trpo_baseline.py", "a2c_baseline.py"),
         ("HalfCheetah-v5", "Hopper-v5", "Walker2d-v5"),
+        1_000_000,
     ),
-    "atari": (("ppo_atari.py", "ppo_lstm.py"), ("Pong-v5", "Breakout-v5", "BeamRider-v5")),
+    "atari": (("ppo_atari.py", "ppo_lstm.py"), ("Pong-v5", "Breakout-v5", "BeamRider-v5"), 10_000_000),
 }
 
 
@@ -55,7 +57,7 @@ class Args:
     seeds: tuple[int, ...] = (1, 2, 3)
     """seeds, one run each"""
     total_timesteps: int | None = None
-    """override every script's default budget"""
+    """override the preset's budget (env steps per run: classic 500k, mujoco 1M, atari 10M)"""
     script_args: str = ""
     """extra flags for every run, as one string, e.g. --script-args='--env-backend envpool'"""
     workers: int = len(os.sched_getaffinity(0))
@@ -91,7 +93,7 @@ def plan(args: Args) -> tuple[list[Run], list[str], str]:
     Raises:
         SystemExit: a script named with --scripts that does not exist, or bad sizes, before anything runs.
     """
-    preset_scripts, preset_envs = PRESETS[args.preset]
+    preset_scripts, preset_envs, budget = PRESETS[args.preset]
     scripts, env_ids = args.scripts or preset_scripts, args.env_ids or preset_envs
     missing = [s for s in scripts if not (ROOT / s).is_file()]
     if args.scripts and missing:
@@ -106,8 +108,7 @@ def plan(args: Args) -> tuple[list[Run], list[str], str]:
         for env_id in env_ids:
             for seed in args.seeds:
                 command = [sys.executable, str(ROOT / script), "--env-id", env_id, "--seed", str(seed)]
-                if args.total_timesteps is not None:
-                    command += ["--total-timesteps", str(args.total_timesteps)]
+                command += ["--total-timesteps", str(args.total_timesteps or budget)]
                 command += ["--torch-threads", "1", *shlex.split(args.script_args)]
                 if args.track:
                     command += ["--track", "--wandb-project-name", args.wandb_project_name]

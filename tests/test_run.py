@@ -87,9 +87,10 @@ def test_bad_input_is_refused_before_anything_runs(workdir):
 
 
 def test_presets_skip_scripts_not_yet_in_the_repository():
-    scripts, env_ids = run.PRESETS["mujoco"]
+    scripts, env_ids, budget = run.PRESETS["mujoco"]
     present = {s for s in scripts if (run.ROOT / s).is_file()}
     runs, missing, _ = run.plan(run.Args(preset="mujoco", seeds=(1, 2)))
     assert "ppo_continuous.py" in present
     assert {r.script for r in runs} == present and len(runs) == len(present) * len(env_ids) * 2
     assert set(missing) == set(scripts) - present
+    assert all(r.command[r.command.index("--total-timesteps") + 1] == str(budget) for r in runs)
