@@ -234,7 +234,7 @@ class Agent(nn.Module):
     (running mean, var and count, float64), which are part of its state_dict: a saved agent acts on
     observations exactly as it did in training."""
 
-    def __init__(self, obs_dim: int, action_dim: int, continuous: bool, norm_obs: bool = True):
+    def __init__(self, obs_dim: int, action_dim: int, continuous: bool = False, norm_obs: bool = False):
         super().__init__()
         self.critic = nn.Sequential(
             layer_init(nn.Linear(obs_dim, 64)),
@@ -667,7 +667,9 @@ def main(args: Args) -> dict:
                 "iteration": iteration,
                 "global_step": global_step,
                 "agent": agent.state_dict(),  # includes the observation statistics
-                "return_rms": torch.tensor([return_rms.mean, return_rms.var, return_rms.count], dtype=torch.float64),
+                "return_rms": torch.tensor(
+                    [float(return_rms.mean), float(return_rms.var), float(return_rms.count)], dtype=torch.float64
+                ),
                 "discounted_return": torch.from_numpy(discounted_return.copy()),
                 "optimizer": optimizer.state_dict(),
                 "rng": {

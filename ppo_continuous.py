@@ -739,7 +739,9 @@ def main(args: Args) -> dict:
                 "global_step": global_step,
                 "kl_beta": kl_beta,
                 "agent": agent.state_dict(),  # includes the observation statistics
-                "return_rms": torch.tensor([return_rms.mean, return_rms.var, return_rms.count], dtype=torch.float64),
+                "return_rms": torch.tensor(
+                    [float(return_rms.mean), float(return_rms.var), float(return_rms.count)], dtype=torch.float64
+                ),
                 "discounted_return": torch.from_numpy(discounted_return.copy()),
                 "optimizer": optimizer.state_dict(),
                 "rng": {

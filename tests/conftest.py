@@ -12,8 +12,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 # Scripts whose shared maths and behaviour (GAE, losses, KL, schedules, checkpoints, resume, logging, errors)
-# the parametrised tests check.
+# the parametrised tests check: the PPO scripts, and the baselines (which take either action type).
 PPO_SCRIPTS = ["ppo_discrete", "ppo_continuous"]
+BASELINE_SCRIPTS = ["trpo_baseline", "a2c_baseline"]
+ALL_SCRIPTS = PPO_SCRIPTS + BASELINE_SCRIPTS
+# Each script's update phase (called once per iteration, after the rollout).
+UPDATE_FUNCTIONS = {
+    "ppo_discrete": "ppo_update",
+    "ppo_continuous": "ppo_update",
+    "trpo_baseline": "trpo_update",
+    "a2c_baseline": "a2c_update",
+}
 
 # Per script: a cheap env for end-to-end runs (short episodes), the constant-reward env with its action type,
 # an env of the other action type with the error it gets, and an env to record videos of.
@@ -30,7 +39,22 @@ TEST_ENVS = {
         wrong=("CartPole-v1", "action space Discrete.* is not a flat Box"),
         video="Pendulum-v1",  # rendered by pygame: MuJoCo needs an OpenGL backend (EGL) that CI may lack
     ),
+    **{
+        name: dict(
+            env_id="CartPole-v1",
+            constant="tests/ConstantReward-v0",
+            wrong=("Blackjack-v1", "observation space Tuple.* is not a flat Box"),
+            video="CartPole-v1",
+            box="InvertedPendulum-v5",  # the baselines' Box-action counterparts
+            constant_box="tests/ConstantRewardBox-v0",
+        )
+        for name in BASELINE_SCRIPTS
+    },
 }
+
+
+# Flags only some scripts have; tiny() drops them for the others (A2C has no minibatches, TRPO no value clipping).
+OPTIONAL_FLAGS = {"num_minibatches", "update_epochs", "clip_vloss"}
 
 
 def tiny(P, **kw):
@@ -43,12 +67,25 @@ def tiny(P, **kw):
         num_minibatches=2,
         update_epochs=2,
     )
-    return P.Args(**{**defaults, **kw})
+    kw = {k: v for k, v in {**defaults, **kw}.items() if k in P.Args.__dataclass_fields__ or k not in OPTIONAL_FLAGS}
+    return P.Args(**kw)
 
 
 @pytest.fixture(params=PPO_SCRIPTS)
 def script(request):
     """Each PPO script, imported as a module."""
+    return importlib.import_module(request.param)
+
+
+@pytest.fixture(params=ALL_SCRIPTS)
+def any_script(request):
+    """Every algorithm script (PPO and baselines), imported as a module."""
+    return importlib.import_module(request.param)
+
+
+@pytest.fixture(params=BASELINE_SCRIPTS)
+def baseline(request):
+    """Each baseline script (TRPO, A2C), imported as a module."""
     return importlib.import_module(request.param)
 
 
