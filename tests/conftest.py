@@ -99,6 +99,16 @@ def ppo_continuous():
     return importlib.import_module("ppo_continuous")
 
 
+@pytest.fixture
+def trpo_baseline():
+    return importlib.import_module("trpo_baseline")
+
+
+@pytest.fixture
+def a2c_baseline():
+    return importlib.import_module("a2c_baseline")
+
+
 @pytest.fixture(autouse=True)
 def workdir(tmp_path, monkeypatch):
     """Every test runs in its own directory (scripts write runs/ and videos/ relative to it), offline."""

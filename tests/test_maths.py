@@ -1,5 +1,7 @@
 """The algorithm's maths against naive references and closed forms."""
 
+import importlib
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -64,16 +66,16 @@ def naive_gae(rewards, values, terms, truncs, is_reset, gamma, lam):
 
 
 @pytest.mark.parametrize("seed", range(5))
-def test_gae_matches_naive_per_episode_reference(script, seed):
+def test_gae_matches_naive_per_episode_reference(any_script, seed):
     rewards, values, terms, truncs, is_reset = random_rollout(64, 6, seed)
     expected = naive_gae(rewards, values, terms, truncs, is_reset, 0.99, 0.95)
-    got = script.compute_gae(*map(torch.from_numpy, (rewards, values, terms, truncs)), 0.99, 0.95).numpy()
+    got = any_script.compute_gae(*map(torch.from_numpy, (rewards, values, terms, truncs)), 0.99, 0.95).numpy()
     valid = ~is_reset
     assert terms.sum() > 3 and truncs.sum() > 3 and is_reset.sum() > 6  # the data exercises every case
     np.testing.assert_allclose(got[valid], expected[valid], rtol=1e-5, atol=1e-5)
 
 
-def test_gae_truncation_bootstraps_and_termination_does_not(script):
+def test_gae_truncation_bootstraps_and_termination_does_not(any_script):
     """Constant reward 1 and the true value 1/(1-gamma) everywhere: every TD error is 0 when a truncated
     step bootstraps from V(final observation); a terminated step has advantage r - V."""
     gamma, v = 0.9, 10.0
@@ -82,21 +84,21 @@ def test_gae_truncation_bootstraps_and_termination_does_not(script):
     values = torch.full((T + 1, 1), v)
     truncs = torch.tensor([[0.0], [0.0], [1.0], [0.0], [0.0], [0.0]])
     terms = torch.zeros(T, 1)
-    adv = script.compute_gae(rewards, values, terms, truncs, gamma, 0.95)
+    adv = any_script.compute_gae(rewards, values, terms, truncs, gamma, 0.95)
     assert torch.allclose(adv[[0, 1, 2, 4, 5]], torch.zeros(5, 1), atol=1e-5)
     terms_at_2 = truncs.clone()
-    adv_term = script.compute_gae(rewards, values, terms_at_2, torch.zeros(T, 1), gamma, 0.95)
+    adv_term = any_script.compute_gae(rewards, values, terms_at_2, torch.zeros(T, 1), gamma, 0.95)
     assert adv_term[2, 0] == pytest.approx(1.0 - v)
 
 
-def test_gae_never_crosses_an_episode_boundary(script):
+def test_gae_never_crosses_an_episode_boundary(any_script):
     rewards, values, terms, truncs, is_reset = random_rollout(40, 3, 7)
     ended = np.argwhere((terms + truncs)[:-2] > 0)
     t, n = ended[0]
-    base = script.compute_gae(*map(torch.from_numpy, (rewards, values, terms, truncs)), 0.99, 0.95)
+    base = any_script.compute_gae(*map(torch.from_numpy, (rewards, values, terms, truncs)), 0.99, 0.95)
     later_rewards = rewards.copy()
     later_rewards[t + 2 :, n] += 100.0  # change only what comes after the episode's end and its reset step
-    changed = script.compute_gae(*map(torch.from_numpy, (later_rewards, values, terms, truncs)), 0.99, 0.95)
+    changed = any_script.compute_gae(*map(torch.from_numpy, (later_rewards, values, terms, truncs)), 0.99, 0.95)
     assert torch.equal(base[: t + 1, n], changed[: t + 1, n])
 
 
@@ -205,6 +207,44 @@ def test_gaussian_kl_matches_torch_distributions(ppo_continuous):
     assert torch.allclose(ppo_continuous.gaussian_kl(old_mean, old_logstd, old_mean, old_logstd), torch.zeros(6))
 
 
+@pytest.fixture(params=["ppo_continuous", "trpo_baseline", "a2c_baseline"])
+def normalising_script(request):
+    """The scripts with observation and reward normalisation (the baselines' for Box action spaces)."""
+    return importlib.import_module(request.param)
+
+
+def box_agent(P, obs_dim, action_dim, norm_obs):
+    """A Box-action agent of script P (the baselines' Agent takes the action type)."""
+    if P.__name__ == "ppo_continuous":
+        return P.Agent(obs_dim, action_dim, norm_obs=norm_obs)
+    return P.Agent(obs_dim, action_dim, continuous=True, norm_obs=norm_obs)
+
+
+@pytest.mark.parametrize("continuous", [False, True], ids=["discrete", "box"])
+def test_baseline_logprobs_entropy_and_kl_match_torch_distributions(baseline, continuous):
+    """The baselines' distribution functions on Agent.policy_params' layout: log-probabilities of every action
+    (Discrete) or mean and log-std concatenated (Box)."""
+    torch.manual_seed(0)
+    old_out, new_out = torch.randn(7, 3), torch.randn(7, 3)
+    if continuous:
+        old_logstd, new_logstd = torch.randn(1, 3) * 0.5, torch.randn(1, 3) * 0.5
+        old = torch.cat([old_out, old_logstd.expand(7, 3)], -1)
+        new = torch.cat([new_out, new_logstd.expand(7, 3)], -1)
+        old_dist = torch.distributions.Independent(torch.distributions.Normal(old_out, old_logstd.exp()), 1)
+        new_dist = torch.distributions.Independent(torch.distributions.Normal(new_out, new_logstd.exp()), 1)
+    else:
+        old, new = old_out.log_softmax(-1), new_out.log_softmax(-1)
+        old_dist, new_dist = (torch.distributions.Categorical(logits=x) for x in (old_out, new_out))
+    actions = new_dist.sample()
+    logprob, entropy = baseline.logprobs_and_entropy(new, actions, continuous)
+    assert torch.allclose(logprob, new_dist.log_prob(actions), atol=1e-5)
+    assert torch.allclose(entropy, new_dist.entropy(), atol=1e-5)
+    if hasattr(baseline, "policy_kl"):  # TRPO's trust region
+        expected = torch.distributions.kl_divergence(old_dist, new_dist)
+        assert torch.allclose(baseline.policy_kl(old, new, continuous), expected, atol=1e-5)
+        assert torch.allclose(baseline.policy_kl(old, old, continuous), torch.zeros(7), atol=1e-6)
+
+
 class ScriptedRewards(gym.vector.VectorEnv):
     """A vector env that replays given rewards and termination/truncation flags (next-step autoreset)."""
 
@@ -226,7 +266,7 @@ class ScriptedRewards(gym.vector.VectorEnv):
         return (np.zeros((self.num_envs, 1)), *(x[self.t - 1].copy() for x in self.data), {})
 
 
-def test_reward_scaling_equals_gymnasium_normalize_reward_then_clip(ppo_continuous):
+def test_reward_scaling_equals_gymnasium_normalize_reward_then_clip(normalising_script):
     """scale_rewards, called once per rollout of 50 steps with its state carried over, gives what CleanRL's
     wrappers give step by step: gymnasium's NormalizeReward (gamma 0.99) then a clip to [-10, 10]."""
     rewards, _, terms, truncs, is_reset = random_rollout(200, 3, seed=0, p_end=0.03)
@@ -241,7 +281,7 @@ def test_reward_scaling_equals_gymnasium_normalize_reward_then_clip(ppo_continuo
     return_rms, discounted_return = RunningMeanStd(shape=()), np.zeros(3)
     got = np.concatenate(
         [
-            ppo_continuous.scale_rewards(
+            normalising_script.scale_rewards(
                 rewards[t : t + 50], is_reset[t : t + 50], terms[t : t + 50], return_rms, discounted_return, 0.99
             )
             for t in range(0, 200, 50)
@@ -256,13 +296,13 @@ def test_reward_scaling_equals_gymnasium_normalize_reward_then_clip(ppo_continuo
     np.testing.assert_allclose(discounted_return, env.accumulated_reward, rtol=1e-6)
 
 
-def test_observation_normalisation_equals_gymnasium_normalize_observation_then_clip(ppo_continuous):
+def test_observation_normalisation_equals_gymnasium_normalize_observation_then_clip(normalising_script):
     """Agent.normalize_obs(update=True) is gymnasium's NormalizeObservation followed by CleanRL's clip to
     [-10, 10]; with update=False the statistics stay as they are."""
     rng = np.random.default_rng(0)
     batches = rng.normal(3.0, 2.0, size=(40, 2, 5))
     batches[5, 0, 0] = 500.0  # an outlier, clipped to 10
-    agent = ppo_continuous.Agent(5, 2)
+    agent = box_agent(normalising_script, 5, 2, norm_obs=True)
     reference = RunningMeanStd(shape=(5,))
     for obs in batches:
         got = agent.normalize_obs(obs, update=True)
@@ -273,21 +313,21 @@ def test_observation_normalisation_equals_gymnasium_normalize_observation_then_c
     frozen = agent.get_extra_state()
     agent.normalize_obs(rng.normal(size=(2, 5)) * 100, update=False)
     assert all(torch.equal(frozen[k], agent.get_extra_state()[k]) for k in frozen)
-    assert ppo_continuous.Agent(5, 2, norm_obs=False).normalize_obs(batches[5], update=True).tolist() == (
+    assert box_agent(normalising_script, 5, 2, norm_obs=False).normalize_obs(batches[5], update=True).tolist() == (
         batches[5].astype(np.float32).tolist()
     )
 
 
-def test_normalize_advantages(script):
+def test_normalize_advantages(any_script):
     adv = torch.tensor([1.0, 2.0, 3.0, 10.0])
-    out = script.normalize_advantages(adv)
+    out = any_script.normalize_advantages(adv)
     assert out.mean().item() == pytest.approx(0.0, abs=1e-6)
     assert out.std().item() == pytest.approx(1.0, rel=1e-6)
 
 
-def test_annealed_lr_is_linear_from_lr_to_lr_over_n(script):
+def test_annealed_lr_is_linear_from_lr_to_lr_over_n(any_script):
     n, lr = 10, 2.5e-4
-    lrs = [script.annealed_lr(i, n, lr) for i in range(1, n + 1)]
+    lrs = [any_script.annealed_lr(i, n, lr) for i in range(1, n + 1)]
     assert lrs[0] == lr and lrs[-1] == pytest.approx(lr / n)
     assert np.allclose(np.diff(lrs), -lr / n)
 

@@ -55,6 +55,16 @@ def test_checkpoint_keeps_reward_scaling_state(ppo_continuous):
     assert ckpt["actions"].shape == (64, 2, 1) and ckpt["actions"].dtype == torch.float32
 
 
+def test_checkpoint_and_resume_with_reward_scaling_off(ppo_continuous):
+    """Regression: with --no-norm-reward the untouched statistics (0-d arrays) made the checkpoint crash."""
+    P = ppo_continuous
+    result = P.main(tiny(P, save_model=True, norm_reward=False, total_timesteps=64))
+    ckpt = f"{result['run_dir']}/checkpoint.pt"
+    assert P.load_checkpoint(ckpt)["return_rms"].tolist() == [0.0, 1.0, 1e-4]
+    resumed = P.main(P.parse_args(["--resume", ckpt, "--total-timesteps", "96"]))
+    assert len(resumed["history"]) == 1
+
+
 def test_dm_control_through_envpool_gets_flattened_observations(ppo_continuous):
     """envpool's dm_control tasks have Dict observations (position, velocity): the script concatenates them."""
     P = ppo_continuous
