@@ -83,6 +83,8 @@ class Args:
     """RMSprop's smoothing constant alpha"""
     rms_prop_eps: float = 1e-5
     """RMSprop's epsilon"""
+    log_every: int = 100
+    """log the losses, learning rate and SPS every this many iterations (and at the last); episodes are always logged"""
     norm_obs: bool = True
     """with a Box action space: normalise observations by their running mean and std, clipped to [-10, 10] (the statistics are saved with the agent)"""
     norm_reward: bool = True
@@ -114,7 +116,7 @@ def validate_args(args: Args) -> None:
     Raises:
         UsageError: naming the first bad flag.
     """
-    for name in ("total_timesteps", "num_envs", "num_steps", "torch_threads"):
+    for name in ("total_timesteps", "num_envs", "num_steps", "log_every", "torch_threads"):
         if getattr(args, name) <= 0:
             raise UsageError(f"{flag(name)} must be positive, got {getattr(args, name)}")
     for name in ("learning_rate", "max_grad_norm", "rms_prop_eps"):
@@ -430,14 +432,14 @@ def a2c_loss(agent: Agent, batch: dict, args: Args):
 
 def a2c_update(agent: Agent, optimizer: torch.optim.Optimizer, batch: dict, args: Args) -> dict:
     """The update phase of one iteration: one gradient step on a2c_loss over the whole rollout, the gradient
-    clipped to norm `args.max_grad_norm`. Returns the losses as floats (policy_loss, value_loss, entropy)."""
+    clipped to norm `args.max_grad_norm`. Returns the losses (policy_loss, value_loss, entropy) as detached
+    0-d tensors: the caller reads them only on the iterations it logs (no device sync on the others)."""
     loss, pg_loss, v_loss, entropy_loss = a2c_loss(agent, batch, args)
     optimizer.zero_grad(set_to_none=False)  # keep the gradients in place (see flat_parameters)
     loss.backward()
     nn.utils.clip_grad_norm_(optimizer.param_groups[0]["params"], args.max_grad_norm)
     optimizer.step()
-    pg_loss, v_loss, entropy_loss = torch.stack([pg_loss, v_loss, entropy_loss]).tolist()
-    return {"policy_loss": pg_loss, "value_loss": v_loss, "entropy": entropy_loss}
+    return {"policy_loss": pg_loss.detach(), "value_loss": v_loss.detach(), "entropy": entropy_loss.detach()}
 
 
 def action_bounds(action_space: gym.Space, device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -764,22 +766,22 @@ def main(args: Args) -> dict:
             }
             stats = a2c_update(agent, optimizer, batch, args)
 
-            y_pred, y_true = batch["values"], batch["returns"]
-            var_y = y_true.var()
-            explained_var = (1 - (y_true - y_pred).var() / var_y).item() if var_y > 0 else float("nan")
-
             # TRY NOT TO MODIFY: record rewards for plotting purposes
             episodes.extend(iteration_episodes)
             for step_, episodic_return, episodic_length in iteration_episodes:
                 writer.add_scalar("charts/episodic_return", episodic_return, step_)
                 writer.add_scalar("charts/episodic_length", episodic_length, step_)
             sps = int((global_step - start_step) / (time.time() - start_time))
-            scalars = {"charts/learning_rate": lrnow, "charts/SPS": sps}
-            scalars.update({f"losses/{k}": v for k, v in stats.items()})
-            scalars["losses/explained_variance"] = explained_var
-            for tag, value in scalars.items():
-                writer.add_scalar(tag, value, global_step)
-            history.append(scalars)
+            if iteration % args.log_every == 0 or iteration == args.num_iterations:
+                y_pred, y_true = batch["values"], batch["returns"]
+                var_y = y_true.var()
+                explained_var = (1 - (y_true - y_pred).var() / var_y).item() if var_y > 0 else float("nan")
+                scalars = {"charts/learning_rate": lrnow, "charts/SPS": sps}
+                scalars.update({f"losses/{k}": v.item() for k, v in stats.items()})
+                scalars["losses/explained_variance"] = explained_var
+                for tag, value in scalars.items():
+                    writer.add_scalar(tag, value, global_step)
+                history.append(scalars)
             if wandb_run is not None and args.capture_video:  # wandb's monitor_gym fails on gymnasium 1.x
                 upload_new_videos(wandb_run, f"videos/{run_name}", uploaded_videos)
 

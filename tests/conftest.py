@@ -53,8 +53,9 @@ TEST_ENVS = {
 }
 
 
-# Flags only some scripts have; tiny() drops them for the others (A2C has no minibatches, TRPO no value clipping).
-OPTIONAL_FLAGS = {"num_minibatches", "update_epochs", "clip_vloss"}
+# Flags only some scripts have; tiny() drops them for the others (A2C has no minibatches, TRPO no value clipping;
+# A2C logs its losses every --log-every iterations, every iteration here).
+OPTIONAL_FLAGS = {"num_minibatches", "update_epochs", "clip_vloss", "log_every"}
 
 
 def tiny(P, **kw):
@@ -66,6 +67,7 @@ def tiny(P, **kw):
         total_timesteps=128,
         num_minibatches=2,
         update_epochs=2,
+        log_every=1,
     )
     kw = {k: v for k, v in {**defaults, **kw}.items() if k in P.Args.__dataclass_fields__ or k not in OPTIONAL_FLAGS}
     return P.Args(**kw)

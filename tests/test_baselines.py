@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 from conftest import TEST_ENVS, UPDATE_FUNCTIONS, tiny
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 
 def policy_batch(P, continuous, n=64, seed=0, hidden=None):
@@ -178,9 +179,24 @@ def test_a2c_update_is_one_hand_computed_rmsprop_step(a2c_baseline, continuous):
         [P.flat_parameters(agent)], lr=7e-4, alpha=args.rms_prop_alpha, eps=args.rms_prop_eps
     )
     stats = P.a2c_update(agent, optimizer, batch, args)
-    assert stats["value_loss"] == pytest.approx(((value - batch["returns"]) ** 2).mean().item(), rel=1e-5)
+    assert stats["value_loss"].item() == pytest.approx(((value - batch["returns"]) ** 2).mean().item(), rel=1e-5)
     for p, q in zip(agent.parameters(), expected):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7)
+
+
+def test_a2c_logs_losses_every_log_every_iterations_and_every_episode(a2c_baseline):
+    P = a2c_baseline
+    result = P.main(tiny(P, env_id="tests/ConstantReward-v0", log_every=3))
+    assert len(result["episodes"]) == 20
+    acc = EventAccumulator(result["run_dir"], size_guidance={"scalars": 0})
+    acc.Reload()
+    assert [s.step for s in acc.Scalars("losses/value_loss")] == [96, 128]  # iterations 3 and 4 (the last)
+    assert len(acc.Scalars("charts/episodic_return")) == 20
+    every = P.main(tiny(P, env_id="tests/ConstantReward-v0"))  # logging does not change learning
+    assert len(result["history"]) == 2 and all(
+        {k: v for k, v in a.items() if k != "charts/SPS"} == {k: v for k, v in b.items() if k != "charts/SPS"}
+        for a, b in zip(result["history"], every["history"][2:])
+    )
 
 
 def test_a2c_advantages_are_not_normalised_by_default(a2c_baseline):
