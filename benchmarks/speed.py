@@ -1,14 +1,16 @@
-"""Speed benchmark: agent steps per second (SPS) of a PPO script at its defaults, and where the time goes.
+"""Speed benchmark: agent steps per second (SPS) of an algorithm script at its defaults, and where the time goes.
 
     python -m benchmarks.speed                                   # ppo_discrete.py, 3 runs of 100k steps
     python -m benchmarks.speed --total-timesteps 500000 --runs 1
     python -m benchmarks.speed --reference ~/cleanrl/ppo.py      # the reference, interleaved run by run
     python -m benchmarks.speed --script ppo_continuous.py --runs 3
+    python -m benchmarks.speed --script trpo_baseline.py          # no CleanRL counterpart: SPS only
 
 Each run is a fresh process; SPS is the script's own last reported figure (steps / seconds since the loop
 started, as CleanRL computes it). Runs alternate between the scripts so that a machine's noisy moments hit
 both alike. Without --reference the comparison is with --reference-sps (CleanRL's ppo.py measured on this
-project's 2-vCPU machines, ../shared/REFERENCE.md). The profile runs once in-process and splits wall time
+project's 2-vCPU machines, ../shared/REFERENCE.md); scripts without a counterpart (the baselines) get their SPS
+alone. The profile runs once in-process and splits wall time
 into env stepping, the update phase and the rest (acting, storage, GAE, logging, setup).
 """
 
@@ -43,7 +45,7 @@ class Args:
     """path of a reference script to run interleaved (it must print `SPS: N` or `SPS=N`)"""
     reference_sps: float | None = None
     """the reference's SPS when --reference is not given (default: REFERENCE.md's figure for the script's CleanRL
-    counterpart at its defaults: 5,100 for ppo_discrete.py, 1,230 for ppo_continuous.py)"""
+    counterpart at its defaults: 5,100 for ppo_discrete.py, 1,230 for ppo_continuous.py; none for the baselines)"""
     profile: bool = True
     """also split one run's wall time into env, update and the rest"""
     script_args: str = ""
@@ -83,15 +85,17 @@ def profile(script: str, total_timesteps: int, script_args: list[str]) -> dict[s
 
         return wrapper
 
-    make_envs, ppo_update = module.make_envs, module.ppo_update
+    make_envs = module.make_envs
+    update_name = next(n for n in ("ppo_update", "trpo_update", "a2c_update") if hasattr(module, n))
 
     def make_timed_envs(*a, **k):
         envs = make_envs(*a, **k)
         envs.step = timed("env", envs.step)
         return envs
 
-    module.make_envs, module.ppo_update = make_timed_envs, timed("update", ppo_update)
-    if hasattr(module, "scale_rewards"):  # ppo_continuous.py: observation normalisation and reward scaling
+    module.make_envs = make_timed_envs
+    setattr(module, update_name, timed("update", getattr(module, update_name)))
+    if hasattr(module, "scale_rewards"):  # observation normalisation and reward scaling (Box action spaces)
         module.scale_rewards = timed("normalisation", module.scale_rewards)
         module.Agent.normalize_obs = timed("normalisation", module.Agent.normalize_obs)
     args = module.parse_args(["--total-timesteps", str(total_timesteps), *script_args])
@@ -109,10 +113,6 @@ def profile(script: str, total_timesteps: int, script_args: list[str]) -> dict[s
 
 def main(args: Args) -> None:
     reference_sps = args.reference_sps or REFERENCE_SPS.get(Path(args.script).name)
-    if args.reference is None and reference_sps is None:
-        raise SystemExit(
-            f"benchmarks.speed: error: no reference SPS for {args.script}: pass --reference-sps or --reference"
-        )
     if not (ROOT / args.script).is_file():
         raise SystemExit(f"benchmarks.speed: error: --script {args.script}: no such file in {ROOT}")
     ours_cmd = [
@@ -141,7 +141,8 @@ def main(args: Args) -> None:
     print(
         f"\n{args.script}: median {median:.0f} SPS (min {min(ours)}, max {max(ours)}) over {args.runs} runs of {args.total_timesteps} steps"
     )
-    print(f"{ref_name}: {ref_median:.0f} SPS  ->  ratio {median / ref_median:.2f}x")
+    if ref_median is not None:
+        print(f"{ref_name}: {ref_median:.0f} SPS  ->  ratio {median / ref_median:.2f}x")
     if args.profile:
         spent = profile(args.script, args.total_timesteps, shlex.split(args.script_args))
         rest = spent["total"] - spent["env"] - spent["update"] - spent["normalisation"]
