@@ -30,6 +30,9 @@ REFERENCE = {
     ("ppo_continuous", "Hopper-v5"): ("CleanRL ppo_continuous_action.py, -v4", 2382.86, 271.74),
     ("ppo_continuous", "Walker2d-v5"): ("CleanRL ppo_continuous_action.py, -v4", 2287.95, 571.78),
     ("ppo_continuous", "InvertedPendulum-v5"): ("CleanRL ppo_continuous_action.py, -v4", 963.09, 22.20),
+    ("trpo_baseline", "HalfCheetah-v5"): ("sb3-contrib TRPO, -v3", 1803.0, 46.0),
+    ("trpo_baseline", "Hopper-v5"): ("sb3-contrib TRPO, -v3", 3372.0, 215.0),
+    ("trpo_baseline", "Walker2d-v5"): ("sb3-contrib TRPO, -v3", 4502.0, 234.0),
 }
 
 
