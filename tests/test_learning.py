@@ -33,3 +33,15 @@ def test_trpo_solves_cartpole_within_49k_steps(trpo_baseline, seed):
     result = trpo_baseline.main(trpo_baseline.Args(env_id="CartPole-v1", seed=seed, total_timesteps=49_152))
     returns = [r for _, r, _ in result["episodes"]]
     assert np.mean(returns[-20:]) >= 195
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a2c_solves_cartpole_at_its_default_budget(a2c_baseline, seed):
+    """A2C at its defaults (4 envs x 5 steps, RMSprop 7e-4 annealed to 0) over 500k steps (about 60 s): the last
+    20 episodes average over 195. A2C is unstable on CartPole at shorter budgets (it reaches 400-500 and
+    collapses again while the learning rate is high); the annealed end is stable. Measured (benchmarks.run
+    --preset classic), last 100 episodes for seeds 1-3: 500.00, 500.00, 461.50."""
+    result = a2c_baseline.main(a2c_baseline.Args(env_id="CartPole-v1", seed=seed, total_timesteps=500_000))
+    returns = [r for _, r, _ in result["episodes"]]
+    assert np.mean(returns[-20:]) >= 195
