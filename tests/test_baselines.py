@@ -244,9 +244,11 @@ def test_box_run_resumes_exactly_with_its_normalisation_statistics(baseline, mon
 
 def test_box_actions_are_clipped_for_the_env_and_stored_unclipped(baseline):
     """ConstantRewardBox refuses actions outside [-0.5, 0.5]; with log-std 0 most samples are outside, so the
-    run only finishes if the env gets clipped actions. The log keeps the samples themselves."""
+    run (and its evaluation, sampled and greedy) only finishes if the env gets clipped actions. The log keeps
+    the samples themselves."""
     P = baseline
-    result = P.main(tiny(P, env_id=TEST_ENVS[P.__name__]["constant_box"], save_model=True))
+    result = P.main(tiny(P, env_id=TEST_ENVS[P.__name__]["constant_box"], save_model=True, eval_episodes=3))
+    assert result["eval"] == {"sampled": 5.0, "greedy": 5.0}
     actions = torch.load(f"{result['run_dir']}/checkpoint.pt", weights_only=True)["actions"]
     assert actions.dtype == torch.float32 and actions.abs().max() > 0.5
 
