@@ -73,6 +73,25 @@ def tiny(P, **kw):
     return P.Args(**kw)
 
 
+def learning(result):
+    """What a run computed, per iteration: every logged scalar except the wall-clock SPS."""
+    return [{k: v for k, v in h.items() if k != "charts/SPS"} for h in result["history"]]
+
+
+def interrupt_update(P, monkeypatch, call, interrupt):
+    """Make the `call`-th update phase (the update of that iteration) run `interrupt()` first."""
+    name = UPDATE_FUNCTIONS[P.__name__]
+    real_update, calls = getattr(P, name), []
+
+    def update(*a, **k):
+        calls.append(1)
+        if len(calls) == call:
+            interrupt()
+        return real_update(*a, **k)
+
+    monkeypatch.setattr(P, name, update)
+
+
 @pytest.fixture(params=PPO_SCRIPTS)
 def script(request):
     """Each PPO script, imported as a module."""

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, TEST_ENVS, UPDATE_FUNCTIONS, tiny
+from conftest import ROOT, TEST_ENVS, interrupt_update, learning, tiny
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 
@@ -25,25 +25,6 @@ def value_of(P, agent, obs):
         obs = agent.normalize_obs(obs, update=False)
     with torch.no_grad():
         return agent.get_value(torch.as_tensor(obs, dtype=torch.float32))
-
-
-def learning(result):
-    """What a run computed, per iteration: every logged scalar except the wall-clock SPS."""
-    return [{k: v for k, v in h.items() if k != "charts/SPS"} for h in result["history"]]
-
-
-def interrupt_update(P, monkeypatch, call, interrupt):
-    """Make the `call`-th update phase (the update of that iteration) run `interrupt()` first."""
-    name = UPDATE_FUNCTIONS[P.__name__]
-    real_update, calls = getattr(P, name), []
-
-    def update(*a, **k):
-        calls.append(1)
-        if len(calls) == call:
-            interrupt()
-        return real_update(*a, **k)
-
-    monkeypatch.setattr(P, name, update)
 
 
 def scalars(run_dir):
