@@ -2,12 +2,16 @@
 # Docs: README.md. Paper: Mnih et al. 2016, "Asynchronous Methods for Deep Reinforcement Learning", arXiv 1602.01783
 # (here synchronous, with Stable-Baselines3's A2C defaults).
 import math
+import netrc
 import os
 import random
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
+import urllib.parse
 from dataclasses import asdict, dataclass, fields
 from typing import Literal
 
@@ -21,6 +25,8 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 CHECKPOINT_FORMAT = "a2c_baseline.py checkpoint v1"
+# Flags a resumed run must keep: they make its environments, or change what its saved agent computes.
+RESUME_FIXED = ("env_id", "env_backend", "num_envs", "num_steps", "seed", "norm_obs")
 
 
 @dataclass
@@ -110,6 +116,12 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type's name if it has none), for one-line errors."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def validate_args(args: Args) -> None:
     """Check the flags that need no environment.
 
@@ -142,6 +154,87 @@ def validate_args(args: Args) -> None:
         raise UsageError("--capture-video needs --env-backend gymnasium")
 
 
+def wandb_can_log_in() -> bool:
+    """Whether wandb.init will start without asking for an API key it cannot get: offline or disabled mode
+    (WANDB_MODE), a key in WANDB_API_KEY, an entry for the W&B host in the netrc file (where `wandb login` puts
+    it), or a terminal on which wandb can ask."""
+    if os.environ.get("WANDB_MODE", "").lower() in ("offline", "disabled", "dryrun"):
+        return True
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE") or sys.stdin.isatty():
+        return True
+    host = urllib.parse.urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def check_extras(args: Args) -> None:
+    """Check that the optional packages the flags need are installed, and that W&B can log in, before anything
+    is built or written.
+
+    Raises:
+        UsageError: naming the flag and the extra to install (or how to log in).
+    """
+    if args.track:
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            raise UsageError("--track needs wandb: pip install 'ppo-single-file[wandb]'") from None
+        if not wandb_can_log_in():
+            raise UsageError(
+                "--track: W&B has no API key here: run `wandb login` (or set WANDB_API_KEY), "
+                "or set WANDB_MODE=offline to log locally and `wandb sync` later"
+            )
+    if args.capture_video:
+        try:
+            import moviepy  # noqa: F401  (gymnasium's RecordVideo writes the .mp4 files with it)
+        except ImportError:
+            raise UsageError("--capture-video needs moviepy: pip install 'ppo-single-file[video]'") from None
+
+
+def check_video(args: Args) -> None:
+    """With `--capture-video`, render one frame before anything is written, so that a missing renderer (pygame,
+    or an OpenGL backend for MuJoCo) is a one-line error rather than a crash at the first recorded episode.
+
+    Raises:
+        UsageError: naming `--capture-video`.
+    """
+    if "DISPLAY" not in os.environ:
+        os.environ.setdefault("MUJOCO_GL", "egl")  # MuJoCo renders headless through EGL (set MUJOCO_GL to override)
+    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # pygame draws off-screen: no SDL "XDG_RUNTIME_DIR" error
+    try:
+        env = gym.make(args.env_id, render_mode="rgb_array")
+        env.reset(seed=args.seed)
+        env.render()
+        env.close()
+    except Exception as e:
+        raise UsageError(
+            f"--capture-video: {args.env_id} cannot render ({first_line(e)}); "
+            "the video extra: pip install 'ppo-single-file[video]'"
+        ) from None
+
+
+def quiet_mujoco(env_id: str) -> None:
+    """For a MuJoCo env: MuJoCo's warnings go to stderr, each once, instead of to the console and a MUJOCO_LOG.TXT
+    in the working directory, and its notices that gymnasium's model files use deprecated attributes (nothing a
+    user can act on) are dropped."""
+    if "mujoco" not in str(gym.spec(env_id).entry_point):
+        return
+    try:
+        import mujoco
+    except ImportError:
+        return  # gym.make says what is missing
+    seen = set()
+
+    def warn(message: str) -> None:
+        if "deprecated" not in message and message not in seen:
+            seen.add(message)
+            print(f"MuJoCo warning: {message}", file=sys.stderr)
+
+    mujoco.set_mju_user_warning(warn)
+
+
 def env_spaces(env_id: str, backend: str) -> tuple[gym.Space, gym.Space]:
     """The (observation, action) spaces of one environment, without building the vector env.
 
@@ -161,6 +254,7 @@ def env_spaces(env_id: str, backend: str) -> tuple[gym.Space, gym.Space]:
         gym.spec(env_id)
     except gym.error.Error as e:
         raise UsageError(f"--env-id {env_id}: not a registered gymnasium environment ({e})") from None
+    quiet_mujoco(env_id)
     try:
         env = gym.make(env_id)
     except gym.error.Error as e:  # e.g. DependencyNotInstalled
@@ -169,9 +263,11 @@ def env_spaces(env_id: str, backend: str) -> tuple[gym.Space, gym.Space]:
     return env.observation_space, env.action_space
 
 
-def check_env(args: Args) -> None:
+def check_env(args: Args) -> tuple[gym.Space, gym.Space]:
     """Refuse environments this script cannot learn on: it needs a Discrete or flat Box action space and a flat
     Box observation (or a Dict of flat Boxes, as envpool's dm_control tasks have, which make_envs flattens).
+
+    Returns the (observation, action) spaces of one env (a Dict observation space flattened).
 
     Raises:
         UsageError: naming `--env-id`.
@@ -187,6 +283,7 @@ def check_env(args: Args) -> None:
         obs_space = gym.spaces.flatten_space(obs_space)
     if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
         raise UsageError(f"--env-id {args.env_id}: observation space {obs_space} is not a flat Box (or a Dict of them)")
+    return obs_space, act_space
 
 
 def make_env(env_id, idx, capture_video, run_name):
@@ -295,6 +392,13 @@ class Agent(nn.Module):
         self.obs_rms.count = state["obs_count"].item()
 
 
+def agent_action_args(act_space: gym.Space, args: Args) -> tuple[int, bool, bool]:
+    """Agent's (action_dim, continuous, norm_obs) for an action space: a Box gets a Gaussian policy and, with
+    `--norm-obs`, observation normalisation; a Discrete one a Categorical policy on raw observations."""
+    continuous = isinstance(act_space, gym.spaces.Box)
+    return (act_space.shape[0] if continuous else act_space.n), continuous, args.norm_obs and continuous
+
+
 def flat_parameters(module: nn.Module) -> nn.Parameter:
     """Move every parameter of `module`, and its gradient, into one contiguous buffer, as views into it.
 
@@ -353,10 +457,33 @@ def normalize_advantages(advantages: torch.Tensor) -> torch.Tensor:
     return (advantages - advantages.mean()) / (advantages.std() + 1e-8)
 
 
-def annealed_lr(iteration: int, num_iterations: int, learning_rate: float) -> float:
-    """CleanRL's linear schedule: learning_rate * (1 - (iteration - 1) / num_iterations), iteration from 1;
-    it starts at learning_rate and ends at learning_rate / num_iterations, never 0 during training."""
-    return (1.0 - (iteration - 1.0) / num_iterations) * learning_rate
+def annealed_lr(iteration: int, num_iterations: int, learning_rate: float, start: int = 1) -> float:
+    """Linear decay from `learning_rate` at iteration `start` to 0 one iteration after `num_iterations`:
+    learning_rate * (1 - (iteration - start) / (num_iterations - start + 1)). With start 1 (the default) this is
+    CleanRL's schedule, learning_rate * (1 - (iteration - 1) / num_iterations): it starts at learning_rate and
+    ends at learning_rate / num_iterations, never 0 during training. A resumed run that trains longer continues
+    from a later start (resumed_lr_schedule)."""
+    return (1.0 - (iteration - start) / (num_iterations - start + 1.0)) * learning_rate
+
+
+def resumed_lr_schedule(ckpt: dict, args: Args) -> tuple[int, float]:
+    """Where a resumed run's learning-rate decay starts: (start iteration, rate there), for annealed_lr.
+
+    The checkpoint's schedule is kept when `--total-timesteps`, `--learning-rate` and `--anneal-lr` are those it
+    was saved with, so the resumed run is exactly the uninterrupted one. Otherwise the rate must not jump
+    ("train longer": a larger `--total-timesteps` would otherwise put the rate back up the old line): the decay
+    starts again from the rate of the checkpoint's last iteration k and falls linearly to 0 one iteration after
+    the new end. A new `--learning-rate` starts the decay from that rate at iteration k + 1 instead.
+    """
+    saved, k = ckpt["args"], ckpt["iteration"]
+    start, rate = ckpt.get("lr_schedule", (1, saved["learning_rate"]))  # checkpoints of the first format
+    if args.learning_rate != saved["learning_rate"]:
+        return k + 1, args.learning_rate
+    saved_iterations = saved["total_timesteps"] // (saved["num_envs"] * saved["num_steps"])
+    if args.num_iterations == saved_iterations and args.anneal_lr == saved["anneal_lr"]:
+        return start, rate
+    last = annealed_lr(k, saved_iterations, rate, start) if saved["anneal_lr"] else saved["learning_rate"]
+    return k, last
 
 
 def logprobs_and_entropy(params, actions, continuous):
@@ -518,18 +645,94 @@ def load_checkpoint(path: str) -> dict:
     """Load a checkpoint written by this script, with torch.load(weights_only=True) (no arbitrary objects).
 
     Raises:
-        UsageError: naming `--resume` and the file when it is missing, unreadable, or not this script's.
+        UsageError: naming `--resume` and the file when it is missing, a directory, corrupt or truncated, holds
+            objects no checkpoint holds, or is not this script's.
     """
+    if os.path.isdir(path):
+        raise UsageError(f"--resume {path}: is a directory, not a checkpoint file")
     if not os.path.isfile(path):
         raise UsageError(f"--resume {path}: no such file")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UsageError(f"--resume {path}: not a readable checkpoint ({reason[:120]})") from None
+        if "Unsupported global" in str(e):  # weights_only refused to unpickle an arbitrary object
+            raise UsageError(f"--resume {path}: holds Python objects that no checkpoint contains; not loaded") from None
+        raise UsageError(f"--resume {path}: cannot be read: the file is corrupt or truncated") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise UsageError(f"--resume {path}: not a {os.path.basename(__file__)} checkpoint")
     return ckpt
+
+
+def check_agent_state(path: str, state: dict, agent: nn.Module) -> None:
+    """Refuse a checkpoint whose saved agent does not fit the network this run builds (another observation or
+    action size, another architecture), before anything is written: compares every tensor's shape.
+
+    Raises:
+        UsageError: naming `--resume` and the first tensor that differs.
+    """
+
+    def shapes(tensors: dict, prefix: str = "") -> dict:
+        out = {}
+        for key, value in tensors.items():
+            if isinstance(value, dict):  # extra state (observation statistics)
+                out.update(shapes(value, f"{prefix}{key}."))
+            elif isinstance(value, torch.Tensor):
+                out[prefix + key] = list(value.shape)
+        return out
+
+    saved, built = shapes(state), shapes(agent.state_dict())
+    for key in sorted(saved.keys() | built.keys()):
+        if saved.get(key) != built.get(key):
+            raise UsageError(
+                f"--resume {path}: its agent does not fit this run's network: {key} is "
+                f"{saved.get(key, 'missing')} in the checkpoint and {built.get(key, 'missing')} here"
+            )
+
+
+def prepare_run_dir(args: Args, run_name: str, new: bool) -> tuple[str, str]:
+    """Claim the run's folder and check that every path the run will write can be written, before training.
+
+    A new run's folder is runs/{run_name}, created with os.mkdir, which is atomic: when another run already holds
+    the name (two runs started in the same second), this one takes {run_name}-2 (then -3, ...), so two runs never
+    share a folder. A resumed run continues in its runs/{run_name}. Then runs/{run_name} (and its checkpoint.pt
+    with `--save-model`), videos/{run_name} with `--capture-video`, and W&B's folder with `--track` must take a
+    file. Returns (run_name, run_dir).
+
+    Raises:
+        UsageError: naming the path that cannot be written and why; the folders made here are removed again.
+    """
+    base, suffix, made, path = run_name, 1, [], os.path.dirname(f"runs/{run_name}")
+    try:
+        os.makedirs(path, exist_ok=True)  # runs/, and a namespace's folder for env ids like "ALE/Pong-v5"
+        while new:
+            try:
+                os.mkdir(f"runs/{run_name}")
+                made.append(f"runs/{run_name}")
+                break
+            except FileExistsError:
+                suffix += 1
+                run_name = f"{base}-{suffix}"
+        run_dir = f"runs/{run_name}"
+        folders = (
+            [run_dir] + [f"videos/{run_name}"] * args.capture_video + [os.environ.get("WANDB_DIR", ".")] * args.track
+        )
+        for path in folders:
+            if not os.path.isdir(path):
+                os.makedirs(path)
+                made.append(path)
+            tempfile.TemporaryFile(dir=path).close()  # a probe: the folder takes a new file
+        for folder in made:
+            if folder != run_dir:
+                os.removedirs(folder)  # only probed: RecordVideo and wandb make their folders themselves
+        if args.save_model and os.path.isdir(f"{run_dir}/checkpoint.pt"):
+            path = f"{run_dir}/checkpoint.pt"
+            raise IsADirectoryError(21, "is a directory, so the checkpoint cannot be written", path)
+    except OSError as e:
+        for folder in reversed(made):
+            shutil.rmtree(folder, ignore_errors=True)
+        reason = "a file is in the way" if isinstance(e, (FileExistsError, NotADirectoryError)) else e.strerror
+        raise UsageError(f"cannot write {os.path.abspath(path)}: {reason}") from None
+    return run_name, run_dir
 
 
 def parse_args(argv: list[str]) -> Args:
@@ -556,25 +759,40 @@ def main(args: Args) -> dict:
         UsageError: bad flags or `--resume` file, before anything is built or written.
     """
     validate_args(args)
+    check_extras(args)
     ckpt = load_checkpoint(args.resume) if args.resume else None
     if ckpt is not None:
-        for name in ("env_id", "env_backend", "num_envs", "num_steps", "seed"):
+        for name in RESUME_FIXED:
             if getattr(args, name) != ckpt["args"][name]:
                 raise UsageError(
                     f"{flag(name)} {getattr(args, name)} differs from the checkpoint's {ckpt['args'][name]}: "
-                    "a resumed run keeps its environment settings"
+                    "a resumed run keeps the environment and agent it was built with"
                 )
-    check_env(args)
-
+    obs_space, act_space = check_env(args)
+    if args.capture_video:
+        check_video(args)
+    if ckpt is not None:
+        check_agent_state(args.resume, ckpt["agent"], Agent(obs_space.shape[0], *agent_action_args(act_space, args)))
+    # A finished run resumed with nothing left to train is only evaluated, and writes nothing (its folder may be
+    # read-only); otherwise every path the run writes is checked here, before training.
+    evaluate_only = ckpt is not None and ckpt["iteration"] >= args.num_iterations
     run_name = ckpt["run_name"] if ckpt else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
     run_dir = f"runs/{run_name}"
+    if not evaluate_only:
+        run_name, run_dir = prepare_run_dir(args, run_name, new=ckpt is None)
+    if args.total_timesteps % args.batch_size and not evaluate_only:
+        print(
+            f"--total-timesteps {args.total_timesteps} is not a multiple of the batch size {args.batch_size}: "
+            f"training {args.num_iterations * args.batch_size} steps ({args.num_iterations} iterations)",
+            flush=True,
+        )
     config = {
         **asdict(args),
         "batch_size": args.batch_size,
         "num_iterations": args.num_iterations,
     }
-    wandb_run = None
-    if args.track:
+    wandb_run, writer = None, None
+    if args.track and not evaluate_only:
         import wandb
 
         wandb_run = wandb.init(
@@ -587,11 +805,12 @@ def main(args: Args) -> dict:
             resume="allow",
             save_code=True,
         )
-    writer = SummaryWriter(run_dir, purge_step=ckpt["global_step"] + 1 if ckpt else None)
-    writer.add_text(
-        "hyperparameters",
-        "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in config.items()])),
-    )
+    if not evaluate_only:
+        writer = SummaryWriter(run_dir, purge_step=ckpt["global_step"] + 1 if ckpt else None)
+        writer.add_text(
+            "hyperparameters",
+            "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in config.items()])),
+        )
 
     # TRY NOT TO MODIFY: seeding
     random.seed(args.seed)
@@ -602,8 +821,6 @@ def main(args: Args) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
     # env setup
-    if args.capture_video and "DISPLAY" not in os.environ:
-        os.environ.setdefault("MUJOCO_GL", "egl")  # MuJoCo renders headless through EGL (set MUJOCO_GL to override)
     envs = make_envs(args, args.num_envs, args.seed, args.capture_video, run_name)
     obs_dim = envs.single_observation_space.shape[0]
     continuous = isinstance(envs.single_action_space, gym.spaces.Box)
@@ -636,6 +853,7 @@ def main(args: Args) -> dict:
 
     # TRY NOT TO MODIFY: start the game
     global_step, start_iteration, episodes = 0, 1, []
+    lr_schedule = (1, args.learning_rate)  # where the learning-rate decay starts: (iteration, rate)
     next_obs, _ = envs.reset(seed=args.seed if args.env_backend == "gymnasium" else None)  # envpool: seeded at make
     next_done = np.zeros(args.num_envs, dtype=bool)  # whether the last step ended an episode
     if ckpt is not None:
@@ -645,6 +863,7 @@ def main(args: Args) -> dict:
         if device.type == "cuda" and ckpt["rng"]["cuda"] is not None:
             torch.cuda.set_rng_state(ckpt["rng"]["cuda"])
         global_step, start_iteration = ckpt["global_step"], ckpt["iteration"] + 1
+        lr_schedule = resumed_lr_schedule(ckpt, args)
         episodes = [tuple(e) for e in ckpt["episodes"]]
         action_log = [ckpt["actions"]]
         return_rms.mean, return_rms.var, return_rms.count = (x.item() for x in ckpt["return_rms"])
@@ -668,6 +887,7 @@ def main(args: Args) -> dict:
                 "run_name": run_name,
                 "iteration": iteration,
                 "global_step": global_step,
+                "lr_schedule": list(lr_schedule),
                 "agent": agent.state_dict(),  # includes the observation statistics
                 "return_rms": torch.tensor(
                     [float(return_rms.mean), float(return_rms.var), float(return_rms.count)], dtype=torch.float64
@@ -686,10 +906,19 @@ def main(args: Args) -> dict:
 
     history, uploaded_videos = [], set()
     start_time, start_step, last_print, saved = time.time(), global_step, 0.0, False
-    # SIGTERM (a cluster's preemption notice): finish the iteration, checkpoint, stop; --resume continues exactly.
-    preempted, previous_sigterm = [], None
+    # Ctrl-C (SIGINT) and SIGTERM (a cluster's preemption notice): finish the iteration, checkpoint, stop cleanly;
+    # --resume continues exactly. A second signal stops at once. Without --save-model, Ctrl-C stops at once.
+    preempted, previous_handlers = [], {}
+
+    def request_stop(signum, frame):
+        if preempted:
+            raise KeyboardInterrupt
+        preempted.append(signal.Signals(signum).name)
+        tqdm.write(f"{preempted[0]}: stopping after this iteration to save a checkpoint (again: stop at once)")
+
     if args.save_model and threading.current_thread() is threading.main_thread():
-        previous_sigterm = signal.signal(signal.SIGTERM, lambda signum, frame: preempted.append(signum))
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous_handlers[signum] = signal.signal(signum, request_stop)
     bar = (
         tqdm(total=args.num_iterations * args.batch_size, initial=global_step, unit="step", dynamic_ncols=True)
         if sys.stderr.isatty()
@@ -699,7 +928,7 @@ def main(args: Args) -> dict:
         for iteration in range(start_iteration, args.num_iterations + 1):
             # Annealing the rate if instructed to do so.
             lrnow = (
-                annealed_lr(iteration, args.num_iterations, args.learning_rate)
+                annealed_lr(iteration, args.num_iterations, lr_schedule[1], lr_schedule[0])
                 if args.anneal_lr
                 else args.learning_rate
             )
@@ -803,8 +1032,12 @@ def main(args: Args) -> dict:
                 checkpoint(iteration)
                 saved = True
             if preempted:
-                print(f"SIGTERM: stopped after iteration {iteration}; resume with --resume {run_dir}/checkpoint.pt")
+                print(
+                    f"{preempted[0]}: stopped after iteration {iteration}; resume with --resume {run_dir}/checkpoint.pt"
+                )
                 break
+        if bar is not None:
+            bar.close()  # the lines below start on a line of their own
         recent = [e[1] for e in episodes[-100:]]
         summary = f"{np.mean(recent):.2f} (last {len(recent)} episodes)" if recent else "- (no episode finished)"
         print(f"finished at global_step={global_step}: mean return {summary}", flush=True)
@@ -815,19 +1048,31 @@ def main(args: Args) -> dict:
         if args.eval_episodes and not preempted:
             for mode, tag in (("sampled", "eval/episodic_return"), ("greedy", "eval/episodic_return_greedy")):
                 eval_returns = evaluate(agent, args, args.eval_episodes, greedy=mode == "greedy", device=device)
-                for idx, episodic_return in enumerate(eval_returns):
+                for idx, episodic_return in enumerate(eval_returns if writer is not None else []):
                     writer.add_scalar(tag, episodic_return, idx)
                 eval_result[mode] = float(eval_returns.mean())
                 print(
                     f"eval ({mode}, {args.eval_episodes} episodes): mean return {eval_returns.mean():.2f} +- {eval_returns.std():.2f}"
                 )
+    except KeyboardInterrupt:
+        if not args.save_model:
+            raise KeyboardInterrupt(
+                f"interrupted at global_step={global_step}; nothing saved (with --save-model, Ctrl-C saves a "
+                "checkpoint to resume from)"
+            ) from None
+        earlier = os.path.isfile(f"{run_dir}/checkpoint.pt")
+        raise KeyboardInterrupt(
+            f"stopped at once at global_step={global_step}, without saving this iteration"
+            + (f"; {run_dir}/checkpoint.pt resumes from the last one saved" if earlier else "")
+        ) from None
     finally:
-        if previous_sigterm is not None:
-            signal.signal(signal.SIGTERM, previous_sigterm)
+        for signum, handler in previous_handlers.items():
+            signal.signal(signum, handler)
         if bar is not None:
             bar.close()
         envs.close()
-        writer.close()
+        if writer is not None:
+            writer.close()
         if wandb_run is not None:
             wandb_run.finish()
     return {
@@ -845,3 +1090,6 @@ if __name__ == "__main__":
         main(parse_args(sys.argv[1:]))
     except UsageError as e:
         sys.exit(f"{os.path.basename(__file__)}: error: {e}")
+    except KeyboardInterrupt as e:  # Ctrl-C: one line, no traceback
+        print(f"{os.path.basename(__file__)}: {e or 'interrupted'}", file=sys.stderr)
+        sys.exit(130)

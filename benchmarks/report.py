@@ -4,15 +4,21 @@
     python -m benchmarks.report runs/ --out benchmarks/results/mujoco
     python -m benchmarks.report runs_a/ runs_b/ --out report/      # runs from several places, combined
 
-A run is a directory `{env_id}__{exp_name}__{seed}__{time}` holding event files (the scripts' `runs/`
-layout). Runs are grouped by env and script (exp_name); for each env the report draws the mean episodic
-return over seeds with a 95% bootstrap interval against env steps and against wall time (PNG), and writes a
-markdown table: return of the last 100 episodes (mean +- std over seeds, per-seed values), wall time
-and median SPS, next to the published reference where REFERENCE.md has one. Across envs, per script: the
-IQM and mean of normalised scores with stratified-bootstrap intervals (rliable), as a table and aggregate.png.
+A run is a directory `{env_id}__{exp_name}__{seed}__{time}` (or `...__{time}-N` when several runs started in
+the same second) holding event files (the scripts' `runs/` layout). Runs are grouped by env and script
+(exp_name); for each env the report draws the mean episodic return over seeds with a 95% bootstrap interval
+against env steps and against wall time (PNG), and writes a markdown table: the budget in env steps, the
+number of seeds, the return of the last 100 episodes (mean +- std over seeds, per-seed values), wall time and
+median SPS, next to the published reference where REFERENCE.md has one; the best mean per env is bold. Only
+complete runs count: a run that stopped before its budget (read from the run's logged hyperparameters), or
+finished no episode, and a run that failed (a benchmarks.run manifest.json in the directories says so) are
+listed under the table instead. Across envs, per script: the IQM and mean of normalised scores with
+stratified-bootstrap intervals (rliable), as a table and aggregate.png.
 """
 
+import json
 import os
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,26 +70,48 @@ class Args:
 
 @dataclass
 class Run:
-    """One run's logged scalars: episodes as (global step, wall seconds since the run's start, return)."""
+    """One run's logged scalars: episodes as (global step, wall seconds since the run's start, return); its budget
+    (num_iterations * batch_size from the logged hyperparameters; 0 if unknown) and the last step it logged."""
 
     path: str
     env_id: str
     exp_name: str
     seed: int
-    start: int
+    start: tuple[int, int]
     episodes: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
     sps: list[float] = field(default_factory=list)
+    budget: int = 0
+    last_step: int = 0
+
+    @property
+    def complete(self) -> bool:
+        """Whether the run trained its whole budget (when the budget is known) and finished an episode."""
+        return len(self.episodes) > 0 and self.last_step >= self.budget
+
+
+def logged_budget(acc: EventAccumulator) -> int:
+    """num_iterations * batch_size from the `hyperparameters` text the scripts log (a markdown table); 0 if absent."""
+    if "hyperparameters/text_summary" not in acc.Tags().get("tensors", []):
+        return 0
+    text = acc.Tensors("hyperparameters/text_summary")[0].tensor_proto.string_val[0].decode()
+    table = dict(re.findall(r"\|(\w+)\|([^|]*)\|", text))
+    try:
+        return int(table["num_iterations"]) * int(table["batch_size"])
+    except (KeyError, ValueError):
+        return 0
 
 
 def load_run(path: str) -> Run | None:
     """Read one run directory with tensorboard's event reader; None if its name is not a script run name."""
     parts = os.path.basename(os.path.normpath(path)).split("__")
-    if len(parts) != 4 or not parts[2].lstrip("-").isdigit() or not parts[3].isdigit():
+    started = re.fullmatch(r"(\d+)(?:-(\d+))?", parts[3]) if len(parts) == 4 else None
+    if not started or not parts[2].lstrip("-").isdigit():
         return None
-    acc = EventAccumulator(path, size_guidance={"scalars": 0})
+    acc = EventAccumulator(path, size_guidance={"scalars": 0, "tensors": 0})
     acc.Reload()
     tags = acc.Tags()["scalars"]
-    run = Run(path, parts[0], parts[1], int(parts[2]), int(parts[3]))
+    run = Run(path, parts[0], parts[1], int(parts[2]), (int(started[1]), int(started[2] or 1)))
+    run.budget = logged_budget(acc)
     if "charts/episodic_return" in tags:
         events = acc.Scalars("charts/episodic_return")
         start = min(e.wall_time for e in events)
@@ -91,19 +119,49 @@ def load_run(path: str) -> Run | None:
             start = min(start, acc.Scalars("charts/SPS")[0].wall_time)
         run.episodes = np.array([(e.step, e.wall_time - start, e.value) for e in events])
     if "charts/SPS" in tags:
-        run.sps = [e.value for e in acc.Scalars("charts/SPS")]
+        sps = acc.Scalars("charts/SPS")
+        run.sps, run.last_step = [e.value for e in sps], int(sps[-1].step)
     return run
 
 
 def load_runs(*runs_dirs: str) -> list[Run]:
-    """Every run under the `runs_dirs` that logged at least one episode, sorted by env, script and seed; of runs
-    repeating an (env, script, seed), the latest."""
+    """Every run under the `runs_dirs`, complete or not, sorted by env, script and seed; of runs repeating an
+    (env, script, seed), the latest."""
     dirs = {os.path.dirname(str(p)) for d in runs_dirs for p in Path(d).rglob("events.out.tfevents.*")}
     latest = {}  # a repeated (env, script, seed) counts once: its latest run (the name ends with its start time)
     for run in sorted(filter(None, map(load_run, dirs)), key=lambda r: r.start):
-        if len(run.episodes):
-            latest[(run.env_id, run.exp_name, run.seed)] = run
+        latest[(run.env_id, run.exp_name, run.seed)] = run
     return [latest[k] for k in sorted(latest)]
+
+
+def failed_runs(*runs_dirs: str) -> list[str]:
+    """The runs that benchmarks.run's manifests (manifest.json under the `runs_dirs`) record as failed, one line
+    each: script, env, seed, exit status and log."""
+    lines = []
+    for path in sorted(p for d in runs_dirs for p in Path(d).rglob("manifest.json")):
+        for key, entry in sorted(json.loads(path.read_text()).items()):
+            if entry.get("status") == "failed":
+                lines.append(f"{key}: failed (exit {entry.get('returncode')}), see {entry.get('log')}")
+    return lines
+
+
+def not_counted(runs: list[Run]) -> list[str]:
+    """One line per run left out of the results because it is incomplete."""
+    lines = []
+    for r in runs:
+        if not len(r.episodes):
+            lines.append(f"{r.exp_name}/{r.env_id}/seed{r.seed}: no finished episode ({r.last_step:,} steps logged)")
+        elif not r.complete:
+            lines.append(f"{r.exp_name}/{r.env_id}/seed{r.seed}: incomplete ({r.last_step:,} of {r.budget:,} steps)")
+    return lines
+
+
+def steps_text(steps: int) -> str:
+    """An env-step budget as the tables write it: 500k, 1M, 10M, 4,096."""
+    for unit, name in ((1_000_000, "M"), (1_000, "k")):
+        if steps and steps % unit == 0:
+            return f"{steps // unit}{name}"
+    return f"{steps:,}"
 
 
 def final_return(run: Run, last: int = 100) -> float:
@@ -173,22 +231,29 @@ def plot_env(env_id: str, runs: list[Run], out_dir: str) -> list[str]:
 
 
 def results_table(runs: list[Run], last: int = 100) -> str:
-    """Markdown: one row per (env, script) with the final return over seeds, wall time, SPS and reference."""
+    """Markdown: one row per (env, script) of complete runs, with the budget, the number of seeds, the final return
+    over seeds, wall time, SPS and reference; the best mean per env in bold."""
     lines = [
-        f"| env | script | seeds | return, last {last} episodes (mean ± std) | per seed | wall time (min) | median SPS | reference |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| env | script | steps | seeds | return, last {last} episodes (mean ± std) | per seed | wall time (min) | median SPS | reference |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
+    rows = {}
     for env_id, exp_name in sorted({(r.env_id, r.exp_name) for r in runs}):
         group = [r for r in runs if (r.env_id, r.exp_name) == (env_id, exp_name)]
-        finals = np.array([final_return(r, last) for r in group])
+        rows[(env_id, exp_name)] = group, np.array([final_return(r, last) for r in group])
+    best = {env: max(finals.mean() for (e, _), (_, finals) in rows.items() if e == env) for env, _ in rows}
+    for (env_id, exp_name), (group, finals) in rows.items():
         wall = np.mean([r.episodes[-1, 1] for r in group]) / 60
         sps = np.median([np.median(r.sps) for r in group if r.sps]) if any(r.sps for r in group) else float("nan")
         ref = REFERENCE.get((exp_name, env_id))
         ref_text = f"{ref[1]:.2f} ± {ref[2]:.2f} ({ref[0]})" if ref else "-"
         per_seed = ", ".join(f"{r.seed}: {f:.2f}" for r, f in zip(group, finals))
+        budgets = sorted({r.budget or r.last_step for r in group})
+        steps = " / ".join(steps_text(b) for b in budgets)
+        mean = f"{finals.mean():.2f} ± {finals.std():.2f}"
+        mean = f"**{mean}**" if finals.mean() == best[env_id] else mean
         lines.append(
-            f"| {env_id} | {exp_name} | {len(group)} | **{finals.mean():.2f} ± {finals.std():.2f}** | {per_seed} "
-            f"| {wall:.1f} | {sps:,.0f} | {ref_text} |"
+            f"| {env_id} | {exp_name} | {steps} | {len(group)} | {mean} | {per_seed} | {wall:.1f} | {sps:,.0f} | {ref_text} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -260,12 +325,16 @@ def aggregate_table_and_plot(result: dict, out_dir: str) -> str:
 
 
 def main(args: Args) -> None:
-    runs = load_runs(*args.runs_dirs)
+    every_run = load_runs(*args.runs_dirs)
+    runs = [r for r in every_run if r.complete]
+    left_out = not_counted(every_run) + failed_runs(*args.runs_dirs)
     if not runs:
-        raise SystemExit(f"benchmarks.report: error: no runs with episodes under {' '.join(args.runs_dirs)}")
+        raise SystemExit(f"benchmarks.report: error: no complete runs under {' '.join(args.runs_dirs)}")
     out = args.out or os.path.join(args.runs_dirs[0], "report")
     os.makedirs(out, exist_ok=True)
     table = results_table(runs, args.last)
+    if left_out:
+        table += "\nNot counted above (incomplete or failed):\n\n" + "".join(f"- {line}\n" for line in left_out)
     images = [
         p
         for env_id in sorted({r.env_id for r in runs})

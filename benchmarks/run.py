@@ -6,18 +6,26 @@
     python -m benchmarks.run --preset mujoco --slurm              # writes OUT/benchmark.sbatch instead
     python -m benchmarks.report benchmarks/runs/classic           # tables and curves afterwards
 
-Every run gets its own directory OUT/{script}/{env_id}/seed{S}/ (the script's TensorBoard logs land in its
-runs/, its stdout and stderr in run.log). OUT/manifest.json records each run's command, exit status, wall
-time, log and TensorBoard directory; it is rewritten after every run, so an interrupted matrix can be run
-again and skips the runs that finished (same command, exit status 0). A failing run is reported and the
-others continue. Scripts of a preset that are not in this repository yet are skipped with a notice.
+Every run gets its own directory OUT/{script}/{env_id}/seed{S}/ (the script's TensorBoard logs and checkpoint
+land in its runs/, its stdout and stderr in run.log). Every run saves a checkpoint (--save-model), so a stopped
+run can continue. OUT/manifest.json records each run's command, status, exit status, wall time, log and
+TensorBoard directory; it is rewritten after every run. A failing run is reported and the others continue.
+
+Ctrl-C (or SIGTERM) stops the matrix: no new run starts, the runs in flight are passed the signal once (each
+finishes its iteration, saves its checkpoint and stops), the manifest is written, and the exit status is 130. A
+second Ctrl-C stops the runs in flight at once. Running the same matrix again skips the finished runs (same
+command, status done), resumes every other run from its checkpoint (--resume), and starts afresh, in a clean
+folder, one that has none. Scripts of a preset that are not in this repository yet are skipped with a notice.
 """
 
 import json
 import os
 import shlex
+import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -109,7 +117,7 @@ def plan(args: Args) -> tuple[list[Run], list[str], str]:
             for seed in args.seeds:
                 command = [sys.executable, str(ROOT / script), "--env-id", env_id, "--seed", str(seed)]
                 command += ["--total-timesteps", str(args.total_timesteps or budget)]
-                command += ["--torch-threads", "1", *shlex.split(args.script_args)]
+                command += ["--torch-threads", "1", "--save-model", *shlex.split(args.script_args)]
                 if args.track:
                     command += ["--track", "--wandb-project-name", args.wandb_project_name]
                     command += ["--wandb-entity", args.wandb_entity] if args.wandb_entity else []
@@ -118,9 +126,31 @@ def plan(args: Args) -> tuple[list[Run], list[str], str]:
     return runs, missing, out
 
 
-def run_one(run: Run) -> dict:
-    """Run one script to completion in its directory; return its manifest entry."""
+# The line a script prints when a signal stopped it after saving its checkpoint.
+STOPPED = "resume with --resume "
+
+
+def latest_checkpoint(cwd: str) -> str | None:
+    """The newest checkpoint.pt a run left in its folder (under its runs/), relative to the folder, or None."""
+    paths = sorted(Path(cwd, "runs").rglob("checkpoint.pt"), key=lambda p: p.stat().st_mtime)
+    return str(paths[-1].relative_to(cwd)) if paths else None
+
+
+def run_one(run: Run, stopping: threading.Event, running: dict) -> dict | None:
+    """Run one script in its directory until it ends; return its manifest entry (None if the matrix was stopped
+    before the run started).
+
+    A checkpoint left by an earlier attempt is resumed (`--resume`); without one the run starts afresh, the earlier
+    attempt's partial logs removed, so each run has one TensorBoard folder. The process gets a session of its own:
+    a Ctrl-C in the terminal reaches only benchmarks.run, which passes it on once (see `main`). Status: done (exit
+    0 and not stopped early), interrupted (stopped by a signal; resumable) or failed.
+    """
+    if stopping.is_set():
+        return None
     os.makedirs(run.cwd, exist_ok=True)
+    ckpt = latest_checkpoint(run.cwd)
+    if ckpt is None:
+        shutil.rmtree(os.path.join(run.cwd, "runs"), ignore_errors=True)
     env = {
         **os.environ,
         "OMP_NUM_THREADS": "1",  # one core per run: workers must not oversubscribe the machine
@@ -129,16 +159,35 @@ def run_one(run: Run) -> dict:
     }
     log = os.path.join(run.cwd, "run.log")
     start = time.time()
-    with open(log, "w") as f:
-        returncode = subprocess.run(run.command, cwd=run.cwd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
-    tb_dirs = sorted(str(p) for p in Path(run.cwd, "runs").glob("*") if p.is_dir())
+    with open(log, "a" if ckpt else "w") as f:
+        offset = f.tell()
+        command = run.command + (["--resume", ckpt] if ckpt else [])
+        proc = subprocess.Popen(
+            command, cwd=run.cwd, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+        running[run.key] = proc
+        if stopping.is_set():  # stopped while it was starting
+            proc.send_signal(signal.SIGINT)
+        returncode = proc.wait()
+        del running[run.key]
+    with open(log) as f:
+        f.seek(offset)
+        stopped = STOPPED in f.read()
+    if returncode == 0 and not stopped:
+        status = "done"
+    elif stopped or stopping.is_set():
+        status = "interrupted"
+    else:
+        status = "failed"
+    tb_dirs = sorted(str(p.parent) for p in Path(run.cwd, "runs").rglob("events.out.tfevents.*"))
     return {
         "script": run.script,
         "env_id": run.env_id,
         "seed": run.seed,
         "command": shlex.join(run.command),
+        "resumed_from": ckpt,
         "returncode": returncode,
-        "status": "done" if returncode == 0 else "failed",
+        "status": status,
         "wall_time_s": round(time.time() - start, 1),
         "log": log,
         "tensorboard": tb_dirs[-1] if tb_dirs else None,
@@ -162,20 +211,32 @@ def save_manifest(out: str, manifest: dict) -> None:
 
 
 def write_sbatch(runs: list[Run], out: str) -> str:
-    """OUT/benchmark.sbatch: a SLURM array with one single-core task per run, each in its run directory."""
+    """OUT/benchmark.sbatch: a SLURM array with one single-core task per run, each in its run directory.
+
+    Preemption: SLURM's SIGTERM (and, with --signal, one 120 s before the time limit) makes the script save its
+    checkpoint and stop; a task that finds a checkpoint in its folder resumes from it, so a requeued task
+    (--requeue) or a resubmitted array continues where each run stopped."""
+    latest = "ckpt=$(find runs -name checkpoint.pt -printf '%T@ %p\\n' 2>/dev/null | sort -n | tail -n 1 | cut -d' ' -f2- || true)"
+    tasks = []
+    for r in runs:
+        command = shlex.join(r.command)
+        task = (
+            f"mkdir -p {shlex.quote(r.cwd)} && cd {shlex.quote(r.cwd)} && {latest}; "
+            f'if [ -n "$ckpt" ]; then echo "resuming from $ckpt"; exec {command} --resume "$ckpt"; else exec {command}; fi'
+        )
+        tasks.append(f"  {shlex.quote(task)}")
     lines = [
         "#!/bin/bash",
         "#SBATCH --job-name=ppo-benchmark",
         f"#SBATCH --array=0-{len(runs) - 1}",
         "#SBATCH --cpus-per-task=1",
+        "#SBATCH --requeue",
+        "#SBATCH --signal=B:TERM@120",
         f"#SBATCH --output={out}/slurm-%A_%a.out",
         "set -euo pipefail",
         "export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1",
         "RUNS=(",
-        *(
-            f"  {shlex.quote(f'mkdir -p {shlex.quote(r.cwd)} && cd {shlex.quote(r.cwd)} && {shlex.join(r.command)}')}"
-            for r in runs
-        ),
+        *tasks,
         ")",
         'eval "${RUNS[$SLURM_ARRAY_TASK_ID]}"',
     ]
@@ -206,23 +267,58 @@ def main(args: Args) -> dict:
     ]
     if len(todo) < len(runs):
         print(f"skipping {len(runs) - len(todo)} finished runs (manifest: {out}/manifest.json)")
-    failed = []
+
+    # Ctrl-C / SIGTERM: start no new run and pass the signal to the runs in flight (they checkpoint and stop).
+    stopping, running, previous = threading.Event(), {}, {}
+
+    def stop(signum, frame):
+        again = stopping.is_set()
+        stopping.set()
+        tqdm.write(
+            f"{signal.Signals(signum).name}: "
+            + (
+                "stopping the runs in flight at once"
+                if again
+                else "no new runs; the runs in flight save a checkpoint and stop (again: stop them at once)"
+            )
+        )
+        for proc in list(running.values()):
+            proc.send_signal(signum)
+
+    if threading.current_thread() is threading.main_thread():
+        previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    counts = {"done": 0, "failed": 0, "interrupted": 0}
     bar = tqdm(total=len(todo), unit="run", dynamic_ncols=True, disable=not todo or not sys.stderr.isatty())
-    with ThreadPoolExecutor(max_workers=args.workers) as pool:
-        futures = {pool.submit(run_one, r): r for r in todo}
-        for future in as_completed(futures):
-            run, entry = futures[future], future.result()
-            manifest[run.key] = entry  # only this thread writes the manifest
-            save_manifest(out, manifest)
-            if entry["status"] == "failed":
-                failed.append(run.key)
-                tqdm.write(f"FAILED {run.key} (exit {entry['returncode']}): see {entry['log']}")
-            else:
-                tqdm.write(f"done {run.key} in {entry['wall_time_s']:.0f} s")
-            bar.update(1)
-            bar.set_postfix(failed=len(failed))
-    bar.close()
-    print(f"{len(todo) - len(failed)} runs done, {len(failed)} failed; manifest: {out}/manifest.json")
+    try:
+        with ThreadPoolExecutor(max_workers=args.workers) as pool:
+            futures = {pool.submit(run_one, r, stopping, running): r for r in todo}
+            for future in as_completed(futures):
+                run, entry = futures[future], future.result()
+                if entry is None:  # not started: the matrix was stopped
+                    continue
+                manifest[run.key] = entry  # only this thread writes the manifest
+                save_manifest(out, manifest)
+                counts[entry["status"]] += 1
+                if entry["status"] == "failed":
+                    tqdm.write(f"FAILED {run.key} (exit {entry['returncode']}): see {entry['log']}")
+                elif entry["status"] == "interrupted":
+                    tqdm.write(f"interrupted {run.key} after {entry['wall_time_s']:.0f} s")
+                else:
+                    tqdm.write(f"done {run.key} in {entry['wall_time_s']:.0f} s")
+                bar.update(1)
+                bar.set_postfix(failed=counts["failed"])
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        bar.close()
+    not_started = len(todo) - sum(counts.values())
+    print(
+        f"{counts['done']} runs done, {counts['failed']} failed, {counts['interrupted']} interrupted, "
+        f"{not_started} not started; manifest: {out}/manifest.json"
+    )
+    if stopping.is_set():
+        print("stopped: run the same command again to resume the interrupted runs and start the others")
+        raise SystemExit(130)
     print(f"report: python -m benchmarks.report {out}")
     return manifest
 

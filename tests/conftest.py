@@ -138,7 +138,9 @@ def workdir(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_SILENT", "true")
     yield tmp_path
-    if "wandb" in sys.modules:  # wandb keeps its settings (WANDB_DIR) per process: forget them between tests
+    if (
+        sys.modules.get("wandb") is not None
+    ):  # wandb keeps its settings (WANDB_DIR) per process: forget them between tests
         sys.modules["wandb"].teardown()
 
 

@@ -318,9 +318,9 @@ class NotAllowed:
     "content, message",
     [
         (None, "no such file"),
-        (b"not a checkpoint at all", "not a readable checkpoint"),
+        (b"not a checkpoint at all", "cannot be read: the file is corrupt or truncated"),
         ({"agent": {}}, "not a SCRIPT checkpoint"),
-        (NotAllowed(), "not a readable checkpoint"),  # arbitrary objects are never unpickled
+        (NotAllowed(), "holds Python objects that no checkpoint contains"),  # never unpickled
     ],
 )
 def test_load_refuses_anything_but_this_scripts_checkpoint(any_script, content, message):

@@ -1,0 +1,346 @@
+"""What a user meets outside the algorithm: Ctrl-C and SIGTERM on real processes, run folders, "train longer",
+unwritable paths, missing extras, corrupt or mismatched checkpoints, rounding of --total-timesteps, terminal output."""
+
+import fcntl
+import glob
+import itertools
+import os
+import pty
+import select
+import signal
+import struct
+import subprocess
+import sys
+import termios
+import time
+
+import pytest
+import torch
+from conftest import ROOT, TEST_ENVS, tiny
+
+# A cheap env per script for subprocess runs (ppo_continuous on Pendulum: no MuJoCo start-up).
+CHEAP_ENV = {"ppo_discrete": "CartPole-v1", "ppo_continuous": "Pendulum-v1"}
+
+
+def start(P, *flags, **popen):
+    """Start the script as a user would, unbuffered; stdout and stderr merged unless `popen` says otherwise."""
+    command = [
+        sys.executable,
+        "-u",
+        str(ROOT / f"{P.__name__}.py"),
+        "--env-id",
+        CHEAP_ENV.get(P.__name__, "CartPole-v1"),
+    ]
+    kw = dict(stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(command + ["--total-timesteps", "10000000", *flags], **{**kw, **popen})
+
+
+def read_until(proc, text, timeout=120):
+    """Lines of the process's output up to the first that contains `text` (fails if the process ends first)."""
+    lines, deadline = [], time.time() + timeout
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if text in line:
+            return lines
+    proc.kill()
+    raise AssertionError(f"no line with {text!r} in:\n{''.join(lines)}")
+
+
+def finish(proc, timeout=120):
+    out, _ = proc.communicate(timeout=timeout)
+    return proc.returncode, out
+
+
+# --- 1. Ctrl-C and SIGTERM -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signal_saves_a_checkpoint_that_resumes(any_script, workdir, signum):
+    """With --save-model, Ctrl-C (or SIGTERM) during training finishes the iteration, writes the checkpoint, prints
+    the resume command and exits 0, without a traceback; the checkpoint is that iteration's."""
+    P = any_script
+    proc = start(P, "--save-model", "--num-steps", "64")
+    read_until(proc, "global_step=")  # training: the handlers are installed
+    proc.send_signal(signum)
+    code, out = finish(proc)
+    name = signal.Signals(signum).name
+    assert code == 0 and "Traceback" not in out, out
+    assert f"{name}: stopping after this iteration to save a checkpoint" in out
+    (line,) = [line for line in out.splitlines() if "resume with --resume" in line]
+    iteration = int(line.split("stopped after iteration ")[1].split(";")[0])
+    path = line.split("--resume ")[1]
+    assert line.startswith(f"{name}: stopped after iteration") and os.path.isfile(path)
+    ckpt = P.load_checkpoint(path)
+    assert ckpt["iteration"] == iteration and ckpt["global_step"] == iteration * 64 * ckpt["args"]["num_envs"]
+
+
+def test_second_ctrl_c_stops_at_once_with_one_line(ppo_discrete, workdir):
+    proc = start(ppo_discrete, "--save-model", "--num-steps", "4096")  # long iterations: the second signal lands in one
+    read_until(proc, "global_step=")
+    proc.send_signal(signal.SIGINT)
+    read_until(proc, "SIGINT: stopping after this iteration")
+    proc.send_signal(signal.SIGINT)
+    code, out = finish(proc)
+    assert code == 130 and "Traceback" not in out, out
+    assert out.strip().splitlines()[-1].startswith("ppo_discrete.py: stopped at once at global_step=")
+    assert "stopped after iteration" not in out
+
+
+def test_ctrl_c_without_save_model_is_one_line(any_script, workdir):
+    P = any_script
+    proc = start(P, stderr=subprocess.PIPE)
+    read_until(proc, "global_step=")
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=120)
+    stderr = proc.stderr.read()
+    assert proc.returncode == 130
+    assert stderr.strip().splitlines() == [
+        f"{P.__name__}.py: interrupted at global_step={stderr.split('global_step=')[1].split(';')[0]}; nothing saved "
+        "(with --save-model, Ctrl-C saves a checkpoint to resume from)"
+    ]
+    assert not glob.glob("runs/*/checkpoint.pt")
+
+
+# --- 2. run folders ----------------------------------------------------------------------------------------------
+
+
+def test_runs_started_in_the_same_second_get_their_own_folders(any_script, monkeypatch):
+    P = any_script
+    clock = itertools.count()
+    monkeypatch.setattr(P.time, "time", lambda: 1763700000.0 + next(clock) * 1e-6)  # both start in one second
+    first = P.main(tiny(P, save_model=True, learning_rate=5e-4))
+    second = P.main(tiny(P, save_model=True, learning_rate=1e-3))
+    prefix = f"{TEST_ENVS[P.__name__]['env_id']}__{P.__name__}__1__1763700000"
+    assert (first["run_name"], second["run_name"]) == (prefix, prefix + "-2")
+    for result, lr in ((first, 5e-4), (second, 1e-3)):
+        ckpt = P.load_checkpoint(f"{result['run_dir']}/checkpoint.pt")
+        assert ckpt["run_name"] == result["run_name"] and ckpt["args"]["learning_rate"] == pytest.approx(lr)
+        assert len(glob.glob(f"{result['run_dir']}/events.out.tfevents.*")) == 1
+
+
+def test_run_folder_is_claimed_atomically(ppo_discrete, workdir):
+    """os.mkdir either creates the folder or fails: a name already taken is never shared, even when taken between
+    the look and the claim."""
+    P = ppo_discrete
+    os.makedirs("runs/name")
+    os.makedirs("runs/name-2")
+    assert P.prepare_run_dir(tiny(P), "name", new=True) == ("name-3", "runs/name-3")
+    assert P.prepare_run_dir(tiny(P), "name", new=False) == ("name", "runs/name")  # a resumed run keeps its folder
+
+
+# --- 4. train longer -----------------------------------------------------------------------------------------------
+
+
+def test_train_longer_continues_the_learning_rate_without_a_jump(any_script):
+    """4 iterations annealed (rates 1, 3/4, 1/2, 1/4 of lr0), then resumed to 8: the rate continues from the last
+    one, 1/4 lr0, down to 0 one iteration after the new end: 1/4 * (1 - j/5) for j = 1..4."""
+    P = any_script
+    first = P.main(tiny(P, save_model=True, anneal_lr=True, learning_rate=1e-3))
+    rates = [h["charts/learning_rate"] for h in first["history"]]
+    assert rates == pytest.approx([1e-3, 0.75e-3, 0.5e-3, 0.25e-3])
+    longer = P.main(P.parse_args(["--resume", f"{first['run_dir']}/checkpoint.pt", "--total-timesteps", "256"]))
+    rates = [h["charts/learning_rate"] for h in longer["history"]]
+    assert rates == pytest.approx([0.25e-3 * (1 - j / 5) for j in range(1, 5)])
+    # and once more, from the checkpoint of iteration 8 (last rate 0.05e-3) to 10 iterations
+    again = P.main(P.parse_args(["--resume", f"{first['run_dir']}/checkpoint.pt", "--total-timesteps", "320"]))
+    assert [h["charts/learning_rate"] for h in again["history"]] == pytest.approx([0.05e-3 * 2 / 3, 0.05e-3 / 3])
+
+
+def test_resume_with_a_new_learning_rate_decays_from_it(ppo_discrete):
+    P = ppo_discrete
+    first = P.main(tiny(P, save_model=True, learning_rate=1e-3))
+    ckpt = f"{first['run_dir']}/checkpoint.pt"
+    resumed = P.main(P.parse_args(["--resume", ckpt, "--total-timesteps", "256", "--learning-rate", "4e-4"]))
+    assert [h["charts/learning_rate"] for h in resumed["history"]] == pytest.approx([4e-4, 3e-4, 2e-4, 1e-4])
+
+
+# --- 5. unwritable places --------------------------------------------------------------------------------------
+
+
+def test_unwritable_runs_folder_is_one_line_before_anything_else(any_script, workdir):
+    P = any_script
+    open("runs", "w").close()  # as root, chmod does not stop writes: a file where the folder must go does
+    with pytest.raises(P.UsageError, match=f"^cannot write {workdir}/runs: a file is in the way$"):
+        P.main(tiny(P, save_model=True))
+    assert os.listdir(workdir) == ["runs"]
+
+
+def test_unwritable_video_folder_is_refused_and_the_run_folder_removed(ppo_discrete, workdir):
+    P = ppo_discrete
+    open("videos", "w").close()
+    with pytest.raises(P.UsageError, match="^cannot write .*/videos/CartPole-v1__ppo_discrete__1__[0-9]+: a file"):
+        P.main(tiny(P, capture_video=True))
+    assert sorted(os.listdir(workdir)) == ["runs", "videos"] and os.listdir("runs") == []
+
+
+def test_checkpoint_path_taken_by_a_folder_is_refused_before_training(ppo_discrete, workdir):
+    P = ppo_discrete
+    first = P.main(tiny(P, save_model=True))
+    ckpt = f"{first['run_dir']}/checkpoint.pt"
+    os.rename(ckpt, "saved.pt")
+    os.mkdir(ckpt)
+    with pytest.raises(P.UsageError, match=f"^cannot write {workdir}/{ckpt}: is a directory"):
+        P.main(P.parse_args(["--resume", "saved.pt", "--total-timesteps", "256"]))
+
+
+def test_evaluating_a_checkpoint_writes_nothing(any_script, workdir):
+    """A finished run's checkpoint evaluates where nothing can be written: not next to it, not in runs/."""
+    P = any_script
+    first = P.main(tiny(P, save_model=True))
+    os.rename(f"{first['run_dir']}/checkpoint.pt", "final.pt")
+    for path in glob.glob("runs/**", recursive=True)[::-1]:
+        os.rmdir(path) if os.path.isdir(path) else os.remove(path)
+    open("runs", "w").close()  # runs/ cannot be written
+    before = sorted(os.listdir(workdir))
+    result = P.main(P.parse_args(["--resume", "final.pt", "--eval-episodes", "2"]))
+    assert set(result["eval"]) == {"greedy", "sampled"} and result["history"] == []
+    assert sorted(os.listdir(workdir)) == before
+
+
+# --- 6. missing extras ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "module, kw, message",
+    [
+        ("wandb", dict(track=True), "--track needs wandb: pip install 'ppo-single-file\\[wandb\\]'"),
+        (
+            "moviepy",
+            dict(capture_video=True),
+            "--capture-video needs moviepy: pip install 'ppo-single-file\\[video\\]'",
+        ),
+        ("pygame", dict(capture_video=True), "--capture-video: CartPole-v1 cannot render \\(pygame is not installed"),
+    ],
+)
+def test_missing_extra_is_one_line_naming_it(ppo_discrete, workdir, monkeypatch, module, kw, message):
+    monkeypatch.setitem(sys.modules, module, None)  # `import module` raises ImportError
+    with pytest.raises(ppo_discrete.UsageError, match=message):
+        ppo_discrete.main(tiny(ppo_discrete, **kw))
+    assert os.listdir(workdir) == []
+
+
+def test_track_without_a_wandb_login_is_one_line(any_script, workdir, monkeypatch):
+    P = any_script
+    for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    (workdir.parent / f"netrc-{P.__name__}").write_text("machine example.com login x password y\n")
+    monkeypatch.setenv("NETRC", str(workdir.parent / f"netrc-{P.__name__}"))
+    with pytest.raises(P.UsageError, match="run `wandb login` .*or set WANDB_MODE=offline"):
+        P.main(tiny(P, track=True))
+    assert os.listdir(workdir) == []
+    (workdir.parent / f"netrc-{P.__name__}").write_text("machine api.wandb.ai login user password k3y\n")
+    assert P.wandb_can_log_in()
+
+
+# --- 7. corrupt or mismatched checkpoints --------------------------------------------------------------------------
+
+
+def test_damaged_checkpoints_are_named_in_one_whole_sentence(any_script, workdir):
+    P = any_script
+    first = P.main(tiny(P, save_model=True))
+    data = open(f"{first['run_dir']}/checkpoint.pt", "rb").read()
+    flipped = bytearray(data)
+    for i in range(200, 260):
+        flipped[i] ^= 0xFF
+    open("flipped.pt", "wb").write(bytes(flipped))
+    open("truncated.pt", "wb").write(data[: len(data) // 2])
+    os.mkdir("folder.pt")
+    for path in ("flipped.pt", "truncated.pt"):
+        with pytest.raises(P.UsageError, match=f"^--resume {path}: cannot be read: the file is corrupt or truncated$"):
+            P.main(P.parse_args(["--resume", path]))
+    with pytest.raises(P.UsageError, match="^--resume folder.pt: is a directory, not a checkpoint file$"):
+        P.main(P.parse_args(["--resume", "folder.pt"]))
+
+
+def test_checkpoint_of_another_network_is_refused_before_anything_is_written(any_script, workdir):
+    P = any_script
+    first = P.main(tiny(P, save_model=True))
+    path = f"{first['run_dir']}/checkpoint.pt"
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["agent"]["critic.0.weight"] = torch.zeros(128, ckpt["agent"]["critic.0.weight"].shape[1])
+    torch.save(ckpt, path)
+    before = {p: os.path.getmtime(p) for p in glob.glob("runs/**", recursive=True)}
+    with pytest.raises(
+        P.UsageError,
+        match=r"its agent does not fit this run's network: critic.0.weight is \[128, \d+\] in the checkpoint and \[64, \d+\] here$",
+    ):
+        P.main(P.parse_args(["--resume", path, "--total-timesteps", "256"]))
+    assert {p: os.path.getmtime(p) for p in glob.glob("runs/**", recursive=True)} == before
+
+
+def test_flags_that_change_the_saved_agent_are_refused_on_resume(ppo_continuous):
+    P = ppo_continuous
+    first = P.main(tiny(P, save_model=True))
+    with pytest.raises(P.UsageError, match="--norm-obs False differs from the checkpoint's True"):
+        P.main(P.parse_args(["--resume", f"{first['run_dir']}/checkpoint.pt", "--no-norm-obs"]))
+
+
+# --- 8. rounding ----------------------------------------------------------------------------------------------------
+
+
+def test_total_timesteps_not_a_multiple_of_the_batch_is_said_at_start(any_script, capsys):
+    P = any_script
+    result = P.main(tiny(P, total_timesteps=100))
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == "--total-timesteps 100 is not a multiple of the batch size 32: training 96 steps (3 iterations)"
+    assert len(result["history"]) == 3
+    P.main(tiny(P, total_timesteps=96))
+    assert "not a multiple" not in capsys.readouterr().out
+
+
+# --- 10. terminal output, video, MuJoCo --------------------------------------------------------------------------
+
+
+def test_final_line_is_not_glued_to_the_progress_bar(ppo_discrete, workdir):
+    """On a terminal the progress bar is closed (ending its line) before the summary is printed."""
+    main_fd, child_fd = pty.openpty()
+    fcntl.ioctl(child_fd, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a 100-column terminal
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "ppo_discrete.py"), "--total-timesteps", "2048"],
+        stdin=child_fd,
+        stdout=child_fd,
+        stderr=child_fd,
+    )
+    os.close(child_fd)
+    output = b""
+    while True:
+        ready, _, _ = select.select([main_fd], [], [], 120)
+        try:
+            chunk = os.read(main_fd, 4096) if ready else b""
+        except OSError:  # the child closed the terminal
+            chunk = b""
+        if not chunk:
+            break
+        output += chunk
+    proc.wait(timeout=60)
+    os.close(main_fd)
+    text = output.decode(errors="replace")
+    assert proc.returncode == 0 and "finished at global_step=2048" in text
+    before = text[: text.index("finished at")]
+    assert "step/s" in before  # the bar was drawn
+    assert before.endswith("\n")  # and its line ended before the summary
+
+
+def test_video_capture_prints_no_sdl_error(ppo_discrete, workdir):
+    env = {k: v for k, v in os.environ.items() if k not in ("XDG_RUNTIME_DIR", "SDL_VIDEODRIVER", "DISPLAY")}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "ppo_discrete.py"), "--capture-video", "--total-timesteps", "1024"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "XDG_RUNTIME_DIR" not in proc.stderr + proc.stdout
+    assert glob.glob("videos/*/*.mp4")
+
+
+def test_mujoco_deprecation_notices_and_log_file_are_gone(ppo_continuous, workdir, capfd):
+    """HalfCheetah's model file uses an attribute MuJoCo 4 deprecates: nothing printed, no MUJOCO_LOG.TXT."""
+    ppo_continuous.env_spaces("HalfCheetah-v5", "gymnasium")
+    out, err = capfd.readouterr()
+    assert "deprecated" not in out + err
+    assert not os.path.exists("MUJOCO_LOG.TXT")
