@@ -174,5 +174,24 @@ class ConstantRewardBoxEnv(ConstantRewardEnv):
         return super().step(action)
 
 
+class StepCountEnv(ConstantRewardEnv):
+    """ConstantRewardEnv whose observation is the step within the episode: [t, 0.5, 0.5], t = 0 after a reset and
+    5 at the time limit, so the final observation of a truncated episode differs from the reset observation."""
+
+    def reset(self, *, seed=None, options=None):
+        self.t = 0
+        return np.array([0.0, 0.5, 0.5], np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        return np.array([self.t, 0.5, 0.5], np.float32), 1.0, False, False, {}
+
+
+class StepCountBoxEnv(StepCountEnv):
+    action_space = ConstantRewardBoxEnv.action_space
+
+
 gym.register("tests/ConstantReward-v0", entry_point=ConstantRewardEnv, max_episode_steps=5)
+gym.register("tests/StepCount-v0", entry_point=StepCountEnv, max_episode_steps=5)
+gym.register("tests/StepCountBox-v0", entry_point=StepCountBoxEnv, max_episode_steps=5)
 gym.register("tests/ConstantRewardBox-v0", entry_point=ConstantRewardBoxEnv, max_episode_steps=5)

@@ -50,19 +50,12 @@ def test_conjugate_gradient_solves_a_random_spd_system(trpo_baseline, seed):
     assert np.linalg.norm(a @ x5 - b) < np.linalg.norm(b)
 
 
-@pytest.mark.parametrize("continuous", [False, True], ids=["discrete", "box"])
-def test_fisher_vector_product_is_the_hessian_of_the_kl(trpo_baseline, continuous):
-    """(H + damping I) v by double backprop equals the explicit Hessian of the mean KL (torch.autograd.functional.
-    hessian over the flattened policy parameters) times v, at and away from the old policy."""
-    P = trpo_baseline
-    agent, batch = policy_batch(P, continuous, n=16, hidden=5)
+def kl_hessian(P, agent, batch, continuous):
+    """The policy parameters as one vector, and the explicit Hessian of the mean KL(pi_old || pi) with respect to
+    it at the agent's current parameters (torch.autograd.functional.hessian)."""
     params = agent.policy_parameters()
     name_of = {id(p): n for n, p in agent.named_parameters()}
-    names = [name_of[id(p)] for p in params]
-    shapes = [p.shape for p in params]
-    with torch.no_grad():  # move away from the old policy, where the KL's Hessian is not just the Fisher matrix
-        for p in params:
-            p.add_(0.05 * torch.randn_like(p))
+    names, shapes = [name_of[id(p)] for p in params], [p.shape for p in params]
 
     def mean_kl(flat):
         chunks = torch.split(flat, [s.numel() for s in shapes])
@@ -72,7 +65,20 @@ def test_fisher_vector_product_is_the_hessian_of_the_kl(trpo_baseline, continuou
 
     agent.forward = agent.policy_params  # functional_call calls forward
     flat = torch.nn.utils.parameters_to_vector(params).detach()
-    hessian = torch.autograd.functional.hessian(mean_kl, flat)
+    return flat, torch.autograd.functional.hessian(mean_kl, flat)
+
+
+@pytest.mark.parametrize("continuous", [False, True], ids=["discrete", "box"])
+def test_fisher_vector_product_is_the_hessian_of_the_kl(trpo_baseline, continuous):
+    """(H + damping I) v by double backprop equals the explicit Hessian of the mean KL (torch.autograd.functional.
+    hessian over the flattened policy parameters) times v, at and away from the old policy."""
+    P = trpo_baseline
+    agent, batch = policy_batch(P, continuous, n=16, hidden=5)
+    params = agent.policy_parameters()
+    with torch.no_grad():  # move away from the old policy, where the KL's Hessian is not just the Fisher matrix
+        for p in params:
+            p.add_(0.05 * torch.randn_like(p))
+    flat, hessian = kl_hessian(P, agent, batch, continuous)
     kl = P.policy_kl(batch["policy_params"], agent.policy_params(batch["obs"]), continuous).mean()
     fvp = P.fisher_vector_product(kl, params, damping=0.1)
     for seed in range(3):
@@ -118,6 +124,31 @@ def test_trpo_step_stays_in_the_trust_region_and_improves(trpo_baseline, continu
     assert stats["line_search_failed"] == 0.0
     assert 0 < kl <= args.max_kl and kl == pytest.approx(stats["kl"], rel=1e-4)
     assert stats["surrogate_improvement"] > 0 and stats["step_size"] > 0
+
+
+@pytest.mark.parametrize("continuous", [False, True], ids=["discrete", "box"])
+def test_trpo_full_step_is_the_natural_gradient_step_to_the_trust_region_edge(trpo_baseline, continuous):
+    """With enough CG iterations the accepted full step is sqrt(2 max_kl / s'(H + dI)s) s with s = (H + dI)^-1 g,
+    solved here with the explicit Hessian H of the KL at the old policy and g the surrogate's gradient (advantages
+    normalised); its KL is what the damped quadratic model predicts. A plain gradient step points elsewhere."""
+    P = trpo_baseline
+    agent, batch = policy_batch(P, continuous, n=64, hidden=5)
+    flat, hessian = kl_hessian(P, agent, batch, continuous)
+    params = agent.policy_parameters()
+    advantages = P.normalize_advantages(batch["advantages"])
+    logprob, _ = P.logprobs_and_entropy(agent.policy_params(batch["obs"]), batch["actions"], continuous)
+    surrogate = ((logprob - batch["logprobs"]).exp() * advantages).mean()
+    g = torch.cat([x.reshape(-1) for x in torch.autograd.grad(surrogate, params)]).double()
+    damped = hessian.double() + 0.1 * torch.eye(len(flat), dtype=torch.float64)
+    s = torch.linalg.solve(damped, g)
+    expected = (torch.sqrt(2 * 0.01 / (s @ damped @ s)) * s).float()
+    args = P.Args(update_epochs=1, num_minibatches=4, cg_iters=4 * len(flat), max_kl=0.01, cg_damping=0.1)
+    stats = P.trpo_update(agent, torch.optim.Adam(agent.critic.parameters()), batch, args)
+    assert stats["line_search_steps"] == 1  # the full step was taken
+    step = torch.nn.utils.parameters_to_vector(params).detach() - flat
+    torch.testing.assert_close(step, expected, rtol=2e-3, atol=2e-5)
+    # the KL the damped quadratic model predicts for that step: max_kl * s'Hs / s'(H + dI)s
+    assert stats["kl"] == pytest.approx(0.01 * (s @ hessian.double() @ s) / (s @ damped @ s), rel=0.1)
 
 
 def test_trpo_step_that_cannot_improve_leaves_the_policy_bit_for_bit(trpo_baseline):

@@ -1,5 +1,7 @@
 """benchmarks.report on synthetic TensorBoard logs written the way the scripts write them."""
 
+import json
+
 import numpy as np
 from torch.utils.tensorboard import SummaryWriter
 
@@ -59,3 +61,41 @@ def test_aggregate_normalises_and_bootstraps_with_rliable():
     assert set(result) == {"algo"}
     assert result["algo"]["envs"] == ["Acrobot-v1", "CartPole-v1"] and result["algo"]["seeds"] == 2
     assert np.allclose(result["algo"]["mean"], 0.65) and np.allclose(result["algo"]["iqm"], 0.65)
+
+
+def write_logged_run(name, returns, steps, budget):
+    """A run as the scripts log it: episodes, SPS once per 100-step iteration up to its last step, and the
+    hyperparameters table that holds its budget (num_iterations x batch_size)."""
+    with SummaryWriter(f"runs/{name}") as writer:
+        writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n|num_iterations|{budget // 100}|\n|batch_size|100|")
+        for step, value in zip(steps, returns):
+            writer.add_scalar("charts/episodic_return", value, step)
+        for step in range(100, steps[-1] + 1, 100):
+            writer.add_scalar("charts/SPS", 1000, step)
+
+
+def test_incomplete_and_failed_runs_are_listed_apart_and_only_the_best_is_bold(workdir):
+    steps = np.arange(1, 31) * 100
+    write_logged_run("CartPole-v1__ppo_discrete__1__100", np.full(30, 500.0), steps, 3000)
+    write_logged_run("CartPole-v1__ppo_discrete__2__100", np.full(30, 100.0), steps, 3000)
+    write_logged_run("CartPole-v1__ppo_discrete__3__100", np.full(10, 9.0), steps[:10], 3000)  # killed at 1000 steps
+    write_logged_run("CartPole-v1__a2c_baseline__1__100", np.full(30, 200.0), steps, 3000)
+    manifest = {"a2c_baseline.py/CartPole-v1/seed2": {"status": "failed", "returncode": 1, "log": "x/run.log"}}
+    (workdir / "runs" / "manifest.json").write_text(json.dumps(manifest))
+    runs = report.load_runs("runs")
+    assert [r.complete for r in runs] == [True, True, True, False] and runs[3].budget == 3000
+
+    report.main(report.Args(("runs",), out="out"))
+    table = (workdir / "out" / "results.md").read_text()
+    rows = {line.split(" | ")[1]: line for line in table.splitlines() if line.startswith("| CartPole-v1")}
+    assert rows["ppo_discrete"].startswith("| CartPole-v1 | ppo_discrete | 3k | 2 | **300.00 ± 200.00** |")
+    assert rows["a2c_baseline"].startswith("| CartPole-v1 | a2c_baseline | 3k | 1 | 200.00 ± 0.00 |")  # not bold
+    assert "- ppo_discrete/CartPole-v1/seed3: incomplete (1,000 of 3,000 steps)" in table
+    assert "- a2c_baseline.py/CartPole-v1/seed2: failed (exit 1), see x/run.log" in table
+
+
+def test_run_names_with_a_same_second_suffix_are_read():
+    write_run("Hopper-v5__ppo_continuous__1__100", np.full(3, 1.0), [1, 2, 3])
+    write_run("Hopper-v5__ppo_continuous__1__100-2", np.full(3, 2.0), [1, 2, 3])  # the later of the two
+    (run,) = report.load_runs("runs")
+    assert run.start == (100, 2) and report.final_return(run) == 2.0

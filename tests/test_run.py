@@ -47,7 +47,7 @@ def test_matrix_runs_records_a_manifest_and_reports(workdir, monkeypatch):
 
     report.main(report.Args((str(workdir / "bm"),), out=str(workdir / "report")))
     table = (workdir / "report" / "results.md").read_text()
-    assert "| CartPole-v1 | ppo_discrete | 2 |" in table
+    assert "| CartPole-v1 | ppo_discrete | 1,024 | 2 | **" in table  # steps, complete seeds, the best in bold
     assert sorted(p.name for p in (workdir / "report").glob("*.png")) == [
         "CartPole-v1_steps.png",
         "CartPole-v1_walltime.png",
