@@ -95,6 +95,9 @@ class Args:
     """with a Box action space: normalise observations by their running mean and std, clipped to [-10, 10] (the statistics are saved with the agent)"""
     norm_reward: bool = True
     """with a Box action space: scale rewards by the running std of the discounted return, clipped to [-10, 10]"""
+    norm_reward_reset: Literal["terminated", "episode-end"] = "terminated"
+    """when reward scaling's running discounted return restarts: at termination only (gymnasium's NormalizeReward,
+    as CleanRL) or at every episode end, time-limit truncations included (OpenAI baselines' and SB3's VecNormalize)"""
 
     @property
     def batch_size(self) -> int:
@@ -505,12 +508,13 @@ def logprobs_and_entropy(params, actions, continuous):
     return logprob, entropy
 
 
-def scale_rewards(rewards, is_reset, terminations, return_rms, discounted_return, gamma):
+def scale_rewards(rewards, is_reset, terminations, return_rms, discounted_return, gamma, reset_at_episode_end=False):
     """CleanRL's reward scaling for a whole rollout: gymnasium's NormalizeReward (next-step autoreset) then a
     clip to [-10, 10], computed after the rollout in one vectorised pass.
 
     Per env, G_t = gamma * G_{t-1} * (1 - terminated_t) + r_t is the discounted return so far (the wrapper's
-    recurrence); after each
+    recurrence, which runs on across time-limit truncations); with `reset_at_episode_end`, G_t = gamma * G_{t-1}
+    + r_t restarting from 0 after every episode end, truncations included (VecNormalize's recurrence). After each
     step the running statistics `return_rms` take in the G_t of the envs that stepped (reset steps are
     skipped), and r_t is divided by sqrt(var_t + 1e-8) with var_t the variance after that update.
 
@@ -526,7 +530,10 @@ def scale_rewards(rewards, is_reset, terminations, return_rms, discounted_return
     returns = np.empty((num_steps, rewards.shape[1]), dtype=np.float64)
     g = discounted_return
     for t in range(num_steps):
-        g = np.where(is_reset[t], g, g * gamma * (1.0 - terminations[t]) + rewards[t])
+        if reset_at_episode_end:  # the step after an episode end is its reset step: the return restarts there
+            g = np.where(is_reset[t], 0.0, g * gamma + rewards[t])
+        else:
+            g = np.where(is_reset[t], g, g * gamma * (1.0 - terminations[t]) + rewards[t])
         returns[t] = g
     discounted_return[:] = g
     # Running mean/var after each step, from cumulative sums shifted by the old mean (for precision):
@@ -973,7 +980,13 @@ def main(args: Args) -> dict:
                 b_inds = torch.from_numpy(np.flatnonzero(~is_reset)).to(device)
                 if norm_reward:
                     rewards[:] = scale_rewards(
-                        rewards, is_reset, terminations, return_rms, discounted_return, args.gamma
+                        rewards,
+                        is_reset,
+                        terminations,
+                        return_rms,
+                        discounted_return,
+                        args.gamma,
+                        reset_at_episode_end=args.norm_reward_reset == "episode-end",
                     )
 
                 # Values in one batched pass: the parameters did not change during the rollout.

@@ -6,6 +6,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from conftest import tiny
 from gymnasium.wrappers.utils import RunningMeanStd
 
 
@@ -294,6 +295,49 @@ def test_reward_scaling_equals_gymnasium_normalize_reward_then_clip(normalising_
     assert return_rms.mean == pytest.approx(env.return_rms.mean, rel=1e-6)
     assert return_rms.var == pytest.approx(env.return_rms.var, rel=1e-6)
     np.testing.assert_allclose(discounted_return, env.accumulated_reward, rtol=1e-6)
+
+
+def test_reward_scaling_reset_at_episode_end_equals_vecnormalize(normalising_script):
+    """With reset_at_episode_end, scale_rewards is VecNormalize's reward scaling (OpenAI baselines, SB3) written
+    out step by step on the transitions (reset steps are none): ret = ret * gamma + r, the statistics take in ret,
+    r / sqrt(var + 1e-8) clipped to [-10, 10], then ret = 0 for every env whose episode ended (terminated or
+    truncated). With only time limits ending episodes, it differs from the terminated-only recurrence."""
+    rewards, _, terms, truncs, is_reset = random_rollout(200, 3, seed=1, p_end=0.03)
+    rewards = rewards * 5 + 2
+    rewards[is_reset] = 0.0
+    rms, ret = RunningMeanStd(shape=()), np.zeros(3)
+    expected = np.zeros_like(rewards)
+    for t in range(200):
+        active = ~is_reset[t]
+        ret[active] = ret[active] * 0.99 + rewards[t, active]
+        if active.any():
+            rms.update(ret[active])
+        expected[t] = np.where(active, np.clip(rewards[t] / np.sqrt(rms.var + 1e-8), -10, 10), 0.0)
+        ret[(terms[t] + truncs[t]) > 0] = 0.0
+
+    return_rms, discounted_return = RunningMeanStd(shape=()), np.zeros(3)
+    got = np.concatenate(
+        [
+            normalising_script.scale_rewards(
+                *(x[t : t + 50] for x in (rewards, is_reset, terms)), return_rms, discounted_return, 0.99, True
+            )
+            for t in range(0, 200, 50)
+        ]
+    )
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    assert return_rms.var == pytest.approx(rms.var, rel=1e-6) and return_rms.count == pytest.approx(rms.count)
+    other = normalising_script.scale_rewards(rewards, is_reset, terms, RunningMeanStd(shape=()), np.zeros(3), 0.99)
+    assert truncs.sum() > 3 and not np.allclose(other, got)
+
+
+def test_norm_reward_reset_flag_reaches_the_scaling(normalising_script, monkeypatch):
+    P = normalising_script
+    seen, real = [], P.scale_rewards
+    monkeypatch.setattr(P, "scale_rewards", lambda *a, **k: (seen.append(k["reset_at_episode_end"]), real(*a, **k))[1])
+    box = dict(env_id="InvertedPendulum-v5")
+    P.main(tiny(P, **box, total_timesteps=32))
+    P.main(tiny(P, **box, total_timesteps=32, norm_reward_reset="episode-end"))
+    assert seen == [False, True]
 
 
 def test_observation_normalisation_equals_gymnasium_normalize_observation_then_clip(normalising_script):
