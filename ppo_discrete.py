@@ -402,6 +402,12 @@ def compute_gae(
     return advantages
 
 
+def gumbel_noise(shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """Standard Gumbel noise G = -log(E), E ~ Exponential(1), float32 of `shape`: argmax(logits + G) over the last
+    dimension is a sample of Categorical(logits) (the Gumbel-max trick; Maddison et al. 2014, arXiv 1411.0030)."""
+    return -torch.empty(shape, device=device).exponential_().log()
+
+
 def normalize_advantages(advantages: torch.Tensor) -> torch.Tensor:
     """(A - mean) / (std + 1e-8) with the unbiased std, as CleanRL. Shape [B], B >= 2."""
     return (advantages - advantages.mean()) / (advantages.std() + 1e-8)
@@ -890,7 +896,7 @@ def main(args: Args) -> dict:
             iteration_episodes = []
             with torch.inference_mode():
                 # Gumbel-max sampling: argmax(logits + G) with G ~ Gumbel(0, 1) is a sample of Categorical(logits).
-                gumbel = -torch.empty((args.num_steps, args.num_envs, num_actions), device=device).exponential_().log()
+                gumbel = gumbel_noise((args.num_steps, args.num_envs, num_actions), device)
                 for step in range(0, args.num_steps):
                     global_step += args.num_envs
                     action = (agent.actor(obs_t[step]) + gumbel[step]).argmax(-1)

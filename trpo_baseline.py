@@ -477,6 +477,12 @@ def compute_gae(
     return advantages
 
 
+def gumbel_noise(shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """Standard Gumbel noise G = -log(E), E ~ Exponential(1), float32 of `shape`: argmax(logits + G) over the last
+    dimension is a sample of Categorical(logits) (the Gumbel-max trick; Maddison et al. 2014, arXiv 1411.0030)."""
+    return -torch.empty(shape, device=device).exponential_().log()
+
+
 def normalize_advantages(advantages: torch.Tensor) -> torch.Tensor:
     """(A - mean) / (std + 1e-8) with the unbiased std, as CleanRL. Shape [B], B >= 2."""
     return (advantages - advantages.mean()) / (advantages.std() + 1e-8)
@@ -1099,9 +1105,7 @@ def main(args: Args) -> dict:
                     noise = torch.randn((args.num_steps, args.num_envs, action_dim), device=device)
                     action_std = agent.actor_logstd.exp()
                 else:
-                    noise = (
-                        -torch.empty((args.num_steps, args.num_envs, action_dim), device=device).exponential_().log()
-                    )
+                    noise = gumbel_noise((args.num_steps, args.num_envs, action_dim), device)
                 for step in range(0, args.num_steps):
                     global_step += args.num_envs
                     out = agent.actor(obs_t[step])

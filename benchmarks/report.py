@@ -8,8 +8,10 @@ A run is a directory `{env_id}__{exp_name}__{seed}__{time}` (or `...__{time}-N` 
 the same second) holding event files (the scripts' `runs/` layout). Runs are grouped by env and script
 (exp_name); for each env the report draws the mean episodic return over seeds with a 95% bootstrap interval
 against env steps and against wall time (PNG), and writes a markdown table: the budget in env steps, the
-number of seeds, the return of the last 100 episodes (mean +- std over seeds, per-seed values), wall time and
-median SPS, next to the published reference where REFERENCE.md has one; the best mean per env is bold. Only
+number of seeds, the return of the last 100 training episodes (mean +- std over seeds, ddof=1, per-seed values),
+the final evaluation with the deterministic action where the runs made one (--eval-episodes), wall time and
+median SPS, and each published figure (benchmarks/reference.py) beside the result of the metric it used; the
+best training mean per env is bold. Only
 complete runs count: a run that stopped before its budget (read from the run's logged hyperparameters), or
 finished no episode, and a run that failed (a benchmarks.run manifest.json in the directories says so) are
 listed under the table instead. Across envs, per script: the IQM and mean of normalised scores with
@@ -27,20 +29,7 @@ import numpy as np
 import tyro
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-# Published returns (last 100 episodes, mean +- std over seeds) from ../shared/REFERENCE.md, by (exp_name, env_id).
-REFERENCE = {
-    ("ppo_discrete", "CartPole-v1"): ("CleanRL ppo.py", 490.04, 6.12),
-    ("ppo_discrete", "Acrobot-v1"): ("CleanRL ppo.py", -86.36, 1.32),
-    ("ppo_discrete", "MountainCar-v0"): ("CleanRL ppo.py", -200.00, 0.00),
-    ("ppo_continuous", "HalfCheetah-v5"): ("CleanRL ppo_continuous_action.py, -v4", 1442.64, 46.03),
-    ("ppo_continuous", "Hopper-v5"): ("CleanRL ppo_continuous_action.py, -v4", 2382.86, 271.74),
-    ("ppo_continuous", "Walker2d-v5"): ("CleanRL ppo_continuous_action.py, -v4", 2287.95, 571.78),
-    ("ppo_continuous", "InvertedPendulum-v5"): ("CleanRL ppo_continuous_action.py, -v4", 963.09, 22.20),
-    ("trpo_baseline", "HalfCheetah-v5"): ("sb3-contrib TRPO, -v3", 1803.0, 46.0),
-    ("trpo_baseline", "Hopper-v5"): ("sb3-contrib TRPO, -v3", 3372.0, 215.0),
-    ("trpo_baseline", "Walker2d-v5"): ("sb3-contrib TRPO, -v3", 4502.0, 234.0),
-}
-
+from benchmarks.reference import EVALUATION, RETURNS, TRAINING
 
 # Score normalisation for the aggregate, (low, high) -> 0 and 1, by env id. Classic control: the return's range.
 # MuJoCo: D4RL's random and expert reference returns (Fu et al. 2020, arXiv 2004.07219). Atari: random and
@@ -82,6 +71,7 @@ class Run:
     sps: list[float] = field(default_factory=list)
     budget: int = 0
     last_step: int = 0
+    eval_returns: list[float] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
@@ -118,6 +108,8 @@ def load_run(path: str) -> Run | None:
         if "charts/SPS" in tags:
             start = min(start, acc.Scalars("charts/SPS")[0].wall_time)
         run.episodes = np.array([(e.step, e.wall_time - start, e.value) for e in events])
+    if "eval/episodic_return_greedy" in tags:
+        run.eval_returns = [e.value for e in acc.Scalars("eval/episodic_return_greedy")]
     if "charts/SPS" in tags:
         sps = acc.Scalars("charts/SPS")
         run.sps, run.last_step = [e.value for e in sps], int(sps[-1].step)
@@ -230,12 +222,22 @@ def plot_env(env_id: str, runs: list[Run], out_dir: str) -> list[str]:
     return written
 
 
+def mean_and_std(values: list[float]) -> str:
+    """mean ± std over seeds (ddof=1); the std is left out for a single seed."""
+    values = np.asarray(values, dtype=float)
+    return f"{values.mean():.2f} ± {values.std(ddof=1):.2f}" if len(values) > 1 else f"{values.mean():.2f}"
+
+
 def results_table(runs: list[Run], last: int = 100) -> str:
-    """Markdown: one row per (env, script) of complete runs, with the budget, the number of seeds, the final return
-    over seeds, wall time, SPS and reference; the best mean per env in bold."""
+    """Markdown: one row per (env, script) of complete runs: the budget, the number of seeds, the training metric
+    (return of the last `last` episodes) and the evaluation metric (deterministic action, when the runs evaluated),
+    each as mean ± std over seeds (ddof=1) with the published figure of the same metric beside it, wall time and SPS;
+    the best training mean per env in bold."""
     lines = [
-        f"| env | script | steps | seeds | return, last {last} episodes (mean ± std) | per seed | wall time (min) | median SPS | reference |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"| env | script | steps | seeds | training: return, last {last} episodes (mean ± std over seeds, ddof=1) "
+        "| per seed | published, same metric | evaluation: deterministic action (mean ± std over seeds, ddof=1) "
+        "| published, same metric | wall time (min) | median SPS |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     rows = {}
     for env_id, exp_name in sorted({(r.env_id, r.exp_name) for r in runs}):
@@ -245,15 +247,18 @@ def results_table(runs: list[Run], last: int = 100) -> str:
     for (env_id, exp_name), (group, finals) in rows.items():
         wall = np.mean([r.episodes[-1, 1] for r in group]) / 60
         sps = np.median([np.median(r.sps) for r in group if r.sps]) if any(r.sps for r in group) else float("nan")
-        ref = REFERENCE.get((exp_name, env_id))
-        ref_text = f"{ref[1]:.2f} ± {ref[2]:.2f} ({ref[0]})" if ref else "-"
+        ref = RETURNS.get((exp_name, env_id))
+        published = {metric: ref.text() if ref and ref.metric == metric else "-" for metric in (TRAINING, EVALUATION)}
         per_seed = ", ".join(f"{r.seed}: {f:.2f}" for r, f in zip(group, finals))
         budgets = sorted({r.budget or r.last_step for r in group})
         steps = " / ".join(steps_text(b) for b in budgets)
-        mean = f"{finals.mean():.2f} ± {finals.std():.2f}"
+        mean = mean_and_std(finals)
         mean = f"**{mean}**" if finals.mean() == best[env_id] else mean
+        evaluated = [np.mean(r.eval_returns) for r in group if r.eval_returns]
+        eval_text = f"{mean_and_std(evaluated)} ({len(evaluated)} seeds)" if evaluated else "-"
         lines.append(
-            f"| {env_id} | {exp_name} | {steps} | {len(group)} | {mean} | {per_seed} | {wall:.1f} | {sps:,.0f} | {ref_text} |"
+            f"| {env_id} | {exp_name} | {steps} | {len(group)} | {mean} | {per_seed} | {published[TRAINING]} "
+            f"| {eval_text} | {published[EVALUATION]} | {wall:.1f} | {sps:,.0f} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -51,6 +51,23 @@ PRESETS = {
     ),
     "atari": (("ppo_atari.py", "ppo_lstm.py"), ("Pong-v5", "Breakout-v5", "BeamRider-v5"), 10_000_000),
 }
+# Flags every run of a preset gets: MuJoCo runs end with 10 evaluation episodes, so that the results have the
+# deterministic-action metric that RL Zoo's and sb3-contrib's figures use (benchmarks/reference.py).
+PRESET_ARGS = {"mujoco": "--eval-episodes 10"}
+# Per (script, env) flags of the published anchor a preset compares with; the scripts' own defaults stay the
+# library's. sb3-contrib's TRPO figures come from RL Zoo's hyperparams/trpo.yml MuJoCo entries: 2 envs x 1024
+# steps, critic minibatches of 128 (16 per batch) for 20 epochs at Adam 1e-3, 25 CG iterations, damping 0.1,
+# VecNormalize (whose reward scaling restarts at every episode end), target KL 0.04 on HalfCheetah (0.01 elsewhere).
+# RL Zoo has no A2C entry for MuJoCo: a2c_baseline.py runs at its defaults.
+_ZOO_TRPO = (
+    "--num-envs 2 --num-steps 1024 --num-minibatches 16 --update-epochs 20 --learning-rate 1e-3 "
+    "--cg-iters 25 --cg-damping 0.1 --norm-reward-reset episode-end"
+)
+ANCHOR_ARGS = {
+    ("trpo_baseline.py", "HalfCheetah-v5"): _ZOO_TRPO + " --max-kl 0.04",
+    ("trpo_baseline.py", "Hopper-v5"): _ZOO_TRPO,
+    ("trpo_baseline.py", "Walker2d-v5"): _ZOO_TRPO,
+}
 
 
 @dataclass
@@ -117,7 +134,8 @@ def plan(args: Args) -> tuple[list[Run], list[str], str]:
             for seed in args.seeds:
                 command = [sys.executable, str(ROOT / script), "--env-id", env_id, "--seed", str(seed)]
                 command += ["--total-timesteps", str(args.total_timesteps or budget)]
-                command += ["--torch-threads", "1", "--save-model", *shlex.split(args.script_args)]
+                command += ["--torch-threads", "1", "--save-model", *shlex.split(PRESET_ARGS.get(args.preset, ""))]
+                command += [*shlex.split(ANCHOR_ARGS.get((script, env_id), "")), *shlex.split(args.script_args)]
                 if args.track:
                     command += ["--track", "--wandb-project-name", args.wandb_project_name]
                     command += ["--wandb-entity", args.wandb_entity] if args.wandb_entity else []

@@ -8,9 +8,9 @@
 
 Each run is a fresh process; SPS is the script's own last reported figure (steps / seconds since the loop
 started, as CleanRL computes it). Runs alternate between the scripts so that a machine's noisy moments hit
-both alike. Without --reference the comparison is with --reference-sps (CleanRL's ppo.py measured on this
-project's 2-vCPU machines, ../shared/REFERENCE.md); scripts without a counterpart (the baselines) get their SPS
-alone. The profile runs once in-process and splits wall time
+both alike. Without --reference the comparison is with --reference-sps (the script's CleanRL counterpart
+measured on this project's 2-vCPU machines, benchmarks/reference.py); scripts without a counterpart (the
+baselines) get their SPS alone. The profile runs once in-process and splits wall time
 into env stepping, the update phase and the rest (acting, storage, GAE, logging, setup).
 """
 
@@ -27,10 +27,9 @@ from pathlib import Path
 
 import tyro
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.reference import SPS as REFERENCE_SPS
 
-# CleanRL's counterpart of each script at its defaults on this project's 2-vCPU machines (REFERENCE.md, section 3).
-REFERENCE_SPS = {"ppo_discrete.py": 5100.0, "ppo_continuous.py": 1230.0}
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -44,8 +43,9 @@ class Args:
     reference: str | None = None
     """path of a reference script to run interleaved (it must print `SPS: N` or `SPS=N`)"""
     reference_sps: float | None = None
-    """the reference's SPS when --reference is not given (default: REFERENCE.md's figure for the script's CleanRL
-    counterpart at its defaults: 5,100 for ppo_discrete.py, 1,230 for ppo_continuous.py; none for the baselines)"""
+    """the reference's SPS when --reference is not given (default: benchmarks/reference.py's figure for the script's
+    CleanRL counterpart at its defaults: 5,100 for ppo_discrete.py, 1,230 for ppo_continuous.py; none for the
+    baselines)"""
     profile: bool = True
     """also split one run's wall time into env, update and the rest"""
     script_args: str = ""
@@ -112,7 +112,8 @@ def profile(script: str, total_timesteps: int, script_args: list[str]) -> dict[s
 
 
 def main(args: Args) -> None:
-    reference_sps = args.reference_sps or REFERENCE_SPS.get(Path(args.script).name)
+    published = REFERENCE_SPS.get(Path(args.script).name)
+    reference_sps = args.reference_sps or (published[0] if published else None)
     if not (ROOT / args.script).is_file():
         raise SystemExit(f"benchmarks.speed: error: --script {args.script}: no such file in {ROOT}")
     ours_cmd = [
@@ -137,7 +138,11 @@ def main(args: Args) -> None:
         print(line, flush=True)
     median = statistics.median(ours)
     ref_median = statistics.median(ref) if ref else reference_sps
-    ref_name = f"reference (measured, median of {len(ref)})" if ref else "reference (REFERENCE.md)"
+    ref_name = (
+        f"reference (measured, median of {len(ref)})"
+        if ref
+        else f"reference ({published[1] if published and not args.reference_sps else '--reference-sps'})"
+    )
     print(
         f"\n{args.script}: median {median:.0f} SPS (min {min(ours)}, max {max(ours)}) over {args.runs} runs of {args.total_timesteps} steps"
     )

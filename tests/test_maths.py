@@ -166,11 +166,12 @@ def test_logprobs_and_entropy_match_torch_distributions(ppo_discrete):
     assert torch.allclose(logp_all.exp().sum(-1), torch.ones(7), atol=1e-6)
 
 
-def test_gumbel_max_sampling_matches_the_categorical_distribution():
-    """The rollout samples argmax(logits + G), G ~ Gumbel(0, 1) from -log(Exp(1)): same law as Categorical."""
+@pytest.mark.parametrize("name", ["ppo_discrete", "trpo_baseline", "a2c_baseline"])
+def test_gumbel_max_sampling_matches_the_categorical_distribution(name):
+    """The rollout samples argmax(logits + G) with G from the script's gumbel_noise: the law of Categorical(logits)."""
     torch.manual_seed(0)
     logits = torch.tensor([0.3, -1.0, 1.2])
-    gumbel = -torch.empty((200_000, 3)).exponential_().log()
+    gumbel = importlib.import_module(name).gumbel_noise((200_000, 3), torch.device("cpu"))
     freq = torch.bincount((logits + gumbel).argmax(-1), minlength=3).float() / 200_000
     assert torch.allclose(freq, logits.softmax(-1), atol=0.005)
 

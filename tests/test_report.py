@@ -28,8 +28,8 @@ def test_report_tables_and_curves_from_event_files(workdir):
     report.main(report.Args(("runs",), out="out"))
     table = (workdir / "out" / "results.md").read_text()
     row = next(line for line in table.splitlines() if line.startswith("| Hopper-v5"))
-    assert "**174.75 ± 74.75**" in row and "1: 249.50, 2: 100.00" in row and "1,000" in row
-    assert "2382.86 ± 271.74" in row  # the published reference
+    assert "**174.75 ± 105.71**" in row and "1: 249.50, 2: 100.00" in row and "1,000" in row  # std with ddof=1
+    assert "| 2382.86 ± 271.74 std (CleanRL" in row  # the published training-metric figure, beside ours
     assert {p.name for p in (workdir / "out").glob("*.png")} == {
         "Hopper-v5_steps.png",
         "Hopper-v5_walltime.png",
@@ -63,10 +63,12 @@ def test_aggregate_normalises_and_bootstraps_with_rliable():
     assert np.allclose(result["algo"]["mean"], 0.65) and np.allclose(result["algo"]["iqm"], 0.65)
 
 
-def write_logged_run(name, returns, steps, budget):
-    """A run as the scripts log it: episodes, SPS once per 100-step iteration up to its last step, and the
-    hyperparameters table that holds its budget (num_iterations x batch_size)."""
+def write_logged_run(name, returns, steps, budget, eval_returns=()):
+    """A run as the scripts log it: episodes, SPS once per 100-step iteration up to its last step, the
+    hyperparameters table that holds its budget (num_iterations x batch_size), and the greedy evaluation."""
     with SummaryWriter(f"runs/{name}") as writer:
+        for idx, value in enumerate(eval_returns):
+            writer.add_scalar("eval/episodic_return_greedy", value, idx)
         writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n|num_iterations|{budget // 100}|\n|batch_size|100|")
         for step, value in zip(steps, returns):
             writer.add_scalar("charts/episodic_return", value, step)
@@ -88,8 +90,8 @@ def test_incomplete_and_failed_runs_are_listed_apart_and_only_the_best_is_bold(w
     report.main(report.Args(("runs",), out="out"))
     table = (workdir / "out" / "results.md").read_text()
     rows = {line.split(" | ")[1]: line for line in table.splitlines() if line.startswith("| CartPole-v1")}
-    assert rows["ppo_discrete"].startswith("| CartPole-v1 | ppo_discrete | 3k | 2 | **300.00 ± 200.00** |")
-    assert rows["a2c_baseline"].startswith("| CartPole-v1 | a2c_baseline | 3k | 1 | 200.00 ± 0.00 |")  # not bold
+    assert rows["ppo_discrete"].startswith("| CartPole-v1 | ppo_discrete | 3k | 2 | **300.00 ± 282.84** |")
+    assert rows["a2c_baseline"].startswith("| CartPole-v1 | a2c_baseline | 3k | 1 | 200.00 |")  # not bold
     assert "- ppo_discrete/CartPole-v1/seed3: incomplete (1,000 of 3,000 steps)" in table
     assert "- a2c_baseline.py/CartPole-v1/seed2: failed (exit 1), see x/run.log" in table
 
@@ -99,3 +101,25 @@ def test_run_names_with_a_same_second_suffix_are_read():
     write_run("Hopper-v5__ppo_continuous__1__100-2", np.full(3, 2.0), [1, 2, 3])  # the later of the two
     (run,) = report.load_runs("runs")
     assert run.start == (100, 2) and report.final_return(run) == 2.0
+
+
+def test_each_published_figure_sits_beside_the_metric_it_used(workdir):
+    """sb3-contrib's TRPO figure is a deterministic evaluation (± standard error): it goes in the evaluation
+    column, next to the runs' greedy evaluation, never beside their training return."""
+    steps = np.arange(1, 31) * 100
+    write_logged_run("Hopper-v5__trpo_baseline__1__100", np.full(30, 1000.0), steps, 3000, eval_returns=[3000, 3100])
+    write_logged_run("Hopper-v5__trpo_baseline__2__100", np.full(30, 1200.0), steps, 3000, eval_returns=[3300])
+    report.main(report.Args(("runs",), out="out"))
+    (row,) = [
+        line for line in (workdir / "out" / "results.md").read_text().splitlines() if line.startswith("| Hopper-v5")
+    ]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[4:] == [
+        "**1100.00 ± 141.42**",
+        "1: 1000.00, 2: 1200.00",
+        "-",
+        "3175.00 ± 176.78 (2 seeds)",
+        "3372.00 ± 215.00 s.e. (sb3-contrib docs/modules/trpo.md, RL Zoo settings, Hopper-v3, 1M steps, 3 seeds)",
+        cells[9],
+        "1,000",
+    ]

@@ -450,10 +450,18 @@ def test_readme_documents_every_flag(any_script):
 
 
 def test_envpool_backend(any_script):
+    """envpool runs learn reproducibly, log every episode at the step it ended, and (CartPole and
+    InvertedPendulum pay about 1 per step) each episode's return is its length."""
     P = any_script
     result = P.main(tiny(P, env_backend="envpool", total_timesteps=1024))
-    assert len(result["history"]) == 32 and result["episodes"]
-    assert all(0 < length <= 1000 for _, _, length in result["episodes"])
+    again = P.main(tiny(P, env_backend="envpool", total_timesteps=1024))
+    assert len(result["history"]) == 32 and len(result["episodes"]) >= 10
+    assert learning(result) == learning(again) and result["episodes"] == again["episodes"]
+    assert all(abs(r - length) <= 1 and 0 < length <= 1000 for _, r, length in result["episodes"])
+    steps = [step for step, _, _ in result["episodes"]]
+    assert steps == sorted(steps) and all(0 < s <= 1024 and s % 2 == 0 for s in steps)
+    acc = scalars(result["run_dir"])
+    assert len(acc.Scalars("charts/episodic_return")) == len(result["episodes"])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
