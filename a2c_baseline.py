@@ -68,11 +68,13 @@ class Args:
     learning_rate: float = 7e-4
     """the learning rate of the optimizer (RMSprop)"""
     num_envs: int = 4
-    """the number of parallel game environments"""
+    """the number of parallel game environments (differs from SB3: its A2C steps the vector env it is given, RL Zoo
+    makes 1 unless an env's entry says otherwise, 4-16 in its tuned entries)"""
     num_steps: int = 5
     """the number of steps to run in each environment per policy rollout (n-step returns)"""
     anneal_lr: bool = True
-    """Toggle learning rate annealing for policy and value networks"""
+    """Toggle learning rate annealing for policy and value networks (differs from SB3, whose A2C keeps the rate
+    constant: --no-anneal-lr for SB3's behaviour; RL Zoo's tuned entries anneal linearly, lin_7e-4)"""
     gamma: float = 0.99
     """the discount factor gamma"""
     gae_lambda: float = 1.0

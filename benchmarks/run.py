@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# The published comparisons (REFERENCE.md): scripts, env ids and the budget (env steps) every script gets.
+# The published comparisons (benchmarks/reference.py): scripts, env ids and the budget (env steps) every script gets.
 PRESETS = {
     "classic": (
         ("ppo_discrete.py", "trpo_baseline.py", "a2c_baseline.py"),
