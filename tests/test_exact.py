@@ -2,12 +2,19 @@
 when one line of the algorithm does (a sign, a normalisation, a clip, a flag not applied)."""
 
 import copy
+import importlib
 
 import numpy as np
 import pytest
 import torch
-from conftest import tiny
+from conftest import UPDATE_FUNCTIONS, tiny
 from test_scripts import rollout_batch
+
+
+@pytest.fixture(params=["ppo_continuous", "trpo_baseline", "a2c_baseline"])
+def normalising(request):
+    """The scripts that normalise observations (the baselines for Box action spaces)."""
+    return importlib.import_module(request.param)
 
 
 def reference_ppo_update(P, agent, optimizer, batch, args):
@@ -133,3 +140,66 @@ def test_gamma_and_gae_lambda_reach_the_advantages(any_script, monkeypatch):
     with pytest.raises(Captured):
         P.main(tiny(P, gamma=0.8, gae_lambda=0.7))
     assert (captured["gamma"], captured["gae_lambda"]) == (0.8, 0.7)
+
+
+# --- every setting a user can change reaches what it sets --------------------------------------------------------
+
+
+def test_the_optimizer_steps_at_the_logged_learning_rate(any_script, monkeypatch):
+    """The annealed rate is not only logged: the optimizer holds it when each update phase runs."""
+    P = any_script
+    name, seen = UPDATE_FUNCTIONS[P.__name__], []
+    real = getattr(P, name)
+    monkeypatch.setattr(
+        P,
+        name,
+        lambda agent, optimizer, *a, **k: (
+            seen.append(optimizer.param_groups[0]["lr"]),
+            real(agent, optimizer, *a, **k),
+        )[1],
+    )
+    result = P.main(tiny(P, learning_rate=1e-3, anneal_lr=True))
+    assert seen == [h["charts/learning_rate"] for h in result["history"]] == pytest.approx([1e-3, 7.5e-4, 5e-4, 2.5e-4])
+
+
+def test_a2c_rmsprop_takes_its_flags(a2c_baseline, monkeypatch):
+    P, made = a2c_baseline, []
+    real = P.torch.optim.RMSprop
+    monkeypatch.setattr(P.torch.optim, "RMSprop", lambda params, **kw: (made.append(kw), real(params, **kw))[1])
+    P.main(tiny(P, rms_prop_alpha=0.9, rms_prop_eps=1e-3, learning_rate=1e-3))
+    assert made == [dict(lr=1e-3, alpha=0.9, eps=1e-3)]
+
+
+def test_trpo_flags_reach_cg_fisher_product_and_line_search(trpo_baseline, monkeypatch):
+    P, seen = trpo_baseline, {}
+    for name in ("conjugate_gradient", "fisher_vector_product", "line_search"):
+        real = getattr(P, name)
+        monkeypatch.setattr(
+            P, name, lambda *a, _real=real, _name=name, **k: (seen.setdefault(_name, a), _real(*a, **k))[1]
+        )
+    P.main(tiny(P, cg_iters=7, cg_damping=0.03, max_kl=0.02, backtrack_coef=0.6, backtrack_iters=4))
+    assert seen["conjugate_gradient"][2] == 7 and seen["fisher_vector_product"][2] == 0.03
+    assert seen["line_search"][4:] == (0.02, 0.6, 4)
+
+
+def test_torch_threads_is_applied(ppo_discrete):
+    before = torch.get_num_threads()
+    try:
+        ppo_discrete.main(tiny(ppo_discrete, torch_threads=2))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("norm_obs", [True, False])
+def test_norm_obs_flag_decides_whether_observations_are_normalised(normalising, norm_obs):
+    """With --norm-obs the agent's statistics take in every observation (InvertedPendulum, 2 envs x 64 steps);
+    without, they are never touched and the agent acts on raw observations."""
+    P = normalising
+    result = P.main(tiny(P, env_id="InvertedPendulum-v5", norm_obs=norm_obs))
+    agent = result["agent"]
+    raw = np.array([[0.5, -0.2, 0.1, 0.3]])
+    if norm_obs:
+        assert agent.obs_rms.count > 128 and not np.allclose(agent.normalize_obs(raw, update=False), raw)
+    else:
+        assert agent.obs_rms.count < 1 and np.allclose(agent.normalize_obs(raw, update=False), raw)
