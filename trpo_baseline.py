@@ -1207,6 +1207,8 @@ def main(args: Args) -> dict:
                 break
         if bar is not None:
             bar.close()  # the lines below start on a line of their own
+        for signum, handler in previous_handlers.items():  # training is over: a signal now stops at once
+            signal.signal(signum, handler)
         recent = [e[1] for e in episodes[-100:]]
         summary = f"{np.mean(recent):.2f} (last {len(recent)} episodes)" if recent else "- (no episode finished)"
         print(f"finished at global_step={global_step}: mean return {summary}", flush=True)
@@ -1231,7 +1233,8 @@ def main(args: Args) -> dict:
             ) from None
         earlier = os.path.isfile(f"{run_dir}/checkpoint.pt")
         raise KeyboardInterrupt(
-            f"stopped at once at global_step={global_step}, without saving this iteration"
+            f"stopped at once at global_step={global_step}"
+            + ("" if saved else ", without saving this iteration")
             + (f"; {run_dir}/checkpoint.pt resumes from the last one saved" if earlier else "")
         ) from None
     finally:

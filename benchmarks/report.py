@@ -83,7 +83,7 @@ def logged_budget(acc: EventAccumulator) -> int:
     """num_iterations * batch_size from the `hyperparameters` text the scripts log (a markdown table); 0 if absent."""
     if "hyperparameters/text_summary" not in acc.Tags().get("tensors", []):
         return 0
-    text = acc.Tensors("hyperparameters/text_summary")[0].tensor_proto.string_val[0].decode()
+    text = acc.Tensors("hyperparameters/text_summary")[-1].tensor_proto.string_val[0].decode()  # a resume's own
     table = dict(re.findall(r"\|(\w+)\|([^|]*)\|", text))
     try:
         return int(table["num_iterations"]) * int(table["batch_size"])

@@ -123,3 +123,12 @@ def test_each_published_figure_sits_beside_the_metric_it_used(workdir):
         cells[9],
         "1,000",
     ]
+
+
+def test_a_run_trained_longer_counts_with_its_new_budget(workdir):
+    """A run resumed with a larger --total-timesteps logs its hyperparameters again: the last table is its budget."""
+    with SummaryWriter("runs/Hopper-v5__ppo_continuous__1__100") as writer:  # the original run's table: 3000 steps
+        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n|num_iterations|30|\n|batch_size|100|")
+    write_logged_run("Hopper-v5__ppo_continuous__1__100", np.full(60, 5.0), np.arange(1, 61) * 100, 6000)
+    (run,) = report.load_runs("runs")
+    assert run.budget == 6000 and run.complete

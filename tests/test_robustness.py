@@ -89,6 +89,19 @@ def test_second_ctrl_c_stops_at_once_with_one_line(ppo_discrete, workdir):
     assert "stopped after iteration" not in out
 
 
+def test_ctrl_c_during_the_final_evaluation_stops_at_once(ppo_discrete, workdir):
+    """Training is over and its checkpoint saved: a Ctrl-C during --eval-episodes stops at once, in one line."""
+    proc = [sys.executable, "-u", str(ROOT / "ppo_discrete.py"), "--total-timesteps", "2048", "--save-model"]
+    proc = subprocess.Popen(
+        proc + ["--eval-episodes", "1000000"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    read_until(proc, "checkpoint saved to")
+    proc.send_signal(signal.SIGINT)
+    code, out = finish(proc)
+    assert code == 130 and "Traceback" not in out and "stopping after this iteration" not in out, out
+    assert out.strip().splitlines()[-1].startswith("ppo_discrete.py: stopped at once at global_step=2048")
+
+
 def test_ctrl_c_without_save_model_is_one_line(any_script, workdir):
     P = any_script
     proc = start(P, stderr=subprocess.PIPE)
