@@ -121,12 +121,6 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def first_line(error: BaseException) -> str:
-    """The first line of an exception's message (its type's name if it has none), for one-line errors."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 def validate_args(args: Args) -> None:
     """Check the flags that need no environment.
 
@@ -214,9 +208,9 @@ def check_video(args: Args) -> None:
         env.render()
         env.close()
     except Exception as e:
+        reason = (str(e).strip() or type(e).__name__).splitlines()[0]
         raise UsageError(
-            f"--capture-video: {args.env_id} cannot render ({first_line(e)}); "
-            "the video extra: pip install 'ppo-single-file[video]'"
+            f"--capture-video: {args.env_id} cannot render ({reason}); the video extra: pip install 'ppo-single-file[video]'"
         ) from None
 
 
@@ -739,14 +733,13 @@ def prepare_run_dir(args: Args, run_name: str, new: bool) -> tuple[str, str]:
         for folder in made:
             if folder != run_dir:
                 os.removedirs(folder)  # only probed: RecordVideo and wandb make their folders themselves
-        if args.save_model and os.path.isdir(f"{run_dir}/checkpoint.pt"):
-            path = f"{run_dir}/checkpoint.pt"
-            raise IsADirectoryError(21, "is a directory, so the checkpoint cannot be written", path)
     except OSError as e:
         for folder in reversed(made):
             shutil.rmtree(folder, ignore_errors=True)
         reason = "a file is in the way" if isinstance(e, (FileExistsError, NotADirectoryError)) else e.strerror
         raise UsageError(f"cannot write {os.path.abspath(path)}: {reason}") from None
+    if args.save_model and os.path.isdir(f"{run_dir}/checkpoint.pt"):
+        raise UsageError(f"cannot write {os.path.abspath(run_dir)}/checkpoint.pt: is a directory")
     return run_name, run_dir
 
 
@@ -1069,8 +1062,9 @@ def main(args: Args) -> dict:
         if args.eval_episodes and not preempted:
             for mode, tag in (("sampled", "eval/episodic_return"), ("greedy", "eval/episodic_return_greedy")):
                 eval_returns = evaluate(agent, args, args.eval_episodes, greedy=mode == "greedy", device=device)
-                for idx, episodic_return in enumerate(eval_returns if writer is not None else []):
-                    writer.add_scalar(tag, episodic_return, idx)
+                if writer is not None:  # a finished run that is only evaluated writes nothing
+                    for idx, episodic_return in enumerate(eval_returns):
+                        writer.add_scalar(tag, episodic_return, idx)
                 eval_result[mode] = float(eval_returns.mean())
                 print(
                     f"eval ({mode}, {args.eval_episodes} episodes): mean return {eval_returns.mean():.2f} +- {eval_returns.std():.2f}"

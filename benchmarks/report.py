@@ -11,8 +11,7 @@ against env steps and against wall time (PNG), and writes a markdown table: the 
 number of seeds, the return of the last 100 training episodes (mean +- std over seeds, ddof=1, per-seed values),
 the final evaluation with the deterministic action where the runs made one (--eval-episodes), wall time and
 median SPS, and each published figure (benchmarks/reference.py) beside the result of the metric it used; the
-best training mean per env is bold. Only
-complete runs count: a run that stopped before its budget (read from the run's logged hyperparameters), or
+best training mean per env is bold. Only complete runs count: a run that stopped before its budget (read from the run's logged hyperparameters), or
 finished no episode, and a run that failed (a benchmarks.run manifest.json in the directories says so) are
 listed under the table instead. Across envs, per script: the IQM and mean of normalised scores with
 stratified-bootstrap intervals (rliable), as a table and aggregate.png.

@@ -110,6 +110,12 @@ def baseline(request):
     return importlib.import_module(request.param)
 
 
+@pytest.fixture(params=["ppo_continuous", "trpo_baseline", "a2c_baseline"])
+def normalising_script(request):
+    """The scripts with observation and reward normalisation (the baselines' for Box action spaces)."""
+    return importlib.import_module(request.param)
+
+
 @pytest.fixture
 def ppo_discrete():
     return importlib.import_module("ppo_discrete")

@@ -2,19 +2,12 @@
 when one line of the algorithm does (a sign, a normalisation, a clip, a flag not applied)."""
 
 import copy
-import importlib
 
 import numpy as np
 import pytest
 import torch
 from conftest import UPDATE_FUNCTIONS, tiny
 from test_scripts import rollout_batch
-
-
-@pytest.fixture(params=["ppo_continuous", "trpo_baseline", "a2c_baseline"])
-def normalising(request):
-    """The scripts that normalise observations (the baselines for Box action spaces)."""
-    return importlib.import_module(request.param)
 
 
 def reference_ppo_update(P, agent, optimizer, batch, args):
@@ -192,10 +185,10 @@ def test_torch_threads_is_applied(ppo_discrete):
 
 
 @pytest.mark.parametrize("norm_obs", [True, False])
-def test_norm_obs_flag_decides_whether_observations_are_normalised(normalising, norm_obs):
+def test_norm_obs_flag_decides_whether_observations_are_normalised(normalising_script, norm_obs):
     """With --norm-obs the agent's statistics take in every observation (InvertedPendulum, 2 envs x 64 steps);
     without, they are never touched and the agent acts on raw observations."""
-    P = normalising
+    P = normalising_script
     result = P.main(tiny(P, env_id="InvertedPendulum-v5", norm_obs=norm_obs))
     agent = result["agent"]
     raw = np.array([[0.5, -0.2, 0.1, 0.3]])

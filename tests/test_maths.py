@@ -209,12 +209,6 @@ def test_gaussian_kl_matches_torch_distributions(ppo_continuous):
     assert torch.allclose(ppo_continuous.gaussian_kl(old_mean, old_logstd, old_mean, old_logstd), torch.zeros(6))
 
 
-@pytest.fixture(params=["ppo_continuous", "trpo_baseline", "a2c_baseline"])
-def normalising_script(request):
-    """The scripts with observation and reward normalisation (the baselines' for Box action spaces)."""
-    return importlib.import_module(request.param)
-
-
 def box_agent(P, obs_dim, action_dim, norm_obs):
     """A Box-action agent of script P (the baselines' Agent takes the action type)."""
     if P.__name__ == "ppo_continuous":
