@@ -1,0 +1,1241 @@
+# PPO from pixels on Atari: a single file, CleanRL's ppo_atari_envpool.py flags, corrected and faster; data-parallel
+# with torchrun. Docs: README.md. Papers: Schulman et al. 2017, "Proximal Policy Optimization Algorithms",
+# arXiv 1707.06347; Mnih et al. 2015 (Nature CNN); Machado et al. 2018, arXiv 1709.06009 (Atari evaluation).
+import netrc
+import os
+import random
+import re
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+from dataclasses import asdict, dataclass, fields
+from typing import Literal
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import tyro
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+CHECKPOINT_FORMAT = "ppo_atari.py checkpoint v1"
+# Flags a resumed run must keep: they make its environments, or change what its saved agent computes.
+RESUME_FIXED = ("env_id", "env_backend", "num_envs", "num_steps", "seed", "repeat_action_probability")
+# The standard Atari preprocessing (Machado et al. 2018; CleanRL's ppo_atari_envpool.py), the same on both backends.
+# Rewards come unclipped from the env: the script clips them to their sign for learning and sums them unclipped
+# for the real game's return.
+ATARI_PREPROCESSING = {
+    "noop_max": 30,  # up to 30 no-op actions after a reset
+    "frame_skip": 4,  # each action repeated for 4 frames, the observation the max of the last two
+    "episodic_life": True,  # a lost life ends the learner's episode (terminated), not the game
+    "fire_reset": True,  # FIRE after a reset, in games that need it to start
+    "size": 84,  # 84x84 grayscale frames
+    "stack": 4,  # the last 4 frames stacked: observations are uint8 [4, 84, 84]
+    "max_frames": 108_000,  # a game is truncated after 108,000 frames (27,000 steps, 30 minutes of play)
+}
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """if toggled, cuda will be enabled by default"""
+    torch_threads: int = 0
+    """torch CPU threads (0: the cores this process may use, shared among the processes torchrun starts on a node)"""
+    track: bool = False
+    """if toggled, this experiment will be tracked with Weights and Biases"""
+    wandb_project_name: str = "cleanRL"
+    """the wandb's project name"""
+    wandb_entity: str | None = None
+    """the entity (team) of wandb's project"""
+    capture_video: bool = False
+    """after training, record one game of the final policy to `videos/{run_name}` (gymnasium's ALE env, same preprocessing)"""
+    save_model: bool = False
+    """whether to save a checkpoint to `runs/{run_name}/checkpoint.pt` at the end (and every `--checkpoint-every` iterations)"""
+    checkpoint_every: int = 0
+    """with `--save-model`, also checkpoint every this many iterations (0: only at the end)"""
+    resume: str | None = None
+    """path of a checkpoint of this script to continue from (its flags become the defaults; games restart)"""
+    eval_episodes: int = 0
+    """after training, evaluate the final policy for this many games, greedy and sampled (0: no evaluation)"""
+
+    # Algorithm specific arguments
+    env_id: str = "Breakout-v5"
+    """the id of the environment (an Atari game, `<Game>-v5`)"""
+    env_backend: Literal["envpool", "ale"] = "envpool"
+    """vector environment implementation: envpool, or ale-py's AtariVectorEnv"""
+    repeat_action_probability: float = 0.0
+    """sticky actions: the probability that the env repeats the previous action (Machado et al. 2018 recommend 0.25)"""
+    total_timesteps: int = 10000000
+    """total timesteps of the experiments"""
+    learning_rate: float = 2.5e-4
+    """the learning rate of the optimizer"""
+    num_envs: int = 8
+    """the number of parallel game environments (per process under torchrun)"""
+    num_steps: int = 128
+    """the number of steps to run in each environment per policy rollout"""
+    anneal_lr: bool = True
+    """Toggle learning rate annealing for policy and value networks"""
+    gamma: float = 0.99
+    """the discount factor gamma"""
+    gae_lambda: float = 0.95
+    """the lambda for the general advantage estimation"""
+    num_minibatches: int = 4
+    """the number of mini-batches"""
+    update_epochs: int = 4
+    """the K epochs to update the policy"""
+    norm_adv: bool = True
+    """Toggles advantages normalization"""
+    loss_type: Literal["clip", "kl-penalty"] = "clip"
+    """policy objective: the clipped surrogate, or the paper's adaptive KL penalty (PPO-Penalty)"""
+    clip_coef: float = 0.1
+    """the surrogate clipping coefficient (also the value clipping range)"""
+    clip_vloss: bool = True
+    """Toggles whether or not to use a clipped loss for the value function, as per the paper."""
+    kl_target: float = 0.01
+    """PPO-Penalty's KL target d_targ (beta halves below d_targ/1.5 and doubles above 1.5*d_targ)"""
+    kl_beta: float = 1.0
+    """PPO-Penalty's initial KL coefficient beta"""
+    ent_coef: float = 0.01
+    """coefficient of the entropy"""
+    vf_coef: float = 0.5
+    """coefficient of the value function"""
+    max_grad_norm: float = 0.5
+    """the maximum norm for the gradient clipping"""
+    target_kl: float | None = None
+    """early-stop the update phase at the first minibatch whose approx_kl exceeds this (None: never)"""
+
+    @property
+    def batch_size(self) -> int:
+        """the batch size (num_envs * num_steps; per process under torchrun)"""
+        return self.num_envs * self.num_steps
+
+    @property
+    def minibatch_size(self) -> int:
+        """the mini-batch size (batch_size // num_minibatches)"""
+        return self.batch_size // self.num_minibatches
+
+    @property
+    def num_iterations(self) -> int:
+        """the number of iterations (total_timesteps // (batch_size * processes))"""
+        return self.total_timesteps // (self.batch_size * world_size())
+
+
+class UsageError(Exception):
+    """Bad flags or files: reported as one line and a non-zero exit before any work starts."""
+
+
+def flag(name: str) -> str:
+    """The command-line spelling of an Args field: `num_envs` -> `--num-envs`."""
+    return "--" + name.replace("_", "-")
+
+
+def world_size() -> int:
+    """The number of processes training together: torchrun's WORLD_SIZE, 1 without torchrun."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def validate_args(args: Args) -> None:
+    """Check the flags that need no environment.
+
+    Raises:
+        UsageError: naming the first bad flag.
+    """
+    for name in ("total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs"):
+        if getattr(args, name) <= 0:
+            raise UsageError(f"{flag(name)} must be positive, got {getattr(args, name)}")
+    for name in ("learning_rate", "clip_coef", "kl_target", "max_grad_norm"):
+        if not getattr(args, name) > 0:
+            raise UsageError(f"{flag(name)} must be positive, got {getattr(args, name)}")
+    for name in ("gamma", "gae_lambda", "repeat_action_probability"):
+        if not 0 <= getattr(args, name) <= 1:
+            raise UsageError(f"{flag(name)} must be in [0, 1], got {getattr(args, name)}")
+    for name in ("ent_coef", "vf_coef", "kl_beta", "checkpoint_every", "eval_episodes", "torch_threads"):
+        if getattr(args, name) < 0:
+            raise UsageError(f"{flag(name)} must not be negative, got {getattr(args, name)}")
+    if args.target_kl is not None and not args.target_kl > 0:
+        raise UsageError(f"--target-kl must be positive or None, got {args.target_kl}")
+    if args.batch_size % args.num_minibatches:
+        raise UsageError(
+            f"--num-minibatches {args.num_minibatches} must divide the batch size "
+            f"num_envs*num_steps = {args.batch_size}"
+        )
+    if args.total_timesteps < args.batch_size * world_size():
+        raise UsageError(
+            f"--total-timesteps {args.total_timesteps} is less than one batch "
+            f"(num_envs*num_steps*processes = {args.batch_size * world_size()})"
+        )
+    if args.checkpoint_every and not args.save_model:
+        raise UsageError("--checkpoint-every needs --save-model")
+
+
+def wandb_can_log_in() -> bool:
+    """Whether wandb.init will start without asking for an API key it cannot get: offline or disabled mode
+    (WANDB_MODE), a key in WANDB_API_KEY, an entry for the W&B host in the netrc file (where `wandb login` puts
+    it), or a terminal on which wandb can ask."""
+    if os.environ.get("WANDB_MODE", "").lower() in ("offline", "disabled", "dryrun"):
+        return True
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE") or sys.stdin.isatty():
+        return True
+    host = urllib.parse.urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def check_extras(args: Args) -> None:
+    """Check that the optional packages the flags need are installed, and that W&B can log in, before anything
+    is built or written.
+
+    Raises:
+        UsageError: naming the flag and the extra to install (or how to log in).
+    """
+    if args.track:
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            raise UsageError("--track needs wandb: pip install 'ppo-single-file[wandb]'") from None
+        if not wandb_can_log_in():
+            raise UsageError(
+                "--track: W&B has no API key here: run `wandb login` (or set WANDB_API_KEY), "
+                "or set WANDB_MODE=offline to log locally and `wandb sync` later"
+            )
+    if args.capture_video:
+        try:
+            import moviepy  # noqa: F401  (gymnasium's RecordVideo writes the .mp4 files with it)
+        except ImportError:
+            raise UsageError("--capture-video needs moviepy: pip install 'ppo-single-file[video]'") from None
+        try:
+            import ale_py  # noqa: F401  (the video is played in gymnasium's ALE env)
+        except ImportError:
+            raise UsageError("--capture-video needs ale-py: pip install 'ppo-single-file[atari]'") from None
+
+
+def check_video(args: Args) -> None:
+    """With `--capture-video`, render one frame before anything is written, so that a missing renderer is a
+    one-line error rather than a crash after training.
+
+    Raises:
+        UsageError: naming `--capture-video`.
+    """
+    try:
+        env = make_video_env(args, None)
+        env.reset(seed=args.seed)
+        env.render()
+        env.close()
+    except Exception as e:
+        reason = (str(e).strip() or type(e).__name__).splitlines()[0]
+        raise UsageError(f"--capture-video: {args.env_id} cannot render ({reason})") from None
+
+
+def ale_game(env_id: str) -> str:
+    """The ALE ROM id of an Atari env id: `Breakout-v5` -> `breakout`, `MontezumaRevenge-v5` -> `montezuma_revenge`.
+
+    Raises:
+        UsageError: naming `--env-id` when it is not of the form `<Game>-v5`.
+    """
+    match = re.fullmatch(r"([A-Z][A-Za-z0-9]*)-v5", env_id)
+    if match is None:
+        raise UsageError(f"--env-id {env_id}: not an Atari game id of the form <Game>-v5 (e.g. Breakout-v5)")
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", match[1]).lower()
+
+
+def cpu_share() -> int:
+    """The cores this process may use, divided among the processes torchrun starts on this node (at least 1)."""
+    return max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
+def env_spaces(env_id: str, backend: str) -> tuple[gym.Space, gym.Space]:
+    """The (observation, action) spaces of one environment, without building the vector env.
+
+    Raises:
+        UsageError: unknown env id, or the backend's package not installed.
+    """
+    game = ale_game(env_id)
+    if backend == "envpool":
+        try:
+            import envpool
+        except ImportError:
+            raise UsageError("--env-backend envpool needs envpool: pip install 'ppo-single-file[envpool]'") from None
+        if env_id not in envpool.list_all_envs() or "frame_skip" not in envpool.make_spec(env_id).config._fields:
+            raise UsageError(f"--env-id {env_id}: not an envpool Atari environment")
+        spec = envpool.make_spec(env_id)
+        return spec.gymnasium_observation_space, spec.gymnasium_action_space
+    try:
+        import ale_py
+    except ImportError:
+        raise UsageError("--env-backend ale needs ale-py: pip install 'ppo-single-file[atari]'") from None
+    if game not in ale_py.roms.get_all_rom_ids():
+        raise UsageError(f"--env-id {env_id}: ale-py has no ROM {game!r}")
+    envs = ale_py.AtariVectorEnv(game, 1, num_threads=1)
+    envs.close()
+    return envs.single_observation_space, envs.single_action_space
+
+
+def check_env(args: Args) -> tuple[gym.Space, gym.Space]:
+    """Refuse environments this script cannot learn on: it needs Atari's stacked frames and a Discrete action space.
+
+    Returns the (observation, action) spaces of one env.
+
+    Raises:
+        UsageError: naming `--env-id`.
+    """
+    obs_space, act_space = env_spaces(args.env_id, args.env_backend)
+    if not isinstance(act_space, gym.spaces.Discrete):
+        raise UsageError(f"--env-id {args.env_id}: action space {act_space} is not Discrete")
+    if obs_space.shape != (4, 84, 84) or obs_space.dtype != np.uint8:
+        raise UsageError(f"--env-id {args.env_id}: observation space {obs_space} is not uint8 [4, 84, 84] frames")
+    return obs_space, act_space
+
+
+def make_envs(args: Args, num_envs: int, seed: int) -> tuple[gym.vector.VectorEnv, np.ndarray]:
+    """A vector env of `num_envs` games with ATARI_PREPROCESSING on either backend, reset; returns it and the first
+    observations, uint8 [num_envs, 4, 84, 84]. Env i is seeded with seed + i.
+
+    Both backends autoreset in next-step mode: after a step that ends the learner's episode (a lost life, the
+    game's end, or its truncation) the next step ignores its action. Rewards are the game's, unclipped. Lost lives
+    come as `terminated`; whether a step ended the whole game, see `game_over`. ale-py's own `episodic_life`
+    restarts the whole game at every lost life (ale-py 0.12), so on that backend lives are reported by its
+    `life_loss_info` instead, which ends the learner's episode and lets the game go on, as envpool does.
+    """
+    p, num_threads = ATARI_PREPROCESSING, min(num_envs, cpu_share())
+    if args.env_backend == "envpool":
+        import envpool
+
+        envs = envpool.make(
+            args.env_id,
+            env_type="gymnasium",
+            num_envs=num_envs,
+            seed=seed,
+            num_threads=num_threads,
+            noop_max=p["noop_max"],
+            frame_skip=p["frame_skip"],
+            episodic_life=p["episodic_life"],
+            use_fire_reset=p["fire_reset"],
+            img_height=p["size"],
+            img_width=p["size"],
+            gray_scale=True,
+            stack_num=p["stack"],
+            max_episode_steps=p["max_frames"] // p["frame_skip"],
+            reward_clip=False,
+            repeat_action_probability=args.repeat_action_probability,
+        )
+        next_obs, _ = envs.reset()
+        return envs, next_obs
+    import ale_py
+
+    envs = ale_py.AtariVectorEnv(
+        ale_game(args.env_id),
+        num_envs,
+        num_threads=num_threads,
+        noop_max=p["noop_max"],
+        frameskip=p["frame_skip"],
+        maxpool=True,
+        episodic_life=False,
+        life_loss_info=p["episodic_life"],
+        use_fire_reset=p["fire_reset"],
+        img_height=p["size"],
+        img_width=p["size"],
+        grayscale=True,
+        stack_num=p["stack"],
+        max_num_frames_per_episode=p["max_frames"],
+        reward_clipping=False,
+        repeat_action_probability=args.repeat_action_probability,
+    )
+    next_obs, _ = envs.reset(seed=seed)
+    return envs, next_obs
+
+
+def game_over(backend: str, infos: dict, terminations: np.ndarray, truncations: np.ndarray) -> np.ndarray:
+    """Whether each env's step ended the real game ([N] bool): the last life lost, or the game truncated at its
+    frame limit. A lost life that is not the last is a `terminated` for the learner only.
+    envpool tells the game's end in infos["terminated"]; on ale-py, a termination with no lives left is the end."""
+    ended = infos["terminated"].astype(bool) if backend == "envpool" else infos["lives"] == 0
+    return truncations.astype(bool) | (terminations.astype(bool) & ended)
+
+
+class GameStatistics:
+    """The real game's episode statistics, per env: the return is the unclipped reward summed over all lives, the
+    length the number of steps the agent acted in (each 4 frames; reset steps not counted). Both are reported
+    when the game ends (game_over), never per life and never clipped."""
+
+    def __init__(self, num_envs: int):
+        self.returns = np.zeros(num_envs)
+        self.lengths = np.zeros(num_envs, dtype=np.int64)
+
+    def update(self, rewards: np.ndarray, acted: np.ndarray, ended: np.ndarray) -> list[tuple[int, float, int]]:
+        """Add one step: unclipped `rewards` [N] float, `acted` [N] bool (False for a reset step, whose action the env
+        ignored), `ended` [N] bool (the step ended the game). Returns (env index, return, length) of each ended game."""
+        self.returns += rewards
+        self.lengths += acted
+        finished = [(int(i), float(self.returns[i]), int(self.lengths[i])) for i in np.flatnonzero(ended)]
+        self.returns[ended] = 0.0
+        self.lengths[ended] = 0
+        return finished
+
+
+def make_video_env(args: Args, video_dir: str | None) -> gym.Env:
+    """One game of gymnasium's `ALE/<Game>-v5` with ATARI_PREPROCESSING (gymnasium's AtariPreprocessing and
+    FrameStackObservation; FIRE after a reset and a lost life is pressed by `record_video`), every frame recorded
+    in colour to `video_dir` (None: no recording)."""
+    import ale_py
+
+    gym.register_envs(ale_py)
+    p = ATARI_PREPROCESSING
+    env = gym.make(
+        f"ALE/{args.env_id}",
+        render_mode="rgb_array",
+        frameskip=1,
+        repeat_action_probability=args.repeat_action_probability,
+        max_num_frames_per_episode=p["max_frames"],
+    )
+    if video_dir is not None:
+        env = gym.wrappers.RecordVideo(env, video_dir, episode_trigger=lambda episode: True, disable_logger=True)
+    env = gym.wrappers.AtariPreprocessing(
+        env, noop_max=p["noop_max"], frame_skip=p["frame_skip"], screen_size=p["size"], terminal_on_life_loss=False
+    )
+    return gym.wrappers.FrameStackObservation(env, p["stack"])
+
+
+def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
+    torch.nn.init.orthogonal_(layer.weight, std)
+    torch.nn.init.constant_(layer.bias, bias_const)
+    return layer
+
+
+class Agent(nn.Module):
+    """CleanRL's Atari network: the Nature CNN (Mnih et al. 2015) shared by a policy head and a value head."""
+
+    def __init__(self, num_actions: int):
+        super().__init__()
+        self.network = nn.Sequential(
+            layer_init(nn.Conv2d(4, 32, 8, stride=4)),
+            nn.ReLU(),
+            layer_init(nn.Conv2d(32, 64, 4, stride=2)),
+            nn.ReLU(),
+            layer_init(nn.Conv2d(64, 64, 3, stride=1)),
+            nn.ReLU(),
+            nn.Flatten(),
+            layer_init(nn.Linear(64 * 7 * 7, 512)),
+            nn.ReLU(),
+        )
+        self.actor = layer_init(nn.Linear(512, num_actions), std=0.01)
+        self.critic = layer_init(nn.Linear(512, 1), std=1)
+        self.to(memory_format=torch.channels_last)  # ~1.3x faster convolutions on CPU (measured: README)
+
+    def hidden(self, x):
+        """Features [B, 512] of uint8 frames [B, 4, 84, 84], scaled to [0, 1] here (x / 255), channels-last."""
+        return self.network(x.to(memory_format=torch.channels_last).float() / 255.0)
+
+    def get_value(self, x):
+        return self.critic(self.hidden(x)).squeeze(-1)
+
+
+def flat_parameters(module: nn.Module) -> nn.Parameter:
+    """Move every parameter of `module`, and its gradient, into one contiguous buffer, as views into it.
+
+    Returns that buffer as one Parameter whose `.grad` is the flat gradient: Adam, the gradient-norm clip and
+    torchrun's gradient all-reduce then work on one tensor instead of one per parameter. Each view keeps its
+    parameter's memory layout (channels-last convolution weights stay channels-last). Values, names and state_dict
+    are unchanged; backward accumulates into the views, so the gradients must be zeroed in place
+    (`zero_grad(set_to_none=False)`), never set to None. Call it after moving the module to its device.
+    """
+    params = list(module.parameters())
+    first = params[0]
+    flat = nn.Parameter(torch.zeros(sum(p.numel() for p in params), dtype=first.dtype, device=first.device))
+    flat.grad = torch.zeros_like(flat)
+    offset = 0
+    for p in params:
+        view = flat.data.as_strided(p.shape, p.stride(), offset)
+        view.copy_(p.detach())
+        p.data = view
+        p.grad = flat.grad.as_strided(p.shape, p.stride(), offset)
+        offset += p.numel()
+    return flat
+
+
+def compute_gae(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    terminations: torch.Tensor,
+    truncations: torch.Tensor,
+    gamma: float,
+    gae_lambda: float,
+) -> torch.Tensor:
+    """Generalised advantage estimates for a next-step-autoreset rollout (Schulman et al. 2016, eq. 16).
+
+    Args:
+        rewards: [T, N] float, reward of step t.
+        values: [T + 1, N] float, V(obs_t) for t = 0..T; values[t + 1] is the value of the observation that
+            step t returned, which is the episode's final observation when step t ended it.
+        terminations, truncations: [T, N] float 0/1, whether step t ended the episode by a terminal state or
+            by a time limit.
+    Returns:
+        advantages: [T, N] float. delta_t = r_t + gamma * V(s_{t+1}) * (1 - terminated_t) - V(s_t), so a
+        truncated step bootstraps from V(final observation) and a terminated one does not; the recursion
+        A_t = delta_t + gamma * lambda * (1 - done_t) * A_{t+1} never crosses an episode boundary. Entries for
+        reset steps (the step after an episode ended, whose action the env ignores) are meaningless: the
+        caller drops them from the batch.
+    """
+    deltas = rewards + gamma * values[1:] * (1.0 - terminations) - values[:-1]
+    discounts = gamma * gae_lambda * (1.0 - torch.maximum(terminations, truncations))
+    advantages = torch.empty_like(deltas)
+    lastgaelam = torch.zeros_like(deltas[0])
+    for t in reversed(range(deltas.shape[0])):
+        lastgaelam = torch.addcmul(deltas[t], discounts[t], lastgaelam)
+        advantages[t] = lastgaelam
+    return advantages
+
+
+def gumbel_noise(shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """Standard Gumbel noise G = -log(E), E ~ Exponential(1), float32 of `shape`: argmax(logits + G) over the last
+    dimension is a sample of Categorical(logits) (the Gumbel-max trick; Maddison et al. 2014, arXiv 1411.0030)."""
+    return -torch.empty(shape, device=device).exponential_().log()
+
+
+def normalize_advantages(advantages: torch.Tensor) -> torch.Tensor:
+    """(A - mean) / (std + 1e-8) with the unbiased std, as CleanRL. Shape [B], B >= 2."""
+    return (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+
+
+def clipped_policy_loss(logratio, advantages, clip_coef):
+    """PPO's clipped surrogate, negated for minimisation (arXiv 1707.06347, eq. 7).
+
+    logratio: [B] log pi(a|s) - log pi_old(a|s); advantages: [B]. Returns a 0-d tensor:
+    mean of max(-A * r, -A * clip(r, 1 - eps, 1 + eps)), r = exp(logratio).
+    """
+    ratio = logratio.exp()
+    pg_loss1 = -advantages * ratio
+    pg_loss2 = -advantages * torch.clamp(ratio, 1 - clip_coef, 1 + clip_coef)
+    return torch.max(pg_loss1, pg_loss2).mean()
+
+
+def kl_penalty_policy_loss(logratio, advantages, kl, beta):
+    """PPO-Penalty's objective, negated (arXiv 1707.06347, eq. 8): mean of -(A * r - beta * KL[pi_old, pi]).
+
+    logratio, advantages: [B]; kl: [B] KL(pi_old(.|s) || pi(.|s)) per state; beta: float.
+    """
+    return (-advantages * logratio.exp() + beta * kl).mean()
+
+
+def value_loss(newvalue, oldvalue, returns, clip_coef, clip_vloss):
+    """0.5 * squared error of V(s) to the returns; with `clip_vloss`, the max of the unclipped and the
+    clipped error, the clipped value being oldvalue + clip(newvalue - oldvalue, -eps, eps) (as baselines/CleanRL).
+    All inputs [B]; returns a 0-d tensor."""
+    v_loss_unclipped = (newvalue - returns) ** 2
+    if not clip_vloss:
+        return 0.5 * v_loss_unclipped.mean()
+    v_clipped = oldvalue + torch.clamp(newvalue - oldvalue, -clip_coef, clip_coef)
+    v_loss_clipped = (v_clipped - returns) ** 2
+    return 0.5 * torch.max(v_loss_unclipped, v_loss_clipped).mean()
+
+
+def approx_kl(logratio):
+    """Schulman's low-variance estimator of KL(pi_old || pi): mean((r - 1) - log r), r = exp(logratio).
+
+    Always >= 0 (http://joschu.net/blog/kl-approx.html). logratio: [B]; returns a 0-d tensor.
+    """
+    return (torch.expm1(logratio) - logratio).mean()
+
+
+def categorical_kl(old_logp_all, new_logp_all):
+    """Exact KL(pi_old(.|s) || pi(.|s)) per state, [B], from the log-probabilities of every action, [B, A]:
+    sum_a pi_old(a|s) (log pi_old(a|s) - log pi(a|s)). PPO-Penalty's penalty term (arXiv 1707.06347, eq. 8)."""
+    return (old_logp_all.exp() * (old_logp_all - new_logp_all)).sum(-1)
+
+
+def adapt_kl_beta(beta: float, kl: float, kl_target: float) -> float:
+    """PPO-Penalty's adaptive coefficient (arXiv 1707.06347, section 4): halve beta when the measured KL is
+    below kl_target / 1.5, double it when above kl_target * 1.5, keep it otherwise."""
+    if kl < kl_target / 1.5:
+        return beta / 2
+    if kl > kl_target * 1.5:
+        return beta * 2
+    return beta
+
+
+def annealed_lr(iteration: int, num_iterations: int, learning_rate: float, start: int = 1) -> float:
+    """Linear decay from `learning_rate` at iteration `start` to 0 one iteration after `num_iterations`:
+    learning_rate * (1 - (iteration - start) / (num_iterations - start + 1)). With start 1 (the default) this is
+    CleanRL's schedule, learning_rate * (1 - (iteration - 1) / num_iterations): it starts at learning_rate and
+    ends at learning_rate / num_iterations, never 0 during training. A resumed run that trains longer continues
+    from a later start (resumed_lr_schedule)."""
+    return (1.0 - (iteration - start) / (num_iterations - start + 1.0)) * learning_rate
+
+
+def resumed_lr_schedule(ckpt: dict, args: Args) -> tuple[int, float]:
+    """Where a resumed run's learning-rate decay starts: (start iteration, rate there), for annealed_lr.
+
+    The checkpoint's schedule is kept when `--total-timesteps`, `--learning-rate` and `--anneal-lr` are those it
+    was saved with, so the resumed run is exactly the uninterrupted one. Otherwise the rate must not jump
+    ("train longer": a larger `--total-timesteps` would otherwise put the rate back up the old line): the decay
+    starts again from the rate of the checkpoint's last iteration k and falls linearly to 0 one iteration after
+    the new end. A new `--learning-rate` starts the decay from that rate at iteration k + 1 instead.
+    """
+    saved, k = ckpt["args"], ckpt["iteration"]
+    start, rate = ckpt.get("lr_schedule", (1, saved["learning_rate"]))  # checkpoints of the first format
+    if args.learning_rate != saved["learning_rate"]:
+        return k + 1, args.learning_rate
+    saved_iterations = saved["total_timesteps"] // (saved["num_envs"] * saved["num_steps"] * world_size())
+    if args.num_iterations == saved_iterations and args.anneal_lr == saved["anneal_lr"]:
+        return start, rate
+    last = annealed_lr(k, saved_iterations, rate, start) if saved["anneal_lr"] else saved["learning_rate"]
+    return k, last
+
+
+def logprobs_and_entropy(logits, actions):
+    """Categorical log pi(a|s) of `actions` [B] (int64) and entropy, both [B], from logits [B, A]."""
+    logp_all = torch.log_softmax(logits, dim=-1)
+    logprob = logp_all.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    return logprob, entropy, logp_all
+
+
+def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
+    """Average `tensor` in place over the processes torchrun started (one all-reduce); unchanged without torchrun."""
+    if dist.is_initialized():
+        dist.all_reduce(tensor)
+        tensor /= dist.get_world_size()
+    return tensor
+
+
+def ppo_update(agent: Agent, optimizer: torch.optim.Optimizer, batch: dict, args: Args, kl_beta: float) -> dict:
+    """The update phase of one iteration: `update_epochs` passes over shuffled minibatches.
+
+    batch: flat tensors of the B transitions of the rollout (reset steps left out): obs [B, 4, 84, 84] uint8,
+    actions [B] int64, logprobs [B], logp_all [B, A] (old log-probabilities of every action), values [B],
+    advantages [B], returns [B]. Each epoch shuffles them into `num_minibatches` minibatches (sizes differ by at
+    most one). Before each minibatch's step, its approx_kl is compared with `args.target_kl`: above it, the whole
+    update phase ends there (the step is not taken).
+    Under torchrun each process holds its own batch; the gradient (one flat buffer) is averaged over the processes
+    with one all-reduce per minibatch, and so is approx_kl before the comparison, so all stop together and the
+    parameters stay identical.
+    Returns the losses averaged over the minibatches that were run (old_approx_kl, approx_kl and clipfrac
+    over their samples, measured before each step as in CleanRL), and `minibatch_updates`.
+    """
+    losses, logratios = [], []
+    stop = False
+    for epoch in range(args.update_epochs):
+        b_inds = torch.randperm(len(batch["obs"]), device=batch["obs"].device)
+        # Shuffle once per epoch; each minibatch is then a slice (a view) of every tensor.
+        minibatches = zip(*(v[b_inds].tensor_split(args.num_minibatches) for v in batch.values()))
+        for mb_values in minibatches:
+            mb = dict(zip(batch.keys(), mb_values))
+            hidden = agent.hidden(mb["obs"])
+            newlogprob, entropy, newlogp_all = logprobs_and_entropy(agent.actor(hidden), mb["actions"])
+            newvalue = agent.critic(hidden).squeeze(-1)
+            logratio = newlogprob - mb["logprobs"]
+            if args.target_kl is not None and all_reduce_mean(approx_kl(logratio.detach())) > args.target_kl:
+                stop = True
+                break
+
+            mb_advantages = mb["advantages"]
+            if args.norm_adv:
+                mb_advantages = normalize_advantages(mb_advantages)
+            if args.loss_type == "clip":
+                pg_loss = clipped_policy_loss(logratio, mb_advantages, args.clip_coef)
+            else:
+                kl = categorical_kl(mb["logp_all"], newlogp_all)
+                pg_loss = kl_penalty_policy_loss(logratio, mb_advantages, kl, kl_beta)
+            v_loss = value_loss(newvalue, mb["values"], mb["returns"], args.clip_coef, args.clip_vloss)
+            entropy_loss = entropy.mean()
+            loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
+
+            optimizer.zero_grad(set_to_none=False)  # keep the gradients in place (see flat_parameters)
+            loss.backward()
+            all_reduce_mean(optimizer.param_groups[0]["params"][0].grad)
+            nn.utils.clip_grad_norm_(optimizer.param_groups[0]["params"], args.max_grad_norm)
+            optimizer.step()
+            losses.append(torch.stack([pg_loss, v_loss, entropy_loss]).detach())
+            logratios.append(logratio.detach())
+        if stop:
+            break
+    stats = {"minibatch_updates": len(losses)}
+    if losses:  # statistics once per iteration, not per minibatch: over the samples of the minibatches run
+        pg_loss, v_loss, entropy_loss = torch.stack(losses).mean(0).tolist()
+        logratio = torch.cat(logratios)
+        clipfrac = ((logratio.exp() - 1.0).abs() > args.clip_coef).float().mean()
+        stats_t = torch.stack([(-logratio).mean(), approx_kl(logratio), clipfrac]).tolist()
+        stats.update(policy_loss=pg_loss, value_loss=v_loss, entropy=entropy_loss)
+        stats.update(zip(("old_approx_kl", "approx_kl", "clipfrac"), stats_t))
+    return stats
+
+
+def evaluate(agent: Agent, args: Args, episodes: int, greedy: bool, device: torch.device) -> np.ndarray:
+    """Run the policy for `episodes` full games on fresh envs (seed `args.seed + 10000`) without learning.
+
+    Greedy takes argmax pi(a|s); otherwise actions are sampled from a private generator, so evaluation
+    leaves the training RNG untouched. Each of the min(episodes, num_envs) envs runs a fixed share of
+    the games, so short games are not over-represented. Returns [episodes] float64 real-game returns
+    (unclipped, all lives). A greedy policy that never presses FIRE plays until the 108,000-frame limit.
+    """
+    num_envs = min(episodes, args.num_envs)
+    quota = np.array([episodes // num_envs + (i < episodes % num_envs) for i in range(num_envs)])
+    envs, next_obs = make_envs(args, num_envs, args.seed + 10000)
+    games, acted = GameStatistics(num_envs), np.ones(num_envs, dtype=bool)
+    generator = torch.Generator(device=device).manual_seed(args.seed + 10000)
+    returns = [[] for _ in range(num_envs)]
+    with torch.inference_mode():
+        while any(len(r) < q for r, q in zip(returns, quota)):
+            logits = agent.actor(agent.hidden(torch.as_tensor(next_obs, device=device)))
+            if greedy:
+                action = logits.argmax(-1)
+            else:
+                action = torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+            next_obs, reward, term, trunc, infos = envs.step(action.cpu().numpy())
+            for i, game_return, _ in games.update(reward, acted, game_over(args.env_backend, infos, term, trunc)):
+                if len(returns[i]) < quota[i]:
+                    returns[i].append(game_return)
+            acted = ~(term | trunc)
+    envs.close()
+    return np.array([r for env_returns in returns for r in env_returns])
+
+
+def record_video(agent: Agent, args: Args, video_dir: str, device: torch.device) -> float:
+    """Play one game with the sampled policy in `make_video_env`, recorded to `video_dir`; FIRE is pressed after
+    the reset and after each lost life in games that have it (as the training envs' fire reset). Returns the
+    game's return."""
+    env = make_video_env(args, video_dir)
+    fire = env.unwrapped.get_action_meanings().index("FIRE") if "FIRE" in env.unwrapped.get_action_meanings() else None
+    generator = torch.Generator(device=device).manual_seed(args.seed + 20000)
+    obs, info = env.reset(seed=args.seed + 20000)
+    lives, total, done, press_fire = info["lives"], 0.0, False, fire is not None
+    with torch.inference_mode():
+        while not done:
+            if press_fire:
+                action = fire
+            else:
+                logits = agent.actor(agent.hidden(torch.as_tensor(np.asarray(obs)[None], device=device)))
+                action = int(torch.multinomial(logits.softmax(-1), 1, generator=generator))
+            obs, reward, terminated, truncated, info = env.step(action)
+            total, done = total + float(reward), terminated or truncated
+            press_fire, lives = fire is not None and info["lives"] < lives, info["lives"]
+    env.close()
+    return total
+
+
+def upload_new_videos(wandb_run, video_dir: str, uploaded: set) -> None:
+    """Log to W&B (key `videos`) each finished .mp4 in `video_dir` not in `uploaded`, and add it there."""
+    import wandb
+
+    if os.path.isdir(video_dir):
+        for name in sorted(set(os.listdir(video_dir)) - uploaded):
+            if name.endswith(".mp4"):
+                wandb_run.log({"videos": wandb.Video(os.path.join(video_dir, name), format="mp4")})
+                uploaded.add(name)
+
+
+def save_checkpoint(path: str, state: dict) -> None:
+    """Write `state` with torch.save atomically: to a temporary file in the same folder, fsync'ed, then
+    renamed over `path`, so a crash mid-write leaves the previous checkpoint intact."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_checkpoint(path: str) -> dict:
+    """Load a checkpoint written by this script, with torch.load(weights_only=True) (no arbitrary objects).
+
+    Raises:
+        UsageError: naming `--resume` and the file when it is missing, a directory, corrupt or truncated, holds
+            objects no checkpoint holds, or is not this script's.
+    """
+    if os.path.isdir(path):
+        raise UsageError(f"--resume {path}: is a directory, not a checkpoint file")
+    if not os.path.isfile(path):
+        raise UsageError(f"--resume {path}: no such file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        if "Unsupported global" in str(e):  # weights_only refused to unpickle an arbitrary object
+            raise UsageError(f"--resume {path}: holds Python objects that no checkpoint contains; not loaded") from None
+        raise UsageError(f"--resume {path}: cannot be read: the file is corrupt or truncated") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise UsageError(f"--resume {path}: not a {os.path.basename(__file__)} checkpoint")
+    return ckpt
+
+
+def check_agent_state(path: str, state: dict, agent: nn.Module) -> None:
+    """Refuse a checkpoint whose saved agent does not fit the network this run builds (another observation or
+    action size, another architecture), before anything is written: compares every tensor's shape.
+
+    Raises:
+        UsageError: naming `--resume` and the first tensor that differs.
+    """
+
+    def shapes(tensors: dict, prefix: str = "") -> dict:
+        out = {}
+        for key, value in tensors.items():
+            if isinstance(value, dict):  # extra state (observation statistics)
+                out.update(shapes(value, f"{prefix}{key}."))
+            elif isinstance(value, torch.Tensor):
+                out[prefix + key] = list(value.shape)
+        return out
+
+    saved, built = shapes(state), shapes(agent.state_dict())
+    for key in sorted(saved.keys() | built.keys()):
+        if saved.get(key) != built.get(key):
+            raise UsageError(
+                f"--resume {path}: its agent does not fit this run's network: {key} is "
+                f"{saved.get(key, 'missing')} in the checkpoint and {built.get(key, 'missing')} here"
+            )
+
+
+def prepare_run_dir(args: Args, run_name: str, new: bool) -> tuple[str, str]:
+    """Claim the run's folder and check that every path the run will write can be written, before training.
+
+    A new run's folder is runs/{run_name}, created with os.mkdir, which is atomic: when another run already holds
+    the name (two runs started in the same second), this one takes {run_name}-2 (then -3, ...), so two runs never
+    share a folder. A resumed run continues in its runs/{run_name}. Then runs/{run_name} (and its checkpoint.pt
+    with `--save-model`), videos/{run_name} with `--capture-video`, and W&B's folder with `--track` must take a
+    file. Returns (run_name, run_dir).
+
+    Raises:
+        UsageError: naming the path that cannot be written and why; the folders made here are removed again.
+    """
+    base, suffix, made, path = run_name, 1, [], os.path.dirname(f"runs/{run_name}")
+    try:
+        os.makedirs(path, exist_ok=True)  # runs/, and a namespace's folder for env ids like "ALE/Pong-v5"
+        while new:
+            try:
+                os.mkdir(f"runs/{run_name}")
+                made.append(f"runs/{run_name}")
+                break
+            except FileExistsError:
+                suffix += 1
+                run_name = f"{base}-{suffix}"
+        run_dir = f"runs/{run_name}"
+        folders = (
+            [run_dir] + [f"videos/{run_name}"] * args.capture_video + [os.environ.get("WANDB_DIR", ".")] * args.track
+        )
+        for path in folders:
+            if not os.path.isdir(path):
+                os.makedirs(path)
+                made.append(path)
+            tempfile.TemporaryFile(dir=path).close()  # a probe: the folder takes a new file
+        for folder in made:
+            if folder != run_dir:
+                os.removedirs(folder)  # only probed: RecordVideo and wandb make their folders themselves
+    except OSError as e:
+        for folder in reversed(made):
+            shutil.rmtree(folder, ignore_errors=True)
+        reason = "a file is in the way" if isinstance(e, (FileExistsError, NotADirectoryError)) else e.strerror
+        raise UsageError(f"cannot write {os.path.abspath(path)}: {reason}") from None
+    if args.save_model and os.path.isdir(f"{run_dir}/checkpoint.pt"):
+        raise UsageError(f"cannot write {os.path.abspath(run_dir)}/checkpoint.pt: is a directory")
+    return run_name, run_dir
+
+
+def parse_args(argv: list[str]) -> Args:
+    """tyro CLI; with `--resume PATH`, the checkpoint's flags are the defaults that the command line overrides."""
+    resume = None
+    for i, arg in enumerate(argv):
+        if arg.startswith("--resume="):
+            resume = arg.split("=", 1)[1]
+        elif arg == "--resume" and i + 1 < len(argv):
+            resume = argv[i + 1]
+    default = Args()
+    if resume not in (None, "None"):
+        saved = load_checkpoint(resume)["args"]
+        default = Args(**{f.name: saved[f.name] for f in fields(Args) if f.name in saved})
+    return tyro.cli(Args, args=argv, default=default)
+
+
+def shared_run_dir(args: Args, run_name: str, new: bool, rank: int) -> tuple[str, str]:
+    """prepare_run_dir on rank 0, its outcome (the folder, or the error) passed to every process under torchrun.
+
+    Raises:
+        UsageError: on every process, when rank 0's prepare_run_dir raised it.
+    """
+    outcome = [None]
+    if rank == 0:
+        try:
+            outcome[0] = prepare_run_dir(args, run_name, new)
+        except UsageError as e:
+            outcome[0] = str(e)
+    if dist.is_initialized():
+        dist.broadcast_object_list(outcome, src=0)
+    if isinstance(outcome[0], str):
+        raise UsageError(outcome[0])
+    return tuple(outcome[0])
+
+
+def main(args: Args) -> dict:
+    """Train (and evaluate) as `args` says. Returns the run's record: `run_name`, `run_dir`, `history`
+    (one dict of logged scalars per iteration), `episodes` ((global_step, return, length) of every finished
+    game), `eval` (mean returns, when `--eval-episodes`) and the trained `agent`.
+
+    Under torchrun (WORLD_SIZE set) every process calls it: each steps its own `num_envs` games (env seeds offset
+    by rank * num_envs) and the gradients are averaged (ppo_update); rank 0 alone logs, evaluates, records video
+    and writes checkpoints.
+
+    Raises:
+        UsageError: bad flags or `--resume` file, before anything is built or written.
+    """
+    validate_args(args)
+    check_extras(args)
+    ckpt = load_checkpoint(args.resume) if args.resume else None
+    if ckpt is not None:
+        for name in RESUME_FIXED:
+            if getattr(args, name) != ckpt["args"][name]:
+                raise UsageError(
+                    f"{flag(name)} {getattr(args, name)} differs from the checkpoint's {ckpt['args'][name]}: "
+                    "a resumed run keeps the environment and agent it was built with"
+                )
+        if ckpt["world_size"] != world_size():
+            raise UsageError(
+                f"--resume {args.resume}: saved by {ckpt['world_size']} process(es), resumed by {world_size()}: "
+                "a resumed run keeps its number of torchrun processes"
+            )
+    obs_space, act_space = check_env(args)
+    if args.capture_video:
+        check_video(args)
+    if ckpt is not None:
+        check_agent_state(args.resume, ckpt["agent"], Agent(act_space.n))
+    rank, distributed = int(os.environ.get("RANK", "0")), "WORLD_SIZE" in os.environ
+    use_cuda = torch.cuda.is_available() and args.cuda
+    device = torch.device(f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if use_cuda else "cpu")
+    if distributed and not dist.is_initialized():  # torchrun: NCCL between GPUs, gloo between CPU processes
+        if use_cuda:
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    # A finished run resumed with nothing left to train is only evaluated, and writes nothing (its folder may be
+    # read-only); otherwise every path the run writes is checked here, before training.
+    evaluate_only = ckpt is not None and ckpt["iteration"] >= args.num_iterations
+    run_name = ckpt["run_name"] if ckpt else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir = f"runs/{run_name}"
+    if not evaluate_only:
+        run_name, run_dir = shared_run_dir(args, run_name, ckpt is None, rank)
+    global_batch = args.batch_size * world_size()  # steps per iteration, all processes together
+    if args.total_timesteps % global_batch and not evaluate_only and rank == 0:
+        print(
+            f"--total-timesteps {args.total_timesteps} is not a multiple of the batch size {global_batch}: "
+            f"training {args.num_iterations * global_batch} steps ({args.num_iterations} iterations)",
+            flush=True,
+        )
+    config = {
+        **asdict(args),
+        "batch_size": args.batch_size,
+        "minibatch_size": args.minibatch_size,
+        "num_iterations": args.num_iterations,
+        "world_size": world_size(),
+    }
+    wandb_run, writer = None, None
+    if args.track and not evaluate_only and rank == 0:
+        import wandb
+
+        wandb_run = wandb.init(
+            project=args.wandb_project_name,
+            entity=args.wandb_entity,
+            sync_tensorboard=True,
+            config=config,
+            name=run_name,
+            id=ckpt.get("wandb_id") if ckpt else None,
+            resume="allow",
+            save_code=True,
+        )
+    if not evaluate_only and rank == 0:
+        writer = SummaryWriter(run_dir, purge_step=ckpt["global_step"] + 1 if ckpt else None)
+        writer.add_text(
+            "hyperparameters",
+            "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in config.items()])),
+        )
+
+    # TRY NOT TO MODIFY: seeding
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)  # the same initial parameters in every process
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    torch.set_num_threads(args.torch_threads or cpu_share())
+
+    num_actions = act_space.n
+    agent = Agent(num_actions).to(device)
+    optimizer = torch.optim.Adam([flat_parameters(agent)], lr=args.learning_rate, eps=1e-5, fused=True)
+    torch.manual_seed(args.seed + rank)  # each process samples its own actions and minibatches
+
+    # TRY NOT TO MODIFY: start the game
+    global_step, start_iteration, kl_beta, episodes = 0, 1, args.kl_beta, []
+    lr_schedule = (1, args.learning_rate)  # where the learning-rate decay starts: (iteration, rate)
+    if ckpt is not None:
+        agent.load_state_dict(ckpt["agent"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        torch.set_rng_state(ckpt["rng"][rank]["torch"])
+        if device.type == "cuda" and ckpt["rng"][rank]["cuda"] is not None:
+            torch.cuda.set_rng_state(ckpt["rng"][rank]["cuda"], device)
+        global_step, start_iteration, kl_beta = ckpt["global_step"], ckpt["iteration"] + 1, ckpt["kl_beta"]
+        lr_schedule = resumed_lr_schedule(ckpt, args)
+        episodes = [tuple(e) for e in ckpt["episodes"]]
+
+    # env setup. A resumed run restores the learner, not the games: its envs start new games, seeded anew.
+    env_seed = args.seed + rank * args.num_envs + (start_iteration - 1) * 1_000_003
+    envs, next_obs = make_envs(args, args.num_envs, env_seed)
+
+    # ALGO Logic: Storage setup, on the device; frames stay uint8 until the network.
+    # obs[t] is the observation acted on at step t; obs[num_steps] the next one.
+    obs = torch.zeros((args.num_steps + 1, args.num_envs, *obs_space.shape), dtype=torch.uint8, device=device)
+    actions = torch.zeros((args.num_steps, args.num_envs), dtype=torch.long, device=device)
+    logp_all = torch.zeros((args.num_steps, args.num_envs, num_actions), device=device)
+    values = torch.zeros((args.num_steps + 1, args.num_envs), device=device)
+    # What the env returns stays on the host until the rollout ends: one transfer per iteration.
+    rewards = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
+    terminations = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
+    truncations = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
+    obs_t, actions_t = obs.unbind(0), actions.unbind(0)  # per-step views: cheaper to write than obs[step]
+    logp_all_t, values_t = logp_all.unbind(0), values.unbind(0)
+    games = GameStatistics(args.num_envs)
+    next_done = np.zeros(args.num_envs, dtype=bool)  # whether the last step ended an episode (a life)
+    obs[args.num_steps] = torch.as_tensor(next_obs, device=device)
+    if distributed:  # the same parameters everywhere (one flat buffer holds them all)
+        dist.broadcast(optimizer.param_groups[0]["params"][0].data, src=0)
+
+    def checkpoint(iteration):
+        rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if use_cuda else None}
+        rngs = [rng]
+        if distributed:  # every process's generators, so that each resumes its own
+            rngs = [None] * world_size()
+            dist.all_gather_object(rngs, rng)
+        if rank != 0:
+            return
+        save_checkpoint(
+            f"{run_dir}/checkpoint.pt",
+            {
+                "format": CHECKPOINT_FORMAT,
+                "args": asdict(args),
+                "run_name": run_name,
+                "world_size": world_size(),
+                "iteration": iteration,
+                "global_step": global_step,
+                "lr_schedule": list(lr_schedule),
+                "kl_beta": kl_beta,
+                "agent": agent.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "rng": rngs,
+                "episodes": [list(e) for e in episodes],
+                "wandb_id": wandb_run.id if wandb_run else None,
+            },
+        )
+
+    history, uploaded_videos = [], set()
+    start_time, start_step, last_print, saved = time.time(), global_step, 0.0, False
+    # Ctrl-C (SIGINT) and SIGTERM (a cluster's preemption notice): finish the iteration, checkpoint, stop cleanly;
+    # --resume continues exactly. A second signal stops at once. Without --save-model, Ctrl-C stops at once.
+    preempted, previous_handlers = [], {}
+
+    def request_stop(signum, frame):
+        if preempted:
+            raise KeyboardInterrupt
+        preempted.append(signal.Signals(signum).name)
+        tqdm.write(f"{preempted[0]}: stopping after this iteration to save a checkpoint (again: stop at once)")
+
+    if args.save_model and threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous_handlers[signum] = signal.signal(signum, request_stop)
+    bar = (
+        tqdm(total=args.num_iterations * global_batch, initial=global_step, unit="step", dynamic_ncols=True)
+        if sys.stderr.isatty() and rank == 0
+        else None
+    )
+    try:
+        for iteration in range(start_iteration, args.num_iterations + 1):
+            # Annealing the rate if instructed to do so.
+            lrnow = (
+                annealed_lr(iteration, args.num_iterations, lr_schedule[1], lr_schedule[0])
+                if args.anneal_lr
+                else args.learning_rate
+            )
+            optimizer.param_groups[0]["lr"] = lrnow
+
+            obs[0] = obs[args.num_steps]
+            reset_first = next_done
+            iteration_episodes = []
+            with torch.inference_mode():
+                # Gumbel-max sampling: argmax(logits + G) with G ~ Gumbel(0, 1) is a sample of Categorical(logits).
+                gumbel = gumbel_noise((args.num_steps, args.num_envs, num_actions), device)
+                for step in range(0, args.num_steps):
+                    global_step += global_batch // args.num_steps
+                    # One pass of the CNN gives the action and the old log-probabilities and value stored with it.
+                    hidden = agent.hidden(obs_t[step])
+                    logits = agent.actor(hidden)
+                    action = (logits + gumbel[step]).argmax(-1)
+                    actions_t[step].copy_(action)
+                    logp_all_t[step].copy_(torch.log_softmax(logits, -1))
+                    values_t[step].copy_(agent.critic(hidden).squeeze(-1))
+
+                    # TRY NOT TO MODIFY: execute the game and log data.
+                    next_obs, reward, terminations[step], truncations[step], infos = envs.step(action.cpu().numpy())
+                    obs_t[step + 1].copy_(torch.from_numpy(next_obs))
+                    rewards[step] = np.sign(reward)  # the learner's reward: clipped to its sign
+                    acted = ~(reset_first if step == 0 else (terminations[step - 1] + truncations[step - 1]) > 0)
+                    ended = game_over(args.env_backend, infos, terminations[step], truncations[step])
+                    for _, game_return, game_length in games.update(reward, acted, ended):
+                        iteration_episodes.append((global_step, game_return, game_length))
+                next_done = (terminations[-1] + truncations[-1]) > 0
+                # A reset step (the step after an episode ended, its action ignored) is no transition: leave it out.
+                is_reset = np.concatenate([reset_first[None], (terminations[:-1] + truncations[:-1]) > 0])
+                b_inds = torch.from_numpy(np.flatnonzero(~is_reset)).to(device)
+
+                values[args.num_steps] = agent.get_value(obs[args.num_steps])
+                logprobs = logp_all.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+                t_rewards, t_terms, t_truncs = (
+                    torch.from_numpy(x).to(device) for x in (rewards, terminations, truncations)
+                )
+                advantages = compute_gae(t_rewards, values, t_terms, t_truncs, args.gamma, args.gae_lambda)
+                returns = advantages + values[:-1]
+
+            # flatten the batch (indexing outside inference mode gives normal tensors that autograd accepts)
+            batch = {
+                "obs": obs[:-1].reshape(-1, *obs_space.shape)[b_inds],
+                "actions": actions.reshape(-1)[b_inds],
+                "logprobs": logprobs.reshape(-1)[b_inds],
+                "logp_all": logp_all.reshape(-1, num_actions)[b_inds],
+                "values": values[:-1].reshape(-1)[b_inds],
+                "advantages": advantages.reshape(-1)[b_inds],
+                "returns": returns.reshape(-1)[b_inds],
+            }
+            stats = ppo_update(agent, optimizer, batch, args, kl_beta)
+
+            y_pred, y_true = batch["values"], batch["returns"]
+            var_y = y_true.var()
+            explained_var = (1 - (y_true - y_pred).var() / var_y).item() if var_y > 0 else float("nan")
+            if args.loss_type == "kl-penalty":
+                with torch.no_grad():
+                    new_logp_all = torch.log_softmax(agent.actor(agent.hidden(batch["obs"])), -1)
+                    kl = all_reduce_mean(categorical_kl(batch["logp_all"], new_logp_all).mean()).item()
+                stats.update(kl=kl, kl_beta=kl_beta)
+                kl_beta = adapt_kl_beta(kl_beta, kl, args.kl_target)
+
+            if distributed:  # every process's games to rank 0, and a signal to any process stops them all
+                gathered = [None] * world_size()
+                dist.all_gather_object(gathered, (iteration_episodes, preempted[:1]))
+                iteration_episodes = sorted(game for games_, _ in gathered for game in games_)
+                preempted[:] = preempted[:1] or next((p for _, p in gathered if p), [])
+            # TRY NOT TO MODIFY: record rewards for plotting purposes
+            episodes.extend(iteration_episodes)
+            for step_, episodic_return, episodic_length in iteration_episodes if writer is not None else []:
+                writer.add_scalar("charts/episodic_return", episodic_return, step_)
+                writer.add_scalar("charts/episodic_length", episodic_length, step_)
+            sps = int((global_step - start_step) / (time.time() - start_time))
+            scalars = {
+                "charts/learning_rate": lrnow,
+                "charts/SPS": sps,
+                "charts/minibatch_updates": stats.pop("minibatch_updates"),
+            }
+            scalars.update({f"losses/{k}": v for k, v in stats.items()})
+            scalars["losses/explained_variance"] = explained_var
+            for tag, value in scalars.items() if writer is not None else []:
+                writer.add_scalar(tag, value, global_step)
+            history.append(scalars)
+
+            recent = [e[1] for e in episodes[-20:]]
+            if rank != 0:
+                pass
+            elif bar is not None:
+                bar.update(global_step - bar.n)
+                bar.set_postfix(SPS=sps, ret=f"{np.mean(recent):.1f}" if recent else "-", refresh=False)
+            elif time.time() - last_print > 10 or iteration == args.num_iterations:
+                last_print = time.time()
+                mean_return = f"{np.mean(recent):.1f}" if recent else "-"
+                print(
+                    f"global_step={global_step} SPS={sps} return(last {len(recent)} episodes)={mean_return}", flush=True
+                )
+            if args.save_model and (
+                iteration == args.num_iterations
+                or (args.checkpoint_every and iteration % args.checkpoint_every == 0)
+                or preempted
+            ):
+                checkpoint(iteration)
+                saved = True
+            if preempted:
+                if rank == 0:
+                    print(
+                        f"{preempted[0]}: stopped after iteration {iteration}; resume with --resume {run_dir}/checkpoint.pt"
+                    )
+                break
+        if bar is not None:
+            bar.close()  # the lines below start on a line of their own
+        for signum, handler in previous_handlers.items():  # training is over: a signal now stops at once
+            signal.signal(signum, handler)
+        recent = [e[1] for e in episodes[-100:]]
+        summary = f"{np.mean(recent):.2f} (last {len(recent)} episodes)" if recent else "- (no episode finished)"
+        if rank == 0:
+            print(f"finished at global_step={global_step}: mean return {summary}", flush=True)
+        if saved and rank == 0:
+            print(f"checkpoint saved to {run_dir}/checkpoint.pt", flush=True)
+
+        eval_result = {}
+        if args.capture_video and not preempted and rank == 0:
+            video_return = record_video(agent, args, f"videos/{run_name}", device)
+            print(f"video of one game (return {video_return:.0f}) saved to videos/{run_name}", flush=True)
+            if wandb_run is not None:  # wandb's monitor_gym fails on gymnasium 1.x
+                upload_new_videos(wandb_run, f"videos/{run_name}", uploaded_videos)
+        if args.eval_episodes and not preempted and rank == 0:
+            for mode, tag in (("sampled", "eval/episodic_return"), ("greedy", "eval/episodic_return_greedy")):
+                eval_returns = evaluate(agent, args, args.eval_episodes, greedy=mode == "greedy", device=device)
+                if writer is not None:  # a finished run that is only evaluated writes nothing
+                    for idx, episodic_return in enumerate(eval_returns):
+                        writer.add_scalar(tag, episodic_return, idx)
+                eval_result[mode] = float(eval_returns.mean())
+                print(
+                    f"eval ({mode}, {args.eval_episodes} episodes): mean return {eval_returns.mean():.2f} +- {eval_returns.std():.2f}"
+                )
+    except KeyboardInterrupt:
+        if not args.save_model:
+            raise KeyboardInterrupt(
+                f"interrupted at global_step={global_step}; nothing saved (with --save-model, Ctrl-C saves a "
+                "checkpoint to resume from)"
+            ) from None
+        earlier = os.path.isfile(f"{run_dir}/checkpoint.pt")
+        raise KeyboardInterrupt(
+            f"stopped at once at global_step={global_step}"
+            + ("" if saved else ", without saving this iteration")
+            + (f"; {run_dir}/checkpoint.pt resumes from the last one saved" if earlier else "")
+        ) from None
+    finally:
+        for signum, handler in previous_handlers.items():
+            signal.signal(signum, handler)
+        if bar is not None:
+            bar.close()
+        envs.close()
+        if writer is not None:
+            writer.close()
+        if wandb_run is not None:
+            wandb_run.finish()
+        if distributed and dist.is_initialized():
+            dist.destroy_process_group()
+    return {
+        "run_name": run_name,
+        "run_dir": run_dir,
+        "history": history,
+        "episodes": episodes,
+        "eval": eval_result,
+        "agent": agent,
+    }
+
+
+if __name__ == "__main__":
+    try:
+        main(parse_args(sys.argv[1:]))
+    except UsageError as e:
+        sys.exit(f"{os.path.basename(__file__)}: error: {e}")
+    except KeyboardInterrupt as e:  # Ctrl-C: one line, no traceback
+        print(f"{os.path.basename(__file__)}: {e or 'interrupted'}", file=sys.stderr)
+        sys.exit(130)
