@@ -269,7 +269,7 @@ def env_spaces(env_id: str, backend: str) -> tuple[gym.Space, gym.Space]:
             import envpool
         except ImportError:
             raise UsageError("--env-backend envpool needs envpool: pip install 'ppo-single-file[envpool]'") from None
-        if env_id not in envpool.list_all_envs() or "frame_skip" not in envpool.make_spec(env_id).config._fields:
+        if env_id not in envpool.list_all_envs() or "episodic_life" not in envpool.make_spec(env_id).config._fields:
             raise UsageError(f"--env-id {env_id}: not an envpool Atari environment")
         spec = envpool.make_spec(env_id)
         return spec.gymnasium_observation_space, spec.gymnasium_action_space
@@ -356,6 +356,22 @@ def make_envs(args: Args, num_envs: int, seed: int) -> tuple[gym.vector.VectorEn
     )
     next_obs, _ = envs.reset(seed=seed)
     return envs, next_obs
+
+
+def fire_after_lost_life(args: Args) -> int | None:
+    """The action to take on the step after a lost life: on the ale backend, FIRE (its index in the game's
+    minimal action set) in games that have it, as envpool's fire reset and CleanRL's FireResetEnv press it after
+    every lost life (ale-py's life_loss_info does not); that step is a reset step, left out of the batch.
+    None on envpool (it fires itself) and in games without FIRE."""
+    if args.env_backend != "ale":
+        return None
+    import ale_py
+
+    ale = ale_py.ALEInterface()
+    ale.setLoggerMode(ale_py.LoggerMode.Error)
+    ale.loadROM(ale_py.roms.get_rom_path(ale_game(args.env_id)))
+    actions = list(ale.getMinimalActionSet())
+    return actions.index(ale_py.Action.FIRE) if ale_py.Action.FIRE in actions and len(actions) >= 3 else None
 
 
 def game_over(backend: str, infos: dict, terminations: np.ndarray, truncations: np.ndarray) -> np.ndarray:
@@ -684,7 +700,7 @@ def evaluate(agent: Agent, args: Args, episodes: int, greedy: bool, device: torc
     num_envs = min(episodes, args.num_envs)
     quota = np.array([episodes // num_envs + (i < episodes % num_envs) for i in range(num_envs)])
     envs, next_obs = make_envs(args, num_envs, args.seed + 10000)
-    games, acted = GameStatistics(num_envs), np.ones(num_envs, dtype=bool)
+    games, acted, fire = GameStatistics(num_envs), np.ones(num_envs, dtype=bool), fire_after_lost_life(args)
     generator = torch.Generator(device=device).manual_seed(args.seed + 10000)
     returns = [[] for _ in range(num_envs)]
     with torch.inference_mode():
@@ -694,7 +710,8 @@ def evaluate(agent: Agent, args: Args, episodes: int, greedy: bool, device: torc
                 action = logits.argmax(-1)
             else:
                 action = torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
-            next_obs, reward, term, trunc, infos = envs.step(action.cpu().numpy())
+            action = action.cpu().numpy()
+            next_obs, reward, term, trunc, infos = envs.step(action if fire is None else np.where(acted, action, fire))
             for i, game_return, _ in games.update(reward, acted, game_over(args.env_backend, infos, term, trunc)):
                 if len(returns[i]) < quota[i]:
                     returns[i].append(game_return)
@@ -882,7 +899,7 @@ def shared_run_dir(args: Args, run_name: str, new: bool, rank: int) -> tuple[str
 def main(args: Args) -> dict:
     """Train (and evaluate) as `args` says. Returns the run's record: `run_name`, `run_dir`, `history`
     (one dict of logged scalars per iteration), `episodes` ((global_step, return, length) of every finished
-    game), `eval` (mean returns, when `--eval-episodes`) and the trained `agent`.
+    game), `eval` (mean returns, when `--eval-episodes`), the trained `agent` and this process's `env_seed`.
 
     Under torchrun (WORLD_SIZE set) every process calls it: each steps its own `num_envs` games (env seeds offset
     by rank * num_envs) and the gradients are averaged (ppo_update); rank 0 alone logs, evaluates, records video
@@ -1001,7 +1018,7 @@ def main(args: Args) -> dict:
     truncations = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
     obs_t, actions_t = obs.unbind(0), actions.unbind(0)  # per-step views: cheaper to write than obs[step]
     logp_all_t, values_t = logp_all.unbind(0), values.unbind(0)
-    games = GameStatistics(args.num_envs)
+    games, fire = GameStatistics(args.num_envs), fire_after_lost_life(args)
     next_done = np.zeros(args.num_envs, dtype=bool)  # whether the last step ended an episode (a life)
     obs[args.num_steps] = torch.as_tensor(next_obs, device=device)
     if distributed:  # the same parameters everywhere (one flat buffer holds them all)
@@ -1081,10 +1098,13 @@ def main(args: Args) -> dict:
                     values_t[step].copy_(agent.critic(hidden).squeeze(-1))
 
                     # TRY NOT TO MODIFY: execute the game and log data.
-                    next_obs, reward, terminations[step], truncations[step], infos = envs.step(action.cpu().numpy())
+                    acted = ~(reset_first if step == 0 else (terminations[step - 1] + truncations[step - 1]) > 0)
+                    action = action.cpu().numpy()
+                    if fire is not None:
+                        action = np.where(acted, action, fire)
+                    next_obs, reward, terminations[step], truncations[step], infos = envs.step(action)
                     obs_t[step + 1].copy_(torch.from_numpy(next_obs))
                     rewards[step] = np.sign(reward)  # the learner's reward: clipped to its sign
-                    acted = ~(reset_first if step == 0 else (terminations[step - 1] + truncations[step - 1]) > 0)
                     ended = game_over(args.env_backend, infos, terminations[step], truncations[step])
                     for _, game_return, game_length in games.update(reward, acted, ended):
                         iteration_episodes.append((global_step, game_return, game_length))
@@ -1228,6 +1248,7 @@ def main(args: Args) -> dict:
         "episodes": episodes,
         "eval": eval_result,
         "agent": agent,
+        "env_seed": env_seed,
     }
 
 
