@@ -72,6 +72,15 @@ RETURNS: dict[tuple[str, str], Published] = {
     ("trpo_baseline", "Walker2d-v5"): Published(
         _SB3_TRPO, "Walker2d-v3", 1_000_000, EVALUATION, 4502.0, 234.0, "s.e.", 3
     ),
+    ("ppo_atari", "Pong-v5"): Published(
+        _CLEANRL + ", ppo_atari_envpool.py", "Pong-v5", 10_000_000, TRAINING, 20.45, 0.09, "std", 3
+    ),
+    ("ppo_atari", "Breakout-v5"): Published(
+        _CLEANRL + ", ppo_atari_envpool.py", "Breakout-v5", 10_000_000, TRAINING, 211.24, 151.84, "std", 3
+    ),
+    ("ppo_atari", "BeamRider-v5"): Published(
+        _CLEANRL + ", ppo_atari_envpool.py", "BeamRider-v5", 10_000_000, TRAINING, 2501.85, 210.52, "std", 3
+    ),
 }
 
 # SPS of each script's CleanRL counterpart at its defaults, measured on this project's 2-vCPU machines (AMD EPYC,
@@ -79,4 +88,7 @@ RETURNS: dict[tuple[str, str], Published] = {
 SPS: dict[str, tuple[float, str]] = {
     "ppo_discrete.py": (5100.0, "CleanRL ppo.py, CartPole-v1, 4 envs x 128 steps"),
     "ppo_continuous.py": (1230.0, "CleanRL ppo_continuous_action.py, HalfCheetah-v4, 1 env x 2048 steps"),
+    # shared/REFERENCE.md's 330 SPS was measured on a machine with AVX-512; on one without (2026-11-23), CleanRL's
+    # script ran at 185-189 SPS: compare in the same run (see README).
+    "ppo_atari.py": (330.0, "CleanRL ppo_atari_envpool.py (envpool 1.2 API), Breakout-v5, 8 envs x 128 steps"),
 }

@@ -4,6 +4,7 @@
     python -m benchmarks.speed --total-timesteps 500000 --runs 1
     python -m benchmarks.speed --reference ~/cleanrl/ppo.py      # the reference, interleaved run by run
     python -m benchmarks.speed --script ppo_continuous.py --runs 3
+    python -m benchmarks.speed --script ppo_atari.py --total-timesteps 20480 --reference ~/cleanrl/ppo_atari_envpool.py
     python -m benchmarks.speed --script trpo_baseline.py          # no CleanRL counterpart: SPS only
 
 Each run is a fresh process; SPS is the script's own last reported figure (steps / seconds since the loop
@@ -89,9 +90,10 @@ def profile(script: str, total_timesteps: int, script_args: list[str]) -> dict[s
     update_name = next(n for n in ("ppo_update", "trpo_update", "a2c_update") if hasattr(module, n))
 
     def make_timed_envs(*a, **k):
-        envs = make_envs(*a, **k)
+        made = make_envs(*a, **k)
+        envs = made[0] if isinstance(made, tuple) else made  # ppo_atari's make_envs also returns the first frames
         envs.step = timed("env", envs.step)
-        return envs
+        return made
 
     module.make_envs = make_timed_envs
     setattr(module, update_name, timed("update", getattr(module, update_name)))

@@ -142,3 +142,15 @@ def test_ctrl_c_stops_the_matrix_and_the_rerun_resumes(workdir):
     assert "finished at global_step=29696" in log.read_text()
     steps = [e.step for e in scalars(first["tensorboard"]).Scalars("charts/SPS")]
     assert steps == list(range(512, 29697, 512))  # every iteration once, in one TensorBoard folder
+
+
+def test_atari_preset_runs_and_reports(workdir):
+    """The atari preset end to end on one game and seed at a tiny budget: ppo_atari runs (ppo_lstm is skipped until
+    it lands), and the report reads its run and puts CleanRL's published Breakout figure beside it."""
+    args = run.Args(preset="atari", env_ids=("Breakout-v5",), seeds=(1,), total_timesteps=1024, out=str(workdir / "a"))
+    args.script_args = "--num-envs 2 --num-steps 64 --update-epochs 1"
+    manifest = run.main(args)
+    assert [m["status"] for m in manifest.values()] == ["done"]
+    report.main(report.Args((str(workdir / "a"),), out=str(workdir / "report")))
+    table = (workdir / "report" / "results.md").read_text()
+    assert "| Breakout-v5 | ppo_atari | 1,024 | 1 |" in table and "211.24" in table
