@@ -1166,12 +1166,10 @@ def main(args: Args) -> dict:
             history.append(scalars)
 
             recent = [e[1] for e in episodes[-20:]]
-            if rank != 0:
-                pass
-            elif bar is not None:
+            if bar is not None:
                 bar.update(global_step - bar.n)
                 bar.set_postfix(SPS=sps, ret=f"{np.mean(recent):.1f}" if recent else "-", refresh=False)
-            elif time.time() - last_print > 10 or iteration == args.num_iterations:
+            elif rank == 0 and (time.time() - last_print > 10 or iteration == args.num_iterations):
                 last_print = time.time()
                 mean_return = f"{np.mean(recent):.1f}" if recent else "-"
                 print(
