@@ -219,8 +219,9 @@ def check_extras(args: Args) -> None:
             raise UsageError("--capture-video needs moviepy: pip install 'ppo-single-file[video]'") from None
         try:
             import ale_py  # noqa: F401  (the video is played in gymnasium's ALE env)
-        except ImportError:
-            raise UsageError("--capture-video needs ale-py: pip install 'ppo-single-file[atari]'") from None
+            import cv2  # noqa: F401  (by gymnasium's AtariPreprocessing)
+        except ImportError as e:
+            raise UsageError(f"--capture-video needs {e.name}: pip install 'ppo-single-file[atari]'") from None
 
 
 def check_video(args: Args) -> None:

@@ -244,6 +244,28 @@ def test_short_run(backend, workdir):
     assert set(result["eval"]) == {"sampled", "greedy"}
 
 
+def test_capture_video_records_one_whole_game_in_colour(workdir, capsys):
+    result = P.main(tiny(capture_video=True))
+    videos = glob.glob(f"videos/{result['run_name']}/*.mp4")
+    assert len(videos) == 1
+    from moviepy import VideoFileClip
+
+    clip = VideoFileClip(videos[0])
+    frame = clip.get_frame(0)
+    assert frame.shape == (210, 160, 3) and (frame[..., 0] != frame[..., 1]).any()  # the game's screen, in colour
+    # every emulator frame of a whole game: 5 lives of Breakout take far more than a few hundred frames
+    assert clip.n_frames > 300
+    assert "video of one game (return " in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("module", ["moviepy", "cv2", "ale_py"])
+def test_capture_video_without_its_packages_is_one_line(workdir, monkeypatch, module):
+    monkeypatch.setitem(sys.modules, module, None)  # `import module` raises ImportError
+    with pytest.raises(P.UsageError, match=f"^--capture-video needs {module}: pip install"):
+        P.main(tiny(capture_video=True))
+    assert os.listdir(workdir) == []
+
+
 def k_not_nan(v):
     return not (isinstance(v, float) and math.isnan(v))  # explained variance is nan when the returns are constant
 
