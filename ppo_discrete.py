@@ -1,5 +1,6 @@
 # PPO for discrete actions: a single file, CleanRL's ppo.py flags, corrected and faster.
 # Docs: README.md. Paper: Schulman et al. 2017, "Proximal Policy Optimization Algorithms", arXiv 1707.06347.
+import importlib
 import netrc
 import os
 import random
@@ -234,8 +235,10 @@ def env_spaces(env_id: str, backend: str) -> tuple[gym.Space, gym.Space]:
         spec = envpool.make_spec(env_id)
         return spec.gymnasium_observation_space, spec.gymnasium_action_space
     try:
-        gym.spec(env_id)
-    except gym.error.Error as e:
+        if ":" in env_id:  # gymnasium's "module:EnvId": importing the module registers the env (as gym.make does)
+            importlib.import_module(env_id.split(":")[0])
+        gym.spec(env_id.split(":")[-1])
+    except (ImportError, gym.error.Error) as e:
         raise UsageError(f"--env-id {env_id}: not a registered gymnasium environment ({e})") from None
     try:
         env = gym.make(env_id)

@@ -81,6 +81,16 @@ RETURNS: dict[tuple[str, str], Published] = {
     ("ppo_atari", "BeamRider-v5"): Published(
         _CLEANRL + ", ppo_atari_envpool.py", "BeamRider-v5", 10_000_000, TRAINING, 2501.85, 210.52, "std", 3
     ),
+    # CleanRL's ppo_atari_lstm.py runs gymnasium's NoFrameskip-v4 games with the same preprocessing (one frame).
+    ("ppo_lstm", "Pong-v5"): Published(
+        _CLEANRL + ", ppo_atari_lstm.py", "PongNoFrameskip-v4", 10_000_000, TRAINING, 19.81, 0.62, "std", 3
+    ),
+    ("ppo_lstm", "Breakout-v5"): Published(
+        _CLEANRL + ", ppo_atari_lstm.py", "BreakoutNoFrameskip-v4", 10_000_000, TRAINING, 113.42, 5.85, "std", 3
+    ),
+    ("ppo_lstm", "BeamRider-v5"): Published(
+        _CLEANRL + ", ppo_atari_lstm.py", "BeamRiderNoFrameskip-v4", 10_000_000, TRAINING, 1299.25, 509.90, "std", 3
+    ),
 }
 
 # SPS of each script's CleanRL counterpart at its defaults, measured on this project's 2-vCPU machines (AMD EPYC,
@@ -91,4 +101,6 @@ SPS: dict[str, tuple[float, str]] = {
     # shared/REFERENCE.md's 330 SPS was measured on a machine with AVX-512; on one without (2026-11-23), CleanRL's
     # script ran at 185-189 SPS: compare in the same run (see README).
     "ppo_atari.py": (330.0, "CleanRL ppo_atari_envpool.py (envpool 1.2 API), Breakout-v5, 8 envs x 128 steps"),
+    # No published figure on these machines: measured beside ppo_lstm.py in the same run (see README).
+    "ppo_lstm.py": (0.0, "CleanRL ppo_atari_lstm.py, Breakout, 8 envs x 128 steps: measure it in the same run"),
 }

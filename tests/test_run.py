@@ -145,12 +145,13 @@ def test_ctrl_c_stops_the_matrix_and_the_rerun_resumes(workdir):
 
 
 def test_atari_preset_runs_and_reports(workdir):
-    """The atari preset end to end on one game and seed at a tiny budget: ppo_atari runs (ppo_lstm is skipped until
-    it lands), and the report reads its run and puts CleanRL's published Breakout figure beside it."""
+    """The atari preset end to end on one game and seed at a tiny budget: ppo_atari and ppo_lstm run, and the report
+    reads both runs and puts CleanRL's published Breakout figures beside them (ppo_atari_envpool.py, ppo_atari_lstm.py)."""
     args = run.Args(preset="atari", env_ids=("Breakout-v5",), seeds=(1,), total_timesteps=1024, out=str(workdir / "a"))
-    args.script_args = "--num-envs 2 --num-steps 64 --update-epochs 1"
+    args.script_args = "--num-envs 2 --num-steps 64 --num-minibatches 2 --update-epochs 1"
     manifest = run.main(args)
-    assert [m["status"] for m in manifest.values()] == ["done"]
+    assert [m["status"] for m in manifest.values()] == ["done", "done"]
     report.main(report.Args((str(workdir / "a"),), out=str(workdir / "report")))
     table = (workdir / "report" / "results.md").read_text()
     assert "| Breakout-v5 | ppo_atari | 1,024 | 1 |" in table and "211.24" in table
+    assert "| Breakout-v5 | ppo_lstm | 1,024 | 1 |" in table and "113.42" in table

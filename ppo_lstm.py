@@ -1,0 +1,1418 @@
+# Recurrent PPO (LSTM) for partially observed tasks, from vectors or from pixels: a single file, CleanRL's
+# ppo_atari_lstm.py flags, corrected and faster. Docs: README.md. Papers: Schulman et al. 2017, "Proximal Policy
+# Optimization Algorithms", arXiv 1707.06347; Mnih et al. 2015 (Nature CNN); Hochreiter & Schmidhuber 1997 (LSTM).
+import importlib
+import netrc
+import os
+import random
+import re
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Literal
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import tyro
+from gymnasium.envs.classic_control.cartpole import CartPoleEnv
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+CHECKPOINT_FORMAT = "ppo_lstm.py checkpoint v1"
+# Flags a resumed run must keep: they make its environments, or change what its saved agent computes.
+RESUME_FIXED = ("env_id", "env_backend", "num_envs", "num_steps", "seed", "repeat_action_probability")
+# The standard Atari preprocessing (Machado et al. 2018; CleanRL's ppo_atari_envpool.py), the same on both backends,
+# with one frame per observation instead of four (CleanRL's ppo_atari_lstm.py): the LSTM is the memory.
+# Rewards come unclipped from the env: the script clips them to their sign for learning and sums them unclipped
+# for the real game's return.
+ATARI_PREPROCESSING = {
+    "noop_max": 30,  # up to 30 no-op actions after a reset
+    "frame_skip": 4,  # each action repeated for 4 frames, the observation the max of the last two
+    "episodic_life": True,  # a lost life ends the learner's episode (terminated), not the game
+    "fire_reset": True,  # FIRE after a reset, in games that need it to start
+    "size": 84,  # 84x84 grayscale frames
+    "stack": 1,  # one frame: observations are uint8 [1, 84, 84]
+    "max_frames": 108_000,  # a game is truncated after 108,000 frames (27,000 steps, 30 minutes of play)
+}
+# The flags whose defaults depend on the task (None in Args): CleanRL's ppo_atari_lstm.py on Atari games, its
+# ppo.py on vector observations. Every other default is the same for both.
+TASK_DEFAULTS = {
+    "atari": dict(env_backend="envpool", total_timesteps=10_000_000, num_envs=8, clip_coef=0.1),
+    "vector": dict(env_backend="gymnasium", total_timesteps=500_000, num_envs=4, clip_coef=0.2),
+}
+LSTM_SIZE = 128  # the LSTM's hidden and cell size
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """if toggled, cuda will be enabled by default"""
+    torch_threads: int = 0
+    """torch CPU threads (0: 1 for vector observations, where one is fastest; the cores this process may use for Atari)"""
+    track: bool = False
+    """if toggled, this experiment will be tracked with Weights and Biases"""
+    wandb_project_name: str = "cleanRL"
+    """the wandb's project name"""
+    wandb_entity: str | None = None
+    """the entity (team) of wandb's project"""
+    capture_video: bool = False
+    """after training, record one episode (Atari: one game) of the final policy to `videos/{run_name}`"""
+    save_model: bool = False
+    """whether to save a checkpoint to `runs/{run_name}/checkpoint.pt` at the end (and every `--checkpoint-every` iterations)"""
+    checkpoint_every: int = 0
+    """with `--save-model`, also checkpoint every this many iterations (0: only at the end)"""
+    resume: str | None = None
+    """path of a checkpoint of this script to continue from (its flags become the defaults; Atari games restart)"""
+    eval_episodes: int = 0
+    """after training, evaluate the final policy for this many episodes, greedy and sampled (0: no evaluation)"""
+
+    # Algorithm specific arguments
+    env_id: str = "CartPoleNoVel-v1"
+    """the id of the environment: a gymnasium/envpool env with a flat Box observation, or an Atari game `<Game>-v5`"""
+    env_backend: Literal["gymnasium", "envpool", "ale"] | None = None
+    """vector environment implementation: gymnasium's SyncVectorEnv or envpool; Atari: envpool or ale-py's AtariVectorEnv (None: gymnasium, Atari envpool)"""
+    repeat_action_probability: float = 0.0
+    """Atari's sticky actions: the probability that the env repeats the previous action (Machado et al. 2018 recommend 0.25)"""
+    total_timesteps: int | None = None
+    """total timesteps of the experiments (None: 500000, Atari 10000000)"""
+    learning_rate: float = 2.5e-4
+    """the learning rate of the optimizer"""
+    num_envs: int | None = None
+    """the number of parallel game environments (None: 4, Atari 8)"""
+    num_steps: int = 128
+    """the number of steps to run in each environment per policy rollout"""
+    anneal_lr: bool = True
+    """Toggle learning rate annealing for policy and value networks"""
+    gamma: float = 0.99
+    """the discount factor gamma"""
+    gae_lambda: float = 0.95
+    """the lambda for the general advantage estimation"""
+    num_minibatches: int = 4
+    """the number of mini-batches (each a set of whole env sequences: it must divide --num-envs)"""
+    update_epochs: int = 4
+    """the K epochs to update the policy"""
+    norm_adv: bool = True
+    """Toggles advantages normalization"""
+    loss_type: Literal["clip", "kl-penalty"] = "clip"
+    """policy objective: the clipped surrogate, or the paper's adaptive KL penalty (PPO-Penalty)"""
+    clip_coef: float | None = None
+    """the surrogate clipping coefficient, also the value clipping range (None: 0.2, Atari 0.1)"""
+    clip_vloss: bool = True
+    """Toggles whether or not to use a clipped loss for the value function, as per the paper."""
+    kl_target: float = 0.01
+    """PPO-Penalty's KL target d_targ (beta halves below d_targ/1.5 and doubles above 1.5*d_targ)"""
+    kl_beta: float = 1.0
+    """PPO-Penalty's initial KL coefficient beta"""
+    ent_coef: float = 0.01
+    """coefficient of the entropy"""
+    vf_coef: float = 0.5
+    """coefficient of the value function"""
+    max_grad_norm: float = 0.5
+    """the maximum norm for the gradient clipping"""
+    target_kl: float | None = None
+    """early-stop the update phase at the first minibatch whose approx_kl exceeds this (None: never)"""
+
+    @property
+    def batch_size(self) -> int:
+        """the batch size (num_envs * num_steps)"""
+        return self.num_envs * self.num_steps
+
+    @property
+    def minibatch_size(self) -> int:
+        """the mini-batch size (batch_size // num_minibatches): num_envs // num_minibatches whole env sequences"""
+        return self.batch_size // self.num_minibatches
+
+    @property
+    def num_iterations(self) -> int:
+        """the number of iterations (total_timesteps // batch_size)"""
+        return self.total_timesteps // self.batch_size
+
+
+class UsageError(Exception):
+    """Bad flags or files: reported as one line and a non-zero exit before any work starts."""
+
+
+def flag(name: str) -> str:
+    """The command-line spelling of an Args field: `num_envs` -> `--num-envs`."""
+    return "--" + name.replace("_", "-")
+
+
+def ale_game(env_id: str) -> str:
+    """The ALE ROM id of an Atari env id: `Breakout-v5` -> `breakout`, `MontezumaRevenge-v5` -> `montezuma_revenge`.
+
+    Raises:
+        UsageError: naming `--env-id` when it is not of the form `<Game>-v5`.
+    """
+    match = re.fullmatch(r"([A-Z][A-Za-z0-9]*)-v5", env_id)
+    if match is None:
+        raise UsageError(f"--env-id {env_id}: not an Atari game id of the form <Game>-v5 (e.g. Breakout-v5)")
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", match[1]).lower()
+
+
+def atari_game(env_id: str) -> bool:
+    """Whether `env_id` is an Atari game: `<Game>-v5` with a ROM in ale-py (or, without ale-py, an envpool Atari
+    env). `Hopper-v5` is not."""
+    if re.fullmatch(r"[A-Z][A-Za-z0-9]*-v5", env_id) is None:
+        return False
+    try:
+        import ale_py
+
+        return ale_game(env_id) in ale_py.roms.get_all_rom_ids()
+    except ImportError:
+        pass
+    try:
+        import envpool
+    except ImportError:
+        return False
+    return env_id in envpool.list_all_envs() and "episodic_life" in envpool.make_spec(env_id).config._fields
+
+
+def with_task_defaults(args: Args) -> Args:
+    """`args` with each flag left at None set to its TASK_DEFAULTS value for the task `--env-id` names."""
+    defaults = TASK_DEFAULTS["atari" if atari_game(args.env_id) else "vector"]
+    return replace(args, **{name: value for name, value in defaults.items() if getattr(args, name) is None})
+
+
+def validate_args(args: Args) -> None:
+    """Check the flags that need no environment (after with_task_defaults).
+
+    Raises:
+        UsageError: naming the first bad flag.
+    """
+    for name in ("total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs"):
+        if getattr(args, name) <= 0:
+            raise UsageError(f"{flag(name)} must be positive, got {getattr(args, name)}")
+    for name in ("learning_rate", "clip_coef", "kl_target", "max_grad_norm"):
+        if not getattr(args, name) > 0:
+            raise UsageError(f"{flag(name)} must be positive, got {getattr(args, name)}")
+    for name in ("gamma", "gae_lambda", "repeat_action_probability"):
+        if not 0 <= getattr(args, name) <= 1:
+            raise UsageError(f"{flag(name)} must be in [0, 1], got {getattr(args, name)}")
+    for name in ("ent_coef", "vf_coef", "kl_beta", "checkpoint_every", "eval_episodes", "torch_threads"):
+        if getattr(args, name) < 0:
+            raise UsageError(f"{flag(name)} must not be negative, got {getattr(args, name)}")
+    if args.target_kl is not None and not args.target_kl > 0:
+        raise UsageError(f"--target-kl must be positive or None, got {args.target_kl}")
+    if args.num_envs % args.num_minibatches:
+        raise UsageError(
+            f"--num-minibatches {args.num_minibatches} must divide --num-envs {args.num_envs}: "
+            "a minibatch is a set of whole env sequences"
+        )
+    if args.total_timesteps < args.batch_size:
+        raise UsageError(
+            f"--total-timesteps {args.total_timesteps} is less than one batch (num_envs*num_steps = {args.batch_size})"
+        )
+    if args.checkpoint_every and not args.save_model:
+        raise UsageError("--checkpoint-every needs --save-model")
+
+
+def wandb_can_log_in() -> bool:
+    """Whether wandb.init will start without asking for an API key it cannot get: offline or disabled mode
+    (WANDB_MODE), a key in WANDB_API_KEY, an entry for the W&B host in the netrc file (where `wandb login` puts
+    it), or a terminal on which wandb can ask."""
+    if os.environ.get("WANDB_MODE", "").lower() in ("offline", "disabled", "dryrun"):
+        return True
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE") or sys.stdin.isatty():
+        return True
+    host = urllib.parse.urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def check_extras(args: Args) -> None:
+    """Check that the optional packages the flags need are installed, and that W&B can log in, before anything
+    is built or written.
+
+    Raises:
+        UsageError: naming the flag and the extra to install (or how to log in).
+    """
+    if args.track:
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            raise UsageError("--track needs wandb: pip install 'ppo-single-file[wandb]'") from None
+        if not wandb_can_log_in():
+            raise UsageError(
+                "--track: W&B has no API key here: run `wandb login` (or set WANDB_API_KEY), "
+                "or set WANDB_MODE=offline to log locally and `wandb sync` later"
+            )
+    if args.capture_video:
+        try:
+            import moviepy  # noqa: F401  (gymnasium's RecordVideo writes the .mp4 files with it)
+        except ImportError:
+            raise UsageError("--capture-video needs moviepy: pip install 'ppo-single-file[video]'") from None
+        if atari_game(args.env_id):
+            try:
+                import ale_py  # noqa: F401  (the video is played in gymnasium's ALE env)
+                import cv2  # noqa: F401  (by gymnasium's AtariPreprocessing)
+            except ImportError as e:
+                raise UsageError(f"--capture-video needs {e.name}: pip install 'ppo-single-file[atari]'") from None
+
+
+def check_video(args: Args) -> None:
+    """With `--capture-video`, render one frame before anything is written, so that a missing renderer is a
+    one-line error rather than a crash after training.
+
+    Raises:
+        UsageError: naming `--capture-video`.
+    """
+    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # pygame draws off-screen: no SDL "XDG_RUNTIME_DIR" error
+    try:
+        env = make_video_env(args, None)
+        env.reset(seed=args.seed)
+        env.render()
+        env.close()
+    except Exception as e:
+        reason = (str(e).strip() or type(e).__name__).splitlines()[0]
+        raise UsageError(f"--capture-video: {args.env_id} cannot render ({reason})") from None
+
+
+VELOCITIES = [1, 3]  # CartPole's cart velocity and pole angular velocity in its observation [x, v, theta, omega]
+
+
+def hide_velocities(observation: np.ndarray) -> np.ndarray:
+    """A copy of CartPole observations [..., 4] with the velocities (VELOCITIES) set to 0."""
+    observation = np.array(observation, copy=True)
+    observation[..., VELOCITIES] = 0.0
+    return observation
+
+
+class MaskVelocity(gym.ObservationWrapper):
+    """CartPole with its velocities hidden (hide_velocities; the shape stays [4]): RL Zoo's `CartPoleNoVel-v1`
+    (rl_zoo3's MaskVelocityWrapper), a partially observed task that a memoryless policy cannot solve."""
+
+    def observation(self, observation):
+        return hide_velocities(observation)
+
+
+def cartpole_no_velocity(**kwargs) -> gym.Env:
+    """gymnasium's CartPole env with its velocities hidden (MaskVelocity): the entry point of `CartPoleNoVel-v1`."""
+    return MaskVelocity(CartPoleEnv(**kwargs))
+
+
+# Registered when the script is imported: `gym.make("CartPoleNoVel-v1")` works in any code that imports it.
+if "CartPoleNoVel-v1" not in gym.registry:
+    gym.register("CartPoleNoVel-v1", entry_point=cartpole_no_velocity, max_episode_steps=500, reward_threshold=475.0)
+# The envs with hidden velocities and the envpool env each wraps (envpool cannot register envs).
+ENVPOOL_MASKED = {"CartPoleNoVel-v1": "CartPole-v1"}
+
+
+class MaskVelocityEnvPool:
+    """An envpool vector env (gymnasium API) whose observations go through hide_velocities: `CartPoleNoVel-v1` on
+    the envpool backend. Everything else is the wrapped env's."""
+
+    def __init__(self, envs):
+        self.envs = envs
+
+    def reset(self, **kwargs):
+        obs, infos = self.envs.reset(**kwargs)
+        return hide_velocities(obs), infos
+
+    def step(self, actions):
+        obs, rewards, terminations, truncations, infos = self.envs.step(actions)
+        return hide_velocities(obs), rewards, terminations, truncations, infos
+
+    def __getattr__(self, name):
+        return getattr(self.envs, name)
+
+
+def cpu_share() -> int:
+    """The cores this process may use, divided among the processes torchrun starts on this node (at least 1)."""
+    return max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
+def env_spaces(env_id: str, backend: str) -> tuple[gym.Space, gym.Space]:
+    """The (observation, action) spaces of one environment, without building the vector env.
+
+    Raises:
+        UsageError: unknown env id, an env that cannot be made, a backend that cannot run it, or the backend's
+            package not installed.
+    """
+    atari = atari_game(env_id)
+    if backend == "envpool":
+        try:
+            import envpool
+        except ImportError:
+            raise UsageError("--env-backend envpool needs envpool: pip install 'ppo-single-file[envpool]'") from None
+        if ENVPOOL_MASKED.get(env_id, env_id) not in envpool.list_all_envs():
+            raise UsageError(f"--env-id {env_id}: not an envpool environment")
+        spec = envpool.make_spec(ENVPOOL_MASKED.get(env_id, env_id), **({"stack_num": 1} if atari else {}))
+        return spec.gymnasium_observation_space, spec.gymnasium_action_space
+    if backend == "ale":
+        if not atari:
+            raise UsageError(f"--env-backend ale runs Atari games (<Game>-v5), not --env-id {env_id}")
+        try:
+            import ale_py
+        except ImportError:
+            raise UsageError("--env-backend ale needs ale-py: pip install 'ppo-single-file[atari]'") from None
+        envs = ale_py.AtariVectorEnv(ale_game(env_id), 1, num_threads=1, stack_num=ATARI_PREPROCESSING["stack"])
+        envs.close()
+        return envs.single_observation_space, envs.single_action_space
+    if atari:
+        raise UsageError(f"--env-id {env_id}: Atari games run on --env-backend envpool or ale, not gymnasium")
+    try:
+        if ":" in env_id:  # gymnasium's "module:EnvId": importing the module registers the env (as gym.make does)
+            importlib.import_module(env_id.split(":")[0])
+        gym.spec(env_id.split(":")[-1])
+    except (ImportError, gym.error.Error) as e:
+        raise UsageError(f"--env-id {env_id}: not a registered gymnasium environment ({e})") from None
+    try:
+        env = gym.make(env_id)
+    except gym.error.Error as e:  # e.g. DependencyNotInstalled
+        raise UsageError(f"--env-id {env_id}: cannot be made ({e})") from None
+    env.close()
+    return env.observation_space, env.action_space
+
+
+def check_env(args: Args) -> tuple[gym.Space, gym.Space]:
+    """Refuse environments this script cannot learn on: it needs a Discrete action space, and a flat Box observation
+    or Atari's uint8 [1, 84, 84] frames.
+
+    Returns the (observation, action) spaces of one env.
+
+    Raises:
+        UsageError: naming `--env-id` (or `--env-backend`).
+    """
+    obs_space, act_space = env_spaces(args.env_id, args.env_backend)
+    if not isinstance(act_space, gym.spaces.Discrete):
+        raise UsageError(f"--env-id {args.env_id}: action space {act_space} is not Discrete")
+    if atari_game(args.env_id):
+        if obs_space.shape != (1, 84, 84) or obs_space.dtype != np.uint8:
+            raise UsageError(f"--env-id {args.env_id}: observation space {obs_space} is not uint8 [1, 84, 84] frames")
+    elif not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
+        raise UsageError(f"--env-id {args.env_id}: observation space {obs_space} is not a flat Box")
+    return obs_space, act_space
+
+
+def make_envs(args: Args, num_envs: int, seed: int) -> tuple[gym.vector.VectorEnv, np.ndarray]:
+    """A vector env of `num_envs` envs on `args.env_backend`, reset; returns it and the first observations, float32
+    [num_envs, D] or, for Atari, uint8 [num_envs, 1, 84, 84] with ATARI_PREPROCESSING. Env i is seeded with seed + i.
+
+    Every backend autoreset in next-step mode: after a step that ends an episode (terminated or truncated; on Atari
+    a lost life is a terminated episode for the learner) the observation is the episode's final one and the next
+    step ignores its action and returns the reset observation. Rewards are the env's, unclipped. Whether a step
+    ended a whole Atari game, see `game_over`. ale-py's own `episodic_life` restarts the whole game at every lost
+    life (ale-py 0.12), so on that backend lives are reported by its `life_loss_info` instead.
+    """
+    p, num_threads = ATARI_PREPROCESSING, min(num_envs, cpu_share())
+    if not atari_game(args.env_id):
+        if args.env_backend == "envpool":
+            import envpool
+
+            env_id = ENVPOOL_MASKED.get(args.env_id, args.env_id)
+            envs = envpool.make(env_id, env_type="gymnasium", num_envs=num_envs, seed=seed, num_threads=num_threads)
+            envs = MaskVelocityEnvPool(envs) if args.env_id in ENVPOOL_MASKED else envs
+            next_obs, _ = envs.reset()
+        else:
+            envs = gym.vector.SyncVectorEnv(
+                [lambda: gym.make(args.env_id) for _ in range(num_envs)],
+                autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP,
+            )
+            next_obs, _ = envs.reset(seed=seed)
+        return envs, next_obs.astype(np.float32)
+    if args.env_backend == "envpool":
+        import envpool
+
+        envs = envpool.make(
+            args.env_id,
+            env_type="gymnasium",
+            num_envs=num_envs,
+            seed=seed,
+            num_threads=num_threads,
+            noop_max=p["noop_max"],
+            frame_skip=p["frame_skip"],
+            episodic_life=p["episodic_life"],
+            use_fire_reset=p["fire_reset"],
+            img_height=p["size"],
+            img_width=p["size"],
+            gray_scale=True,
+            stack_num=p["stack"],
+            max_episode_steps=p["max_frames"] // p["frame_skip"],
+            reward_clip=False,
+            repeat_action_probability=args.repeat_action_probability,
+        )
+        next_obs, _ = envs.reset()
+        return envs, next_obs
+    import ale_py
+
+    envs = ale_py.AtariVectorEnv(
+        ale_game(args.env_id),
+        num_envs,
+        num_threads=num_threads,
+        noop_max=p["noop_max"],
+        frameskip=p["frame_skip"],
+        maxpool=True,
+        episodic_life=False,
+        life_loss_info=p["episodic_life"],
+        use_fire_reset=p["fire_reset"],
+        img_height=p["size"],
+        img_width=p["size"],
+        grayscale=True,
+        stack_num=p["stack"],
+        max_num_frames_per_episode=p["max_frames"],
+        reward_clipping=False,
+        repeat_action_probability=args.repeat_action_probability,
+    )
+    next_obs, _ = envs.reset(seed=seed)
+    return envs, next_obs
+
+
+def fire_after_lost_life(args: Args) -> int | None:
+    """The action to take on the step after a lost life: on the ale backend, FIRE (its index in the game's
+    minimal action set) in games that have it, as envpool's fire reset and CleanRL's FireResetEnv press it after
+    every lost life (ale-py's life_loss_info does not); that step is a reset step, left out of the batch.
+    None on envpool (it fires itself) and in games without FIRE."""
+    if args.env_backend != "ale":
+        return None
+    import ale_py
+
+    ale = ale_py.ALEInterface()
+    ale.setLoggerMode(ale_py.LoggerMode.Error)
+    ale.loadROM(ale_py.roms.get_rom_path(ale_game(args.env_id)))
+    actions = list(ale.getMinimalActionSet())
+    return actions.index(ale_py.Action.FIRE) if ale_py.Action.FIRE in actions and len(actions) >= 3 else None
+
+
+def game_over(args: Args, infos: dict, terminations: np.ndarray, truncations: np.ndarray) -> np.ndarray:
+    """Whether each env's step ended the real episode ([N] bool): terminated or truncated; on Atari, the last life
+    lost, or the game truncated at its frame limit (a lost life that is not the last is a `terminated` for the
+    learner only). envpool tells the game's end in infos["terminated"]; on ale-py, a termination with no lives left
+    is the end."""
+    if not atari_game(args.env_id):
+        return terminations.astype(bool) | truncations.astype(bool)
+    ended = infos["terminated"].astype(bool) if args.env_backend == "envpool" else infos["lives"] == 0
+    return truncations.astype(bool) | (terminations.astype(bool) & ended)
+
+
+class GameStatistics:
+    """The real game's episode statistics, per env: the return is the unclipped reward summed over all lives, the
+    length the number of steps the agent acted in (each 4 frames; reset steps not counted). Both are reported
+    when the game ends (game_over), never per life and never clipped."""
+
+    def __init__(self, num_envs: int):
+        self.returns = np.zeros(num_envs)
+        self.lengths = np.zeros(num_envs, dtype=np.int64)
+
+    def update(self, rewards: np.ndarray, acted: np.ndarray, ended: np.ndarray) -> list[tuple[int, float, int]]:
+        """Add one step: unclipped `rewards` [N] float, `acted` [N] bool (False for a reset step, whose action the env
+        ignored), `ended` [N] bool (the step ended the game). Returns (env index, return, length) of each ended game."""
+        self.returns += rewards
+        self.lengths += acted
+        finished = [(int(i), float(self.returns[i]), int(self.lengths[i])) for i in np.flatnonzero(ended)]
+        self.returns[ended] = 0.0
+        self.lengths[ended] = 0
+        return finished
+
+
+def make_video_env(args: Args, video_dir: str | None) -> gym.Env:
+    """One env of `--env-id` rendering rgb frames, every frame recorded to `video_dir` (None: no recording). Atari:
+    gymnasium's `ALE/<Game>-v5` with ATARI_PREPROCESSING (gymnasium's AtariPreprocessing and FrameStackObservation;
+    FIRE after a reset and a lost life is pressed by `record_video`), recorded in colour."""
+    if not atari_game(args.env_id):
+        env = gym.make(args.env_id, render_mode="rgb_array")
+        if video_dir is not None:
+            env = gym.wrappers.RecordVideo(env, video_dir, episode_trigger=lambda episode: True, disable_logger=True)
+        return env
+    import ale_py
+
+    gym.register_envs(ale_py)
+    p = ATARI_PREPROCESSING
+    env = gym.make(
+        f"ALE/{args.env_id}",
+        render_mode="rgb_array",
+        frameskip=1,
+        repeat_action_probability=args.repeat_action_probability,
+        max_num_frames_per_episode=p["max_frames"],
+    )
+    if video_dir is not None:
+        env = gym.wrappers.RecordVideo(env, video_dir, episode_trigger=lambda episode: True, disable_logger=True)
+    env = gym.wrappers.AtariPreprocessing(
+        env, noop_max=p["noop_max"], frame_skip=p["frame_skip"], screen_size=p["size"], terminal_on_life_loss=False
+    )
+    return gym.wrappers.FrameStackObservation(env, p["stack"])
+
+
+def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
+    torch.nn.init.orthogonal_(layer.weight, std)
+    torch.nn.init.constant_(layer.bias, bias_const)
+    return layer
+
+
+class Agent(nn.Module):
+    """CleanRL's recurrent agent (ppo_atari_lstm.py): an encoder, an LSTM(128), and policy and value heads on the
+    LSTM's output. The encoder is the Nature CNN (Mnih et al. 2015; 512 ReLU features) for uint8 frames [C, 84, 84],
+    a 2x64 tanh MLP (ppo.py's) for flat vectors [D]. LSTM weights orthogonal (gain 1), biases 0.
+
+    The recurrent state is a pair (h, c), each [1, N, 128] float for N envs; an env's state is zeroed before the
+    first observation of each episode (`starts`)."""
+
+    def __init__(self, obs_shape: tuple[int, ...], num_actions: int):
+        super().__init__()
+        self.pixels = len(obs_shape) == 3
+        if self.pixels:
+            self.network = nn.Sequential(
+                layer_init(nn.Conv2d(obs_shape[0], 32, 8, stride=4)),
+                nn.ReLU(),
+                layer_init(nn.Conv2d(32, 64, 4, stride=2)),
+                nn.ReLU(),
+                layer_init(nn.Conv2d(64, 64, 3, stride=1)),
+                nn.ReLU(),
+                nn.Flatten(),
+                layer_init(nn.Linear(64 * 7 * 7, 512)),
+                nn.ReLU(),
+            )
+        else:
+            self.network = nn.Sequential(
+                layer_init(nn.Linear(obs_shape[0], 64)),
+                nn.Tanh(),
+                layer_init(nn.Linear(64, 64)),
+                nn.Tanh(),
+            )
+        self.lstm = nn.LSTM(512 if self.pixels else 64, LSTM_SIZE)
+        for name, param in self.lstm.named_parameters():
+            if "bias" in name:
+                nn.init.constant_(param, 0)
+            elif "weight" in name:
+                nn.init.orthogonal_(param, 1.0)
+        self.actor = layer_init(nn.Linear(LSTM_SIZE, num_actions), std=0.01)
+        self.critic = layer_init(nn.Linear(LSTM_SIZE, 1), std=1)
+        if self.pixels:
+            self.to(memory_format=torch.channels_last)  # ~1.3x faster convolutions on CPU (measured: README)
+
+    def encode(self, x):
+        """Features [B, F] of observations [B, *obs_shape]: frames (uint8) scaled to [0, 1] here (x / 255)."""
+        if self.pixels:
+            return self.network(x.to(memory_format=torch.channels_last).float() / 255.0)
+        return self.network(x)
+
+    def initial_state(self, num_envs: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The zero state (h, c), each [1, num_envs, 128] float."""
+        return (torch.zeros(1, num_envs, LSTM_SIZE, device=device), torch.zeros(1, num_envs, LSTM_SIZE, device=device))
+
+    def step(self, x, state, keep):
+        """One step of N envs: observations [N, *obs_shape], state (h, c) [1, N, 128], keep [N] float (0 where x is
+        an episode's first observation: the state is zeroed before it, 1 elsewhere). Returns (LSTM output [N, 128],
+        the new state)."""
+        keep = keep.view(1, -1, 1)
+        output, state = self.lstm(self.encode(x).unsqueeze(0), (state[0] * keep, state[1] * keep))
+        return output[0], state
+
+    def unroll(self, x, state, starts):
+        """T steps of B envs from `state`: observations [T, B, *obs_shape], state (h, c) [1, B, 128], starts [T, B]
+        bool (x[t] is an episode's first observation: the state is zeroed before it). Returns (LSTM outputs
+        [T, B, 128], the final state). The same as T calls of `step`, up to float rounding: the encoder runs on all
+        T * B observations at once, and the LSTM on each stretch of steps with no episode start in one call."""
+        T, B = starts.shape
+        features = self.encode(x.reshape(T * B, *x.shape[2:])).view(T, B, -1)
+        keep = (~starts).to(features.dtype).unsqueeze(-1)
+        cuts = (torch.nonzero(starts[1:].any(1)).flatten() + 1).tolist()
+        outputs, (h, c) = [], state
+        for begin, end in zip([0] + cuts, cuts + [T]):
+            output, (h, c) = self.lstm(features[begin:end], (h * keep[begin], c * keep[begin]))
+            outputs.append(output)
+        return torch.cat(outputs), (h, c)
+
+
+def flat_parameters(module: nn.Module) -> nn.Parameter:
+    """Move every parameter of `module`, and its gradient, into one contiguous buffer, as views into it.
+
+    Returns that buffer as one Parameter whose `.grad` is the flat gradient: Adam, the gradient-norm clip and
+    torchrun's gradient all-reduce then work on one tensor instead of one per parameter. Each view keeps its
+    parameter's memory layout (channels-last convolution weights stay channels-last). Values, names and state_dict
+    are unchanged; backward accumulates into the views, so the gradients must be zeroed in place
+    (`zero_grad(set_to_none=False)`), never set to None. Call it after moving the module to its device.
+    """
+    params = list(module.parameters())
+    first = params[0]
+    flat = nn.Parameter(torch.zeros(sum(p.numel() for p in params), dtype=first.dtype, device=first.device))
+    flat.grad = torch.zeros_like(flat)
+    offset = 0
+    for p in params:
+        view = flat.data.as_strided(p.shape, p.stride(), offset)
+        view.copy_(p.detach())
+        p.data = view
+        p.grad = flat.grad.as_strided(p.shape, p.stride(), offset)
+        offset += p.numel()
+    return flat
+
+
+def compute_gae(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    terminations: torch.Tensor,
+    truncations: torch.Tensor,
+    gamma: float,
+    gae_lambda: float,
+) -> torch.Tensor:
+    """Generalised advantage estimates for a next-step-autoreset rollout (Schulman et al. 2016, eq. 16).
+
+    Args:
+        rewards: [T, N] float, reward of step t.
+        values: [T + 1, N] float, V(obs_t) for t = 0..T; values[t + 1] is the value of the observation that
+            step t returned, which is the episode's final observation when step t ended it.
+        terminations, truncations: [T, N] float 0/1, whether step t ended the episode by a terminal state or
+            by a time limit.
+    Returns:
+        advantages: [T, N] float. delta_t = r_t + gamma * V(s_{t+1}) * (1 - terminated_t) - V(s_t), so a
+        truncated step bootstraps from V(final observation) and a terminated one does not; the recursion
+        A_t = delta_t + gamma * lambda * (1 - done_t) * A_{t+1} never crosses an episode boundary. Entries for
+        reset steps (the step after an episode ended, whose action the env ignores) are meaningless: the
+        caller drops them from the batch.
+    """
+    deltas = rewards + gamma * values[1:] * (1.0 - terminations) - values[:-1]
+    discounts = gamma * gae_lambda * (1.0 - torch.maximum(terminations, truncations))
+    advantages = torch.empty_like(deltas)
+    lastgaelam = torch.zeros_like(deltas[0])
+    for t in reversed(range(deltas.shape[0])):
+        lastgaelam = torch.addcmul(deltas[t], discounts[t], lastgaelam)
+        advantages[t] = lastgaelam
+    return advantages
+
+
+def gumbel_noise(shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """Standard Gumbel noise G = -log(E), E ~ Exponential(1), float32 of `shape`: argmax(logits + G) over the last
+    dimension is a sample of Categorical(logits) (the Gumbel-max trick; Maddison et al. 2014, arXiv 1411.0030)."""
+    return -torch.empty(shape, device=device).exponential_().log()
+
+
+def normalize_advantages(advantages: torch.Tensor) -> torch.Tensor:
+    """(A - mean) / (std + 1e-8) with the unbiased std, as CleanRL. Shape [B], B >= 2."""
+    return (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+
+
+def clipped_policy_loss(logratio, advantages, clip_coef):
+    """PPO's clipped surrogate, negated for minimisation (arXiv 1707.06347, eq. 7).
+
+    logratio: [B] log pi(a|s) - log pi_old(a|s); advantages: [B]. Returns a 0-d tensor:
+    mean of max(-A * r, -A * clip(r, 1 - eps, 1 + eps)), r = exp(logratio).
+    """
+    ratio = logratio.exp()
+    pg_loss1 = -advantages * ratio
+    pg_loss2 = -advantages * torch.clamp(ratio, 1 - clip_coef, 1 + clip_coef)
+    return torch.max(pg_loss1, pg_loss2).mean()
+
+
+def kl_penalty_policy_loss(logratio, advantages, kl, beta):
+    """PPO-Penalty's objective, negated (arXiv 1707.06347, eq. 8): mean of -(A * r - beta * KL[pi_old, pi]).
+
+    logratio, advantages: [B]; kl: [B] KL(pi_old(.|s) || pi(.|s)) per state; beta: float.
+    """
+    return (-advantages * logratio.exp() + beta * kl).mean()
+
+
+def value_loss(newvalue, oldvalue, returns, clip_coef, clip_vloss):
+    """0.5 * squared error of V(s) to the returns; with `clip_vloss`, the max of the unclipped and the
+    clipped error, the clipped value being oldvalue + clip(newvalue - oldvalue, -eps, eps) (as baselines/CleanRL).
+    All inputs [B]; returns a 0-d tensor."""
+    v_loss_unclipped = (newvalue - returns) ** 2
+    if not clip_vloss:
+        return 0.5 * v_loss_unclipped.mean()
+    v_clipped = oldvalue + torch.clamp(newvalue - oldvalue, -clip_coef, clip_coef)
+    v_loss_clipped = (v_clipped - returns) ** 2
+    return 0.5 * torch.max(v_loss_unclipped, v_loss_clipped).mean()
+
+
+def approx_kl(logratio):
+    """Schulman's low-variance estimator of KL(pi_old || pi): mean((r - 1) - log r), r = exp(logratio).
+
+    Always >= 0 (http://joschu.net/blog/kl-approx.html). logratio: [B]; returns a 0-d tensor.
+    """
+    return (torch.expm1(logratio) - logratio).mean()
+
+
+def categorical_kl(old_logp_all, new_logp_all):
+    """Exact KL(pi_old(.|s) || pi(.|s)) per state, [B], from the log-probabilities of every action, [B, A]:
+    sum_a pi_old(a|s) (log pi_old(a|s) - log pi(a|s)). PPO-Penalty's penalty term (arXiv 1707.06347, eq. 8)."""
+    return (old_logp_all.exp() * (old_logp_all - new_logp_all)).sum(-1)
+
+
+def adapt_kl_beta(beta: float, kl: float, kl_target: float) -> float:
+    """PPO-Penalty's adaptive coefficient (arXiv 1707.06347, section 4): halve beta when the measured KL is
+    below kl_target / 1.5, double it when above kl_target * 1.5, keep it otherwise."""
+    if kl < kl_target / 1.5:
+        return beta / 2
+    if kl > kl_target * 1.5:
+        return beta * 2
+    return beta
+
+
+def annealed_lr(iteration: int, num_iterations: int, learning_rate: float, start: int = 1) -> float:
+    """Linear decay from `learning_rate` at iteration `start` to 0 one iteration after `num_iterations`:
+    learning_rate * (1 - (iteration - start) / (num_iterations - start + 1)). With start 1 (the default) this is
+    CleanRL's schedule, learning_rate * (1 - (iteration - 1) / num_iterations): it starts at learning_rate and
+    ends at learning_rate / num_iterations, never 0 during training. A resumed run that trains longer continues
+    from a later start (resumed_lr_schedule)."""
+    return (1.0 - (iteration - start) / (num_iterations - start + 1.0)) * learning_rate
+
+
+def resumed_lr_schedule(ckpt: dict, args: Args) -> tuple[int, float]:
+    """Where a resumed run's learning-rate decay starts: (start iteration, rate there), for annealed_lr.
+
+    The checkpoint's schedule is kept when `--total-timesteps`, `--learning-rate` and `--anneal-lr` are those it
+    was saved with, so the resumed run is exactly the uninterrupted one. Otherwise the rate must not jump
+    ("train longer": a larger `--total-timesteps` would otherwise put the rate back up the old line): the decay
+    starts again from the rate of the checkpoint's last iteration k and falls linearly to 0 one iteration after
+    the new end. A new `--learning-rate` starts the decay from that rate at iteration k + 1 instead.
+    """
+    saved, k = ckpt["args"], ckpt["iteration"]
+    start, rate = ckpt.get("lr_schedule", (1, saved["learning_rate"]))  # checkpoints of the first format
+    if args.learning_rate != saved["learning_rate"]:
+        return k + 1, args.learning_rate
+    saved_iterations = saved["total_timesteps"] // (saved["num_envs"] * saved["num_steps"])
+    if args.num_iterations == saved_iterations and args.anneal_lr == saved["anneal_lr"]:
+        return start, rate
+    last = annealed_lr(k, saved_iterations, rate, start) if saved["anneal_lr"] else saved["learning_rate"]
+    return k, last
+
+
+def logprobs_and_entropy(logits, actions):
+    """Categorical log pi(a|s) of `actions` [B] (int64) and entropy, both [B], from logits [B, A]."""
+    logp_all = torch.log_softmax(logits, dim=-1)
+    logprob = logp_all.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    return logprob, entropy, logp_all
+
+
+def ppo_update(agent: Agent, optimizer: torch.optim.Optimizer, batch: dict, args: Args, kl_beta: float) -> dict:
+    """The update phase of one iteration: `update_epochs` passes over shuffled minibatches of whole env sequences.
+
+    batch: the rollout, time-major, for T steps of N envs: obs [T, N, *obs_shape], starts [T, N] bool (the state was
+    zeroed before obs[t]), state (h, c) [1, N, 128] (the state the rollout started from), valid [T, N] bool (False
+    for reset steps, whose action the env ignored: they are replayed through the LSTM but left out of the losses),
+    actions [T, N] int64, logprobs [T, N], logp_all [T, N, A], values [T, N], advantages [T, N], returns [T, N].
+    Each epoch shuffles the envs into `num_minibatches` minibatches of N / num_minibatches envs, and replays their
+    sequences from the rollout's initial state, so the update sees exactly the states the rollout saw. Before each
+    minibatch's step, its approx_kl is compared with `args.target_kl`: above it, the whole update phase ends there
+    (the step is not taken).
+    Returns the losses averaged over the minibatches that were run (old_approx_kl, approx_kl and clipfrac
+    over their samples, measured before each step as in CleanRL), and `minibatch_updates`.
+    """
+    losses, logratios = [], []
+    stop = False
+    num_envs = batch["starts"].shape[1]
+    for epoch in range(args.update_epochs):
+        env_inds = torch.randperm(num_envs, device=batch["obs"].device)
+        for mb_envs in env_inds.tensor_split(args.num_minibatches):
+            mb = {k: v[:, mb_envs] for k, v in batch.items() if k != "state"}
+            state = tuple(s[:, mb_envs] for s in batch["state"])
+            output, _ = agent.unroll(mb["obs"], state, mb["starts"])
+            valid = mb["valid"]
+            newlogprob, entropy, newlogp_all = logprobs_and_entropy(agent.actor(output[valid]), mb["actions"][valid])
+            newvalue = agent.critic(output[valid]).squeeze(-1)
+            logratio = newlogprob - mb["logprobs"][valid]
+            if args.target_kl is not None and approx_kl(logratio.detach()) > args.target_kl:
+                stop = True
+                break
+
+            mb_advantages = mb["advantages"][valid]
+            if args.norm_adv:
+                mb_advantages = normalize_advantages(mb_advantages)
+            if args.loss_type == "clip":
+                pg_loss = clipped_policy_loss(logratio, mb_advantages, args.clip_coef)
+            else:
+                kl = categorical_kl(mb["logp_all"][valid], newlogp_all)
+                pg_loss = kl_penalty_policy_loss(logratio, mb_advantages, kl, kl_beta)
+            v_loss = value_loss(newvalue, mb["values"][valid], mb["returns"][valid], args.clip_coef, args.clip_vloss)
+            entropy_loss = entropy.mean()
+            loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
+
+            optimizer.zero_grad(set_to_none=False)  # keep the gradients in place (see flat_parameters)
+            loss.backward()
+            nn.utils.clip_grad_norm_(optimizer.param_groups[0]["params"], args.max_grad_norm)
+            optimizer.step()
+            losses.append(torch.stack([pg_loss, v_loss, entropy_loss]).detach())
+            logratios.append(logratio.detach())
+        if stop:
+            break
+    stats = {"minibatch_updates": len(losses)}
+    if losses:  # statistics once per iteration, not per minibatch: over the samples of the minibatches run
+        pg_loss, v_loss, entropy_loss = torch.stack(losses).mean(0).tolist()
+        logratio = torch.cat(logratios)
+        clipfrac = ((logratio.exp() - 1.0).abs() > args.clip_coef).float().mean()
+        stats_t = torch.stack([(-logratio).mean(), approx_kl(logratio), clipfrac]).tolist()
+        stats.update(policy_loss=pg_loss, value_loss=v_loss, entropy=entropy_loss)
+        stats.update(zip(("old_approx_kl", "approx_kl", "clipfrac"), stats_t))
+    return stats
+
+
+def evaluate(agent: Agent, args: Args, episodes: int, greedy: bool, device: torch.device) -> np.ndarray:
+    """Run the policy for `episodes` full episodes (Atari: games) on fresh envs (seed `args.seed + 10000`) without
+    learning, each env's recurrent state zeroed before each episode's first observation.
+
+    Greedy takes argmax pi(a|s); otherwise actions are sampled from a private generator, so evaluation
+    leaves the training RNG untouched. Each of the min(episodes, num_envs) envs runs a fixed share of
+    the episodes, so short episodes are not over-represented. Returns [episodes] float64 returns (Atari: real-game
+    returns, unclipped, all lives).
+    """
+    num_envs = min(episodes, args.num_envs)
+    quota = np.array([episodes // num_envs + (i < episodes % num_envs) for i in range(num_envs)])
+    envs, next_obs = make_envs(args, num_envs, args.seed + 10000)
+    games, acted, fire = GameStatistics(num_envs), np.ones(num_envs, dtype=bool), fire_after_lost_life(args)
+    keep, state = np.zeros(num_envs, dtype=bool), agent.initial_state(num_envs, device)
+    generator = torch.Generator(device=device).manual_seed(args.seed + 10000)
+    returns = [[] for _ in range(num_envs)]
+    with torch.inference_mode():
+        while any(len(r) < q for r, q in zip(returns, quota)):
+            keep_t = torch.as_tensor(keep, dtype=torch.float32, device=device)
+            output, state = agent.step(torch.as_tensor(next_obs, device=device), state, keep_t)
+            logits = agent.actor(output)
+            if greedy:
+                action = logits.argmax(-1)
+            else:
+                action = torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+            action = action.cpu().numpy()
+            next_obs, reward, term, trunc, infos = envs.step(action if fire is None else np.where(acted, action, fire))
+            for i, game_return, _ in games.update(reward, acted, game_over(args, infos, term, trunc)):
+                if len(returns[i]) < quota[i]:
+                    returns[i].append(game_return)
+            keep, acted = acted, ~(term | trunc)
+    envs.close()
+    return np.array([r for env_returns in returns for r in env_returns])
+
+
+def record_video(agent: Agent, args: Args, video_dir: str, device: torch.device) -> float:
+    """Play one episode (Atari: one game) with the sampled policy in `make_video_env`, recorded to `video_dir`.
+    On Atari, FIRE is pressed after the reset and after each lost life in games that have it (as the training envs'
+    fire reset), and the recurrent state is zeroed after a lost life (a new episode for the learner). Returns the
+    episode's return."""
+    env = make_video_env(args, video_dir)
+    atari = atari_game(args.env_id)
+    meanings = env.unwrapped.get_action_meanings() if atari else []
+    fire = meanings.index("FIRE") if "FIRE" in meanings else None
+    generator = torch.Generator(device=device).manual_seed(args.seed + 20000)
+    obs, info = env.reset(seed=args.seed + 20000)
+    lives, total, done, press_fire = info.get("lives", 0), 0.0, False, fire is not None
+    state, keep = agent.initial_state(1, device), torch.zeros(1, device=device)
+    with torch.inference_mode():
+        while not done:
+            if press_fire:
+                action = fire
+            else:
+                output, state = agent.step(torch.as_tensor(np.asarray(obs)[None], device=device), state, keep)
+                logits = agent.actor(output)
+                action = int(torch.multinomial(logits.softmax(-1), 1, generator=generator))
+                keep.fill_(1.0)
+            obs, reward, terminated, truncated, info = env.step(action)
+            total, done = total + float(reward), terminated or truncated
+            if info.get("lives", 0) < lives:  # a lost life: a new episode for the learner
+                keep.fill_(0.0)
+            press_fire, lives = fire is not None and info.get("lives", 0) < lives, info.get("lives", 0)
+    env.close()
+    return total
+
+
+def upload_new_videos(wandb_run, video_dir: str, uploaded: set) -> None:
+    """Log to W&B (key `videos`) each finished .mp4 in `video_dir` not in `uploaded`, and add it there."""
+    import wandb
+
+    if os.path.isdir(video_dir):
+        for name in sorted(set(os.listdir(video_dir)) - uploaded):
+            if name.endswith(".mp4"):
+                wandb_run.log({"videos": wandb.Video(os.path.join(video_dir, name), format="mp4")})
+                uploaded.add(name)
+
+
+def save_checkpoint(path: str, state: dict) -> None:
+    """Write `state` with torch.save atomically: to a temporary file in the same folder, fsync'ed, then
+    renamed over `path`, so a crash mid-write leaves the previous checkpoint intact."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_checkpoint(path: str) -> dict:
+    """Load a checkpoint written by this script, with torch.load(weights_only=True) (no arbitrary objects).
+
+    Raises:
+        UsageError: naming `--resume` and the file when it is missing, a directory, corrupt or truncated, holds
+            objects no checkpoint holds, or is not this script's.
+    """
+    if os.path.isdir(path):
+        raise UsageError(f"--resume {path}: is a directory, not a checkpoint file")
+    if not os.path.isfile(path):
+        raise UsageError(f"--resume {path}: no such file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        if "Unsupported global" in str(e):  # weights_only refused to unpickle an arbitrary object
+            raise UsageError(f"--resume {path}: holds Python objects that no checkpoint contains; not loaded") from None
+        raise UsageError(f"--resume {path}: cannot be read: the file is corrupt or truncated") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise UsageError(f"--resume {path}: not a {os.path.basename(__file__)} checkpoint")
+    return ckpt
+
+
+def check_agent_state(path: str, state: dict, agent: nn.Module) -> None:
+    """Refuse a checkpoint whose saved agent does not fit the network this run builds (another observation or
+    action size, another architecture), before anything is written: compares every tensor's shape.
+
+    Raises:
+        UsageError: naming `--resume` and the first tensor that differs.
+    """
+
+    def shapes(tensors: dict, prefix: str = "") -> dict:
+        out = {}
+        for key, value in tensors.items():
+            if isinstance(value, dict):  # extra state (observation statistics)
+                out.update(shapes(value, f"{prefix}{key}."))
+            elif isinstance(value, torch.Tensor):
+                out[prefix + key] = list(value.shape)
+        return out
+
+    saved, built = shapes(state), shapes(agent.state_dict())
+    for key in sorted(saved.keys() | built.keys()):
+        if saved.get(key) != built.get(key):
+            raise UsageError(
+                f"--resume {path}: its agent does not fit this run's network: {key} is "
+                f"{saved.get(key, 'missing')} in the checkpoint and {built.get(key, 'missing')} here"
+            )
+
+
+def prepare_run_dir(args: Args, run_name: str, new: bool) -> tuple[str, str]:
+    """Claim the run's folder and check that every path the run will write can be written, before training.
+
+    A new run's folder is runs/{run_name}, created with os.mkdir, which is atomic: when another run already holds
+    the name (two runs started in the same second), this one takes {run_name}-2 (then -3, ...), so two runs never
+    share a folder. A resumed run continues in its runs/{run_name}. Then runs/{run_name} (and its checkpoint.pt
+    with `--save-model`), videos/{run_name} with `--capture-video`, and W&B's folder with `--track` must take a
+    file. Returns (run_name, run_dir).
+
+    Raises:
+        UsageError: naming the path that cannot be written and why; the folders made here are removed again.
+    """
+    base, suffix, made, path = run_name, 1, [], os.path.dirname(f"runs/{run_name}")
+    try:
+        os.makedirs(path, exist_ok=True)  # runs/, and a namespace's folder for env ids like "ALE/Pong-v5"
+        while new:
+            try:
+                os.mkdir(f"runs/{run_name}")
+                made.append(f"runs/{run_name}")
+                break
+            except FileExistsError:
+                suffix += 1
+                run_name = f"{base}-{suffix}"
+        run_dir = f"runs/{run_name}"
+        folders = (
+            [run_dir] + [f"videos/{run_name}"] * args.capture_video + [os.environ.get("WANDB_DIR", ".")] * args.track
+        )
+        for path in folders:
+            if not os.path.isdir(path):
+                os.makedirs(path)
+                made.append(path)
+            tempfile.TemporaryFile(dir=path).close()  # a probe: the folder takes a new file
+        for folder in made:
+            if folder != run_dir:
+                os.removedirs(folder)  # only probed: RecordVideo and wandb make their folders themselves
+    except OSError as e:
+        for folder in reversed(made):
+            shutil.rmtree(folder, ignore_errors=True)
+        reason = "a file is in the way" if isinstance(e, (FileExistsError, NotADirectoryError)) else e.strerror
+        raise UsageError(f"cannot write {os.path.abspath(path)}: {reason}") from None
+    if args.save_model and os.path.isdir(f"{run_dir}/checkpoint.pt"):
+        raise UsageError(f"cannot write {os.path.abspath(run_dir)}/checkpoint.pt: is a directory")
+    return run_name, run_dir
+
+
+def parse_args(argv: list[str]) -> Args:
+    """tyro CLI; with `--resume PATH`, the checkpoint's flags are the defaults that the command line overrides."""
+    resume = None
+    for i, arg in enumerate(argv):
+        if arg.startswith("--resume="):
+            resume = arg.split("=", 1)[1]
+        elif arg == "--resume" and i + 1 < len(argv):
+            resume = argv[i + 1]
+    default = Args()
+    if resume not in (None, "None"):
+        saved = load_checkpoint(resume)["args"]
+        default = Args(**{f.name: saved[f.name] for f in fields(Args) if f.name in saved})
+    return tyro.cli(Args, args=argv, default=default)
+
+
+def main(args: Args) -> dict:
+    """Train (and evaluate) as `args` says. Returns the run's record: `run_name`, `run_dir`, `history`
+    (one dict of logged scalars per iteration), `episodes` ((global_step, return, length) of every finished
+    episode; Atari: game), `eval` (mean returns, when `--eval-episodes`), the trained `agent` and `args` (with the
+    task's defaults filled in).
+
+    Raises:
+        UsageError: bad flags or `--resume` file, before anything is built or written.
+    """
+    args = with_task_defaults(args)
+    validate_args(args)
+    check_extras(args)
+    ckpt = load_checkpoint(args.resume) if args.resume else None
+    if ckpt is not None:
+        for name in RESUME_FIXED:
+            if getattr(args, name) != ckpt["args"][name]:
+                raise UsageError(
+                    f"{flag(name)} {getattr(args, name)} differs from the checkpoint's {ckpt['args'][name]}: "
+                    "a resumed run keeps the environment and agent it was built with"
+                )
+    obs_space, act_space = check_env(args)
+    if args.capture_video:
+        check_video(args)
+    if ckpt is not None:
+        check_agent_state(args.resume, ckpt["agent"], Agent(obs_space.shape, act_space.n))
+    atari = atari_game(args.env_id)
+    # A finished run resumed with nothing left to train is only evaluated, and writes nothing (its folder may be
+    # read-only); otherwise every path the run writes is checked here, before training.
+    evaluate_only = ckpt is not None and ckpt["iteration"] >= args.num_iterations
+    run_name = ckpt["run_name"] if ckpt else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir = f"runs/{run_name}"
+    if not evaluate_only:
+        run_name, run_dir = prepare_run_dir(args, run_name, new=ckpt is None)
+    if args.total_timesteps % args.batch_size and not evaluate_only:
+        print(
+            f"--total-timesteps {args.total_timesteps} is not a multiple of the batch size {args.batch_size}: "
+            f"training {args.num_iterations * args.batch_size} steps ({args.num_iterations} iterations)",
+            flush=True,
+        )
+    config = {
+        **asdict(args),
+        "batch_size": args.batch_size,
+        "minibatch_size": args.minibatch_size,
+        "num_iterations": args.num_iterations,
+    }
+    wandb_run, writer = None, None
+    if args.track and not evaluate_only:
+        import wandb
+
+        wandb_run = wandb.init(
+            project=args.wandb_project_name,
+            entity=args.wandb_entity,
+            sync_tensorboard=True,
+            config=config,
+            name=run_name,
+            id=ckpt.get("wandb_id") if ckpt else None,
+            resume="allow",
+            save_code=True,
+        )
+    if not evaluate_only:
+        writer = SummaryWriter(run_dir, purge_step=ckpt["global_step"] + 1 if ckpt else None)
+        writer.add_text(
+            "hyperparameters",
+            "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in config.items()])),
+        )
+
+    # TRY NOT TO MODIFY: seeding
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    torch.set_num_threads(args.torch_threads or (cpu_share() if atari else 1))
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    num_actions = act_space.n
+    agent = Agent(obs_space.shape, num_actions).to(device)
+    optimizer = torch.optim.Adam([flat_parameters(agent)], lr=args.learning_rate, eps=1e-5, fused=True)
+
+    # TRY NOT TO MODIFY: start the game
+    global_step, start_iteration, kl_beta, episodes = 0, 1, args.kl_beta, []
+    lr_schedule = (1, args.learning_rate)  # where the learning-rate decay starts: (iteration, rate)
+    if ckpt is not None:
+        agent.load_state_dict(ckpt["agent"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        if device.type == "cuda" and ckpt["rng"]["cuda"] is not None:
+            torch.cuda.set_rng_state(ckpt["rng"]["cuda"])
+        global_step, start_iteration, kl_beta = ckpt["global_step"], ckpt["iteration"] + 1, ckpt["kl_beta"]
+        lr_schedule = resumed_lr_schedule(ckpt, args)
+        episodes = [tuple(e) for e in ckpt["episodes"]]
+
+    # env setup. A resumed Atari run restores the learner, not the games: its envs start new games, seeded anew.
+    env_seed = args.seed + (start_iteration - 1) * 1_000_003 * atari
+    envs, next_obs = make_envs(args, args.num_envs, env_seed)
+
+    # ALGO Logic: Storage setup, on the device; Atari frames stay uint8 until the network.
+    # obs[t] is the observation acted on at step t; obs[num_steps] the next one.
+    obs_dtype = torch.uint8 if atari else torch.float32
+    obs = torch.zeros((args.num_steps + 1, args.num_envs, *obs_space.shape), dtype=obs_dtype, device=device)
+    actions = torch.zeros((args.num_steps, args.num_envs), dtype=torch.long, device=device)
+    logp_all = torch.zeros((args.num_steps, args.num_envs, num_actions), device=device)
+    values = torch.zeros((args.num_steps + 1, args.num_envs), device=device)
+    # What the env returns stays on the host until the rollout ends: one transfer per iteration.
+    rewards = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
+    terminations = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
+    truncations = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
+    # starts[t]: obs[t] is an episode's first observation (the step before it was a reset step): the state is
+    # zeroed before it. keep = ~starts for the next step, as floats.
+    starts = np.zeros((args.num_steps + 1, args.num_envs), dtype=bool)
+    action_dtype = torch.uint8 if num_actions <= 256 else torch.int32
+    action_log = []  # every action taken (vector envs), for an exact resume by replay
+    obs_t, actions_t = obs.unbind(0), actions.unbind(0)  # per-step views: cheaper to write than obs[step]
+    logp_all_t, values_t = logp_all.unbind(0), values.unbind(0)
+    games, fire = GameStatistics(args.num_envs), fire_after_lost_life(args)
+    next_done = np.zeros(args.num_envs, dtype=bool)  # whether the last step ended an episode (Atari: a life)
+    acted = np.ones(args.num_envs, dtype=bool)  # whether the last step was an action (not a reset step)
+    starts[args.num_steps] = True
+    lstm_state = agent.initial_state(args.num_envs, device)  # the state after the last step
+    if ckpt is not None and not atari:
+        action_log = [ckpt["actions"]]
+        # Replaying the actions into the freshly seeded envs restores their exact state and the episodes in progress.
+        for step_actions in ckpt["actions"].long().numpy() if start_iteration <= args.num_iterations else []:
+            next_acted = ~next_done
+            next_obs, reward, term, trunc, infos = envs.step(step_actions)
+            games.update(reward, next_acted, game_over(args, infos, term, trunc))
+            next_done, acted = term | trunc, next_acted
+        starts[args.num_steps] = ~acted
+        lstm_state = tuple(s.to(device) for s in ckpt["lstm_state"])
+    obs[args.num_steps] = torch.as_tensor(next_obs, device=device)
+
+    def checkpoint(iteration):
+        save_checkpoint(
+            f"{run_dir}/checkpoint.pt",
+            {
+                "format": CHECKPOINT_FORMAT,
+                "args": asdict(args),
+                "run_name": run_name,
+                "iteration": iteration,
+                "global_step": global_step,
+                "lr_schedule": list(lr_schedule),
+                "kl_beta": kl_beta,
+                "agent": agent.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "rng": {
+                    "torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None,
+                },
+                "actions": torch.cat(action_log) if action_log else torch.zeros(0, args.num_envs, dtype=action_dtype),
+                "lstm_state": [s.cpu() for s in lstm_state],
+                "episodes": [list(e) for e in episodes],
+                "wandb_id": wandb_run.id if wandb_run else None,
+            },
+        )
+
+    history, uploaded_videos = [], set()
+    start_time, start_step, last_print, saved = time.time(), global_step, 0.0, False
+    # Ctrl-C (SIGINT) and SIGTERM (a cluster's preemption notice): finish the iteration, checkpoint, stop cleanly;
+    # --resume continues exactly. A second signal stops at once. Without --save-model, Ctrl-C stops at once.
+    preempted, previous_handlers = [], {}
+
+    def request_stop(signum, frame):
+        if preempted:
+            raise KeyboardInterrupt
+        preempted.append(signal.Signals(signum).name)
+        tqdm.write(f"{preempted[0]}: stopping after this iteration to save a checkpoint (again: stop at once)")
+
+    if args.save_model and threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous_handlers[signum] = signal.signal(signum, request_stop)
+    bar = (
+        tqdm(total=args.num_iterations * args.batch_size, initial=global_step, unit="step", dynamic_ncols=True)
+        if sys.stderr.isatty()
+        else None
+    )
+    try:
+        for iteration in range(start_iteration, args.num_iterations + 1):
+            # Annealing the rate if instructed to do so.
+            lrnow = (
+                annealed_lr(iteration, args.num_iterations, lr_schedule[1], lr_schedule[0])
+                if args.anneal_lr
+                else args.learning_rate
+            )
+            optimizer.param_groups[0]["lr"] = lrnow
+
+            obs[0] = obs[args.num_steps]
+            starts[0] = starts[args.num_steps]
+            initial_state = tuple(s.clone() for s in lstm_state)  # the state the update replays the rollout from
+            reset_first = next_done
+            iteration_episodes = []
+            with torch.inference_mode():
+                # Gumbel-max sampling: argmax(logits + G) with G ~ Gumbel(0, 1) is a sample of Categorical(logits).
+                gumbel = gumbel_noise((args.num_steps, args.num_envs, num_actions), device)
+                keep = torch.from_numpy(~starts).to(device, torch.float32)
+                for step in range(0, args.num_steps):
+                    global_step += args.num_envs
+                    # One pass of the network gives the action and the old log-probabilities and value stored with it.
+                    output, lstm_state = agent.step(obs_t[step], lstm_state, keep[step])
+                    logits = agent.actor(output)
+                    action = (logits + gumbel[step]).argmax(-1)
+                    actions_t[step].copy_(action)
+                    logp_all_t[step].copy_(torch.log_softmax(logits, -1))
+                    values_t[step].copy_(agent.critic(output).squeeze(-1))
+
+                    # TRY NOT TO MODIFY: execute the game and log data.
+                    acted = ~(reset_first if step == 0 else (terminations[step - 1] + truncations[step - 1]) > 0)
+                    action = action.cpu().numpy()
+                    if fire is not None:
+                        action = np.where(acted, action, fire)
+                    next_obs, reward, terminations[step], truncations[step], infos = envs.step(action)
+                    obs_t[step + 1].copy_(torch.from_numpy(next_obs))
+                    rewards[step] = np.sign(reward) if atari else reward  # Atari: the learner's reward is its sign
+                    starts[step + 1] = ~acted  # after a reset step comes an episode's first observation
+                    keep[step + 1] = torch.from_numpy(acted)
+                    ended = game_over(args, infos, terminations[step], truncations[step])
+                    for _, game_return, game_length in games.update(reward, acted, ended):
+                        iteration_episodes.append((global_step, game_return, game_length))
+                next_done = (terminations[-1] + truncations[-1]) > 0
+                # A reset step (the step after an episode ended, its action ignored) is no transition: it is replayed
+                # through the LSTM but left out of the losses.
+                is_reset = np.concatenate([reset_first[None], (terminations[:-1] + truncations[:-1]) > 0])
+
+                # The bootstrap value: V(obs[T]) with the state obs[T] is seen with (not kept: the next rollout
+                # starts from lstm_state and sees obs[T] again as its first step).
+                output, _ = agent.step(obs[args.num_steps], lstm_state, keep[args.num_steps])
+                values[args.num_steps] = agent.critic(output).squeeze(-1)
+                logprobs = logp_all.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+                t_rewards, t_terms, t_truncs = (
+                    torch.from_numpy(x).to(device) for x in (rewards, terminations, truncations)
+                )
+                advantages = compute_gae(t_rewards, values, t_terms, t_truncs, args.gamma, args.gae_lambda)
+                returns = advantages + values[:-1]
+            if not atari:
+                action_log.append(actions.to("cpu", action_dtype, copy=True))
+
+            # the batch, time-major (cloned outside inference mode: normal tensors that autograd accepts)
+            batch = {
+                "obs": obs[:-1].clone(),
+                "starts": torch.from_numpy(starts[:-1].copy()).to(device),
+                "state": tuple(s.clone() for s in initial_state),
+                "valid": torch.from_numpy(~is_reset).to(device),
+                "actions": actions.clone(),
+                "logprobs": logprobs.clone(),
+                "logp_all": logp_all.clone(),
+                "values": values[:-1].clone(),
+                "advantages": advantages.clone(),
+                "returns": returns.clone(),
+            }
+            stats = ppo_update(agent, optimizer, batch, args, kl_beta)
+
+            y_pred, y_true = batch["values"][batch["valid"]], batch["returns"][batch["valid"]]
+            var_y = y_true.var()
+            explained_var = (1 - (y_true - y_pred).var() / var_y).item() if var_y > 0 else float("nan")
+            if args.loss_type == "kl-penalty":
+                with torch.no_grad():
+                    output, _ = agent.unroll(batch["obs"], batch["state"], batch["starts"])
+                    new_logp_all = torch.log_softmax(agent.actor(output[batch["valid"]]), -1)
+                    kl = categorical_kl(batch["logp_all"][batch["valid"]], new_logp_all).mean().item()
+                stats.update(kl=kl, kl_beta=kl_beta)
+                kl_beta = adapt_kl_beta(kl_beta, kl, args.kl_target)
+
+            # TRY NOT TO MODIFY: record rewards for plotting purposes
+            episodes.extend(iteration_episodes)
+            for step_, episodic_return, episodic_length in iteration_episodes:
+                writer.add_scalar("charts/episodic_return", episodic_return, step_)
+                writer.add_scalar("charts/episodic_length", episodic_length, step_)
+            sps = int((global_step - start_step) / (time.time() - start_time))
+            scalars = {
+                "charts/learning_rate": lrnow,
+                "charts/SPS": sps,
+                "charts/minibatch_updates": stats.pop("minibatch_updates"),
+            }
+            scalars.update({f"losses/{k}": v for k, v in stats.items()})
+            scalars["losses/explained_variance"] = explained_var
+            for tag, value in scalars.items():
+                writer.add_scalar(tag, value, global_step)
+            history.append(scalars)
+
+            recent = [e[1] for e in episodes[-20:]]
+            if bar is not None:
+                bar.update(global_step - bar.n)
+                bar.set_postfix(SPS=sps, ret=f"{np.mean(recent):.1f}" if recent else "-", refresh=False)
+            elif time.time() - last_print > 10 or iteration == args.num_iterations:
+                last_print = time.time()
+                mean_return = f"{np.mean(recent):.1f}" if recent else "-"
+                print(
+                    f"global_step={global_step} SPS={sps} return(last {len(recent)} episodes)={mean_return}", flush=True
+                )
+            if args.save_model and (
+                iteration == args.num_iterations
+                or (args.checkpoint_every and iteration % args.checkpoint_every == 0)
+                or preempted
+            ):
+                checkpoint(iteration)
+                saved = True
+            if preempted:
+                print(
+                    f"{preempted[0]}: stopped after iteration {iteration}; resume with --resume {run_dir}/checkpoint.pt"
+                )
+                break
+        if bar is not None:
+            bar.close()  # the lines below start on a line of their own
+        for signum, handler in previous_handlers.items():  # training is over: a signal now stops at once
+            signal.signal(signum, handler)
+        recent = [e[1] for e in episodes[-100:]]
+        summary = f"{np.mean(recent):.2f} (last {len(recent)} episodes)" if recent else "- (no episode finished)"
+        print(f"finished at global_step={global_step}: mean return {summary}", flush=True)
+        if saved:
+            print(f"checkpoint saved to {run_dir}/checkpoint.pt", flush=True)
+
+        eval_result = {}
+        if args.capture_video and not preempted:
+            video_return = record_video(agent, args, f"videos/{run_name}", device)
+            print(f"video of one episode (return {video_return:.0f}) saved to videos/{run_name}", flush=True)
+            if wandb_run is not None:  # wandb's monitor_gym fails on gymnasium 1.x
+                upload_new_videos(wandb_run, f"videos/{run_name}", uploaded_videos)
+        if args.eval_episodes and not preempted:
+            for mode, tag in (("sampled", "eval/episodic_return"), ("greedy", "eval/episodic_return_greedy")):
+                eval_returns = evaluate(agent, args, args.eval_episodes, greedy=mode == "greedy", device=device)
+                if writer is not None:  # a finished run that is only evaluated writes nothing
+                    for idx, episodic_return in enumerate(eval_returns):
+                        writer.add_scalar(tag, episodic_return, idx)
+                eval_result[mode] = float(eval_returns.mean())
+                print(
+                    f"eval ({mode}, {args.eval_episodes} episodes): mean return {eval_returns.mean():.2f} +- {eval_returns.std():.2f}"
+                )
+    except KeyboardInterrupt:
+        if not args.save_model:
+            raise KeyboardInterrupt(
+                f"interrupted at global_step={global_step}; nothing saved (with --save-model, Ctrl-C saves a "
+                "checkpoint to resume from)"
+            ) from None
+        earlier = os.path.isfile(f"{run_dir}/checkpoint.pt")
+        raise KeyboardInterrupt(
+            f"stopped at once at global_step={global_step}"
+            + ("" if saved else ", without saving this iteration")
+            + (f"; {run_dir}/checkpoint.pt resumes from the last one saved" if earlier else "")
+        ) from None
+    finally:
+        for signum, handler in previous_handlers.items():
+            signal.signal(signum, handler)
+        if bar is not None:
+            bar.close()
+        envs.close()
+        if writer is not None:
+            writer.close()
+        if wandb_run is not None:
+            wandb_run.finish()
+    return {
+        "run_name": run_name,
+        "run_dir": run_dir,
+        "history": history,
+        "episodes": episodes,
+        "eval": eval_result,
+        "agent": agent,
+        "args": args,
+    }
+
+
+if __name__ == "__main__":
+    try:
+        main(parse_args(sys.argv[1:]))
+    except UsageError as e:
+        sys.exit(f"{os.path.basename(__file__)}: error: {e}")
+    except KeyboardInterrupt as e:  # Ctrl-C: one line, no traceback
+        print(f"{os.path.basename(__file__)}: {e or 'interrupted'}", file=sys.stderr)
+        sys.exit(130)
