@@ -214,7 +214,8 @@ def plot_env(env_id: str, runs: list[Run], out_dir: str) -> list[str]:
         ax.legend()
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        path = os.path.join(out_dir, f"{env_id}_{suffix}.png")
+        # env ids may hold "/" (namespaces) or ":" (gymnasium's module:EnvId): not in file names
+        path = os.path.join(out_dir, f"{re.sub(r'[^A-Za-z0-9._-]', '_', env_id)}_{suffix}.png")
         fig.savefig(path, dpi=100)
         plt.close(fig)
         written.append(path)
