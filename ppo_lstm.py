@@ -909,9 +909,10 @@ def record_video(agent: Agent, args: Args, video_dir: str, device: torch.device)
                 keep.fill_(1.0)
             obs, reward, terminated, truncated, info = env.step(action)
             total, done = total + float(reward), terminated or truncated
-            if info.get("lives", 0) < lives:  # a lost life: a new episode for the learner
+            lost_life, lives = info.get("lives", 0) < lives, info.get("lives", 0)
+            if lost_life:  # a new episode for the learner: its state starts afresh (after FIRE, where there is one)
                 keep.fill_(0.0)
-            press_fire, lives = fire is not None and info.get("lives", 0) < lives, info.get("lives", 0)
+            press_fire = fire is not None and lost_life
     env.close()
     return total
 
@@ -1288,7 +1289,7 @@ def main(args: Args) -> dict:
             batch = {
                 "obs": obs[:-1].clone(),
                 "starts": torch.from_numpy(starts[:-1].copy()).to(device),
-                "state": tuple(s.clone() for s in initial_state),
+                "state": initial_state,
                 "valid": torch.from_numpy(~is_reset).to(device),
                 "actions": actions.clone(),
                 "logprobs": logprobs.clone(),
