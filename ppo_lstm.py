@@ -22,12 +22,13 @@ import torch
 import torch.nn as nn
 import tyro
 from gymnasium.envs.classic_control.cartpole import CartPoleEnv
+from gymnasium.wrappers.utils import RunningMeanStd
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 CHECKPOINT_FORMAT = "ppo_lstm.py checkpoint v1"
 # Flags a resumed run must keep: they make its environments, or change what its saved agent computes.
-RESUME_FIXED = ("env_id", "env_backend", "num_envs", "num_steps", "seed", "repeat_action_probability")
+RESUME_FIXED = ("env_id", "env_backend", "num_envs", "num_steps", "seed", "repeat_action_probability", "norm_obs")
 # The standard Atari preprocessing (Machado et al. 2018; CleanRL's ppo_atari_envpool.py), the same on both backends,
 # with one frame per observation instead of four (CleanRL's ppo_atari_lstm.py): the LSTM is the memory.
 # Rewards come unclipped from the env: the script clips them to their sign for learning and sums them unclipped
@@ -122,6 +123,8 @@ class Args:
     """coefficient of the value function"""
     max_grad_norm: float = 0.5
     """the maximum norm for the gradient clipping"""
+    norm_obs: bool = False
+    """normalise vector observations by their running mean and std, clipped to [-10, 10] (the statistics are saved with the agent; not for Atari frames)"""
     target_kl: float | None = None
     """early-stop the update phase at the first minibatch whose approx_kl exceeds this (None: never)"""
 
@@ -217,6 +220,8 @@ def validate_args(args: Args) -> None:
         )
     if args.checkpoint_every and not args.save_model:
         raise UsageError("--checkpoint-every needs --save-model")
+    if args.norm_obs and atari_game(args.env_id):
+        raise UsageError(f"--norm-obs is for vector observations, not the frames of --env-id {args.env_id}")
 
 
 def wandb_can_log_in() -> bool:
@@ -559,9 +564,11 @@ class Agent(nn.Module):
     a 2x64 tanh MLP (ppo.py's) for flat vectors [D]. LSTM weights orthogonal (gain 1), biases 0.
 
     The recurrent state is a pair (h, c), each [1, N, 128] float for N envs; an env's state is zeroed before the
-    first observation of each episode (`starts`)."""
+    first observation of each episode (`starts`). With `norm_obs` (vector observations) it also owns the observation
+    normalisation statistics (running mean, var and count, float64), which are part of its state_dict: a saved
+    agent acts on observations exactly as it did in training."""
 
-    def __init__(self, obs_shape: tuple[int, ...], num_actions: int):
+    def __init__(self, obs_shape: tuple[int, ...], num_actions: int, norm_obs: bool = False):
         super().__init__()
         self.pixels = len(obs_shape) == 3
         if self.pixels:
@@ -591,8 +598,35 @@ class Agent(nn.Module):
                 nn.init.orthogonal_(param, 1.0)
         self.actor = layer_init(nn.Linear(LSTM_SIZE, num_actions), std=0.01)
         self.critic = layer_init(nn.Linear(LSTM_SIZE, 1), std=1)
+        self.norm_obs = norm_obs
+        # gymnasium's running statistics, as in its NormalizeObservation wrapper (mean 0, var 1, count 1e-4 at first)
+        self.obs_rms = RunningMeanStd(shape=obs_shape if norm_obs else ())
         if self.pixels:
             self.to(memory_format=torch.channels_last)  # ~1.3x faster convolutions on CPU (measured: README)
+
+    def normalize_obs(self, obs: np.ndarray, update: bool) -> np.ndarray:
+        """Observations [N, D] float32 -> float32 [N, D]: (obs - mean) / sqrt(var + 1e-8), clipped to [-10, 10], as
+        gymnasium's NormalizeObservation followed by CleanRL's clip. With `update`, the batch enters the running
+        statistics first (training); without, they stay frozen (evaluation). The identity (Atari frames stay uint8)
+        when the agent was built with norm_obs=False."""
+        if not self.norm_obs:
+            return obs
+        if update:
+            self.obs_rms.update(obs)
+        return np.clip((obs - self.obs_rms.mean) / np.sqrt(self.obs_rms.var + 1e-8), -10.0, 10.0).astype(np.float32)
+
+    def get_extra_state(self) -> dict:
+        """The observation statistics, as tensors, in state_dict() (loadable with torch.load(weights_only=True))."""
+        return {
+            "obs_mean": torch.from_numpy(np.array(self.obs_rms.mean, dtype=np.float64)),
+            "obs_var": torch.from_numpy(np.array(self.obs_rms.var, dtype=np.float64)),
+            "obs_count": torch.tensor(float(self.obs_rms.count), dtype=torch.float64),
+        }
+
+    def set_extra_state(self, state: dict) -> None:
+        self.obs_rms.mean = state["obs_mean"].numpy().copy()
+        self.obs_rms.var = state["obs_var"].numpy().copy()
+        self.obs_rms.count = state["obs_count"].item()
 
     def encode(self, x):
         """Features [B, F] of observations [B, *obs_shape]: frames (uint8) scaled to [0, 1] here (x / 255)."""
@@ -855,9 +889,9 @@ def evaluate(agent: Agent, args: Args, episodes: int, greedy: bool, device: torc
     learning, each env's recurrent state zeroed before each episode's first observation.
 
     Greedy takes argmax pi(a|s); otherwise actions are sampled from a private generator, so evaluation
-    leaves the training RNG untouched. Each of the min(episodes, num_envs) envs runs a fixed share of
-    the episodes, so short episodes are not over-represented. Returns [episodes] float64 returns (Atari: real-game
-    returns, unclipped, all lives).
+    leaves the training RNG untouched. Observations are normalised with the agent's statistics, frozen (with
+    `--norm-obs`). Each of the min(episodes, num_envs) envs runs a fixed share of the episodes, so short episodes
+    are not over-represented. Returns [episodes] float64 returns (Atari: real-game returns, unclipped, all lives).
     """
     num_envs = min(episodes, args.num_envs)
     quota = np.array([episodes // num_envs + (i < episodes % num_envs) for i in range(num_envs)])
@@ -869,7 +903,8 @@ def evaluate(agent: Agent, args: Args, episodes: int, greedy: bool, device: torc
     with torch.inference_mode():
         while any(len(r) < q for r, q in zip(returns, quota)):
             keep_t = torch.as_tensor(keep, dtype=torch.float32, device=device)
-            output, state = agent.step(torch.as_tensor(next_obs, device=device), state, keep_t)
+            obs = torch.as_tensor(agent.normalize_obs(next_obs, update=False), device=device)
+            output, state = agent.step(obs, state, keep_t)
             logits = agent.actor(output)
             if greedy:
                 action = logits.argmax(-1)
@@ -903,7 +938,8 @@ def record_video(agent: Agent, args: Args, video_dir: str, device: torch.device)
             if press_fire:
                 action = fire
             else:
-                output, state = agent.step(torch.as_tensor(np.asarray(obs)[None], device=device), state, keep)
+                x = torch.as_tensor(agent.normalize_obs(np.asarray(obs)[None], update=False), device=device)
+                output, state = agent.step(x, state, keep)
                 logits = agent.actor(output)
                 action = int(torch.multinomial(logits.softmax(-1), 1, generator=generator))
                 keep.fill_(1.0)
@@ -1075,7 +1111,7 @@ def main(args: Args) -> dict:
     if args.capture_video:
         check_video(args)
     if ckpt is not None:
-        check_agent_state(args.resume, ckpt["agent"], Agent(obs_space.shape, act_space.n))
+        check_agent_state(args.resume, ckpt["agent"], Agent(obs_space.shape, act_space.n, args.norm_obs))
     atari = atari_game(args.env_id)
     # A finished run resumed with nothing left to train is only evaluated, and writes nothing (its folder may be
     # read-only); otherwise every path the run writes is checked here, before training.
@@ -1126,7 +1162,7 @@ def main(args: Args) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
     num_actions = act_space.n
-    agent = Agent(obs_space.shape, num_actions).to(device)
+    agent = Agent(obs_space.shape, num_actions, args.norm_obs).to(device)
     optimizer = torch.optim.Adam([flat_parameters(agent)], lr=args.learning_rate, eps=1e-5, fused=True)
 
     # TRY NOT TO MODIFY: start the game
@@ -1179,7 +1215,7 @@ def main(args: Args) -> dict:
             next_done, acted = term | trunc, next_acted
         starts[args.num_steps] = ~acted
         lstm_state = tuple(s.to(device) for s in ckpt["lstm_state"])
-    obs[args.num_steps] = torch.as_tensor(next_obs, device=device)
+    obs[args.num_steps] = torch.as_tensor(agent.normalize_obs(next_obs, update=ckpt is None), device=device)
 
     def checkpoint(iteration):
         save_checkpoint(
@@ -1260,7 +1296,7 @@ def main(args: Args) -> dict:
                     if fire is not None:
                         action = np.where(acted, action, fire)
                     next_obs, reward, terminations[step], truncations[step], infos = envs.step(action)
-                    obs_t[step + 1].copy_(torch.from_numpy(next_obs))
+                    obs_t[step + 1].copy_(torch.from_numpy(agent.normalize_obs(next_obs, update=True)))
                     rewards[step] = np.sign(reward) if atari else reward  # Atari: the learner's reward is its sign
                     starts[step + 1] = ~acted  # after a reset step comes an episode's first observation
                     keep[step + 1] = torch.from_numpy(acted)

@@ -47,13 +47,17 @@ def record_updates(monkeypatch):
 # --- the recurrent state ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("task", ["vector", "pixels"])
+@pytest.mark.parametrize("task", ["vector", "vector-norm-obs", "pixels"])
 def test_the_update_replays_the_rollout_exactly(monkeypatch, task):
     """Before any gradient step, the update's forward pass (whole sequences from the stored initial state, the
     encoder batched, the LSTM in stretches between episode starts) gives the rollout's log-probabilities of every
-    action and values, for every step, for the whole batch and for each minibatch's envs alone."""
+    action and values, for every step, for the whole batch and for each minibatch's envs alone. With --norm-obs
+    the rollout stores the observations as normalised when they were acted on."""
     calls = record_updates(monkeypatch)
-    P.main(tiny() if task == "vector" else atari(num_envs=4, num_minibatches=2, total_timesteps=256))
+    if task == "pixels":
+        P.main(atari(num_envs=4, num_minibatches=2, total_timesteps=256))
+    else:
+        P.main(tiny(norm_obs=task == "vector-norm-obs"))
     assert len(calls) >= 2
     for agent, batch in calls:
         with torch.no_grad():
@@ -212,6 +216,7 @@ def test_task_defaults_follow_cleanrl_per_task():
         (dict(env_backend="ale"), "--env-backend ale runs Atari games"),
         (dict(env_id="Pendulum-v1"), "action space Box.* is not Discrete"),
         (dict(env_id="NoSuchEnv-v0"), "not a registered gymnasium environment"),
+        (dict(env_id="Breakout-v5", norm_obs=True), "^--norm-obs is for vector observations, not the frames of"),
     ],
 )
 def test_bad_env_choices_are_one_line_errors(workdir, kw, message):
@@ -246,15 +251,36 @@ def test_short_run_from_pixels(backend):
     assert set(result["eval"]) == {"sampled", "greedy"}
 
 
+def test_norm_obs_normalises_with_running_statistics_saved_with_the_agent(monkeypatch):
+    """--norm-obs: every observation (the first reset's and each step's, 4 envs x (1 + 128)) enters the running
+    statistics once; the stored observations are normalised (the positions' scale is that of a unit variance, not
+    CartPole's few hundredths of a radian); the statistics are saved in the checkpoint and evaluation leaves them
+    as they were. Without the flag the observations are stored raw."""
+    calls = record_updates(monkeypatch)
+    result = P.main(tiny(norm_obs=True, save_model=True, eval_episodes=2))
+    rms = result["agent"].obs_rms
+    assert rms.count == pytest.approx(4 * 129 + 1e-4) and (rms.var[[1, 3]] < 1e-6).all() and (rms.var[[0, 2]] > 0).all()
+    obs = calls[-1][1]["obs"]
+    assert 0.5 < obs[..., 2].std() < 2 and (obs[..., [1, 3]] == 0).all()
+    saved = torch.load(f"{result['run_dir']}/checkpoint.pt", weights_only=True)["agent"]["_extra_state"]
+    np.testing.assert_array_equal(saved["obs_var"].numpy(), rms.var)
+    assert saved["obs_count"].item() == rms.count
+    calls.clear()
+    P.main(tiny())
+    assert calls[-1][1]["obs"][..., 2].abs().max() < 0.25  # raw angles (radians)
+
+
 def test_same_seed_same_run():
     a, b = P.main(tiny()), P.main(tiny())
     assert learning(a) == learning(b) and a["episodes"] == b["episodes"]
 
 
-def test_resume_from_vectors_is_exact(monkeypatch):
+@pytest.mark.parametrize("norm_obs", [False, True])
+def test_resume_from_vectors_is_exact(monkeypatch, norm_obs):
     """SIGTERM during iteration 2 stops after it with a checkpoint; resuming it (actions replayed, recurrent state
-    restored) ends with what 4 iterations at once compute, bit for bit."""
-    whole = P.main(tiny())
+    restored, and with --norm-obs the observation statistics) ends with what 4 iterations at once compute, bit for
+    bit."""
+    whole = P.main(tiny(norm_obs=norm_obs))
     real_update, calls = P.ppo_update, []
 
     def update(*a, **k):
@@ -264,7 +290,7 @@ def test_resume_from_vectors_is_exact(monkeypatch):
         return real_update(*a, **k)
 
     monkeypatch.setattr(P, "ppo_update", update)
-    stopped = P.main(tiny(save_model=True))
+    stopped = P.main(tiny(save_model=True, norm_obs=norm_obs))
     monkeypatch.setattr(P, "ppo_update", real_update)
     assert len(stopped["history"]) == 2
     ckpt = torch.load(f"{stopped['run_dir']}/checkpoint.pt", weights_only=True)
@@ -282,7 +308,7 @@ def test_resume_from_pixels_restores_the_learner_and_starts_new_games():
     saved = torch.load(path, weights_only=True)["agent"]
     rest = P.main(P.parse_args(["--resume", path, "--total-timesteps", "256"]))
     assert len(rest["history"]) == 2 and rest["run_dir"] == first["run_dir"]
-    changed = [k for k, v in rest["agent"].state_dict().items() if not torch.equal(v, saved[k])]
+    changed = [k for k, v in rest["agent"].named_parameters() if not torch.equal(v, saved[k])]
     assert changed  # it trained on from the saved agent
 
 
