@@ -26,7 +26,7 @@ from gymnasium.wrappers.utils import RunningMeanStd
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-CHECKPOINT_FORMAT = "ppo_lstm.py checkpoint v1"
+CHECKPOINT_FORMAT = "ppo_lstm.py checkpoint v2"  # v2: the agent holds observation statistics (--norm-obs)
 # Flags a resumed run must keep: they make its environments, or change what its saved agent computes.
 RESUME_FIXED = ("env_id", "env_backend", "num_envs", "num_steps", "seed", "repeat_action_probability", "norm_obs")
 # The standard Atari preprocessing (Machado et al. 2018; CleanRL's ppo_atari_envpool.py), the same on both backends,
