@@ -3,6 +3,7 @@ logging, checkpoints, errors)."""
 
 import ast
 import glob
+import importlib
 import os
 import signal
 import subprocess
@@ -11,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, TEST_ENVS, interrupt_update, learning, tiny
+from conftest import ALL_SCRIPTS, ROOT, TEST_ENVS, interrupt_update, learning, tiny
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 
@@ -414,8 +415,9 @@ def test_cli_error_is_one_line_and_nonzero_exit(any_script, workdir):
     assert not os.path.exists(workdir / "runs")
 
 
-def test_help_lists_every_flag_with_its_help(any_script):
-    P = any_script
+@pytest.mark.parametrize("name", ALL_SCRIPTS + ["ppo_atari", "ppo_lstm"])
+def test_help_lists_every_flag_with_its_help(name):
+    P = importlib.import_module(name)
     proc = subprocess.run(
         [sys.executable, str(ROOT / f"{P.__name__}.py"), "--help"],
         capture_output=True,
@@ -439,9 +441,11 @@ def test_help_lists_every_flag_with_its_help(any_script):
             )
 
 
-def test_readme_documents_every_flag(any_script):
+@pytest.mark.parametrize("name", ALL_SCRIPTS + ["ppo_atari", "ppo_lstm"])
+def test_readme_documents_every_flag(name):
+    P = importlib.import_module(name)
     readme = (ROOT / "README.md").read_text()
-    flags = map(any_script.flag, any_script.Args.__dataclass_fields__)
+    flags = map(P.flag, P.Args.__dataclass_fields__)
     missing = [f for f in flags if f"`{f}`" not in readme]
     assert not missing, f"README.md does not document {missing}"
 
