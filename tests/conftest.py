@@ -1,6 +1,7 @@
 """Shared fixtures: the algorithm scripts as modules, a private working directory per test, tiny envs."""
 
 import importlib
+import signal
 import sys
 from pathlib import Path
 
@@ -10,6 +11,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+# A suite started in the background (`python -m pytest &` in a script) inherits SIGINT ignored, and so would every
+# script the tests start, where the Ctrl-C tests need it delivered: restore Python's default handler.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # Scripts whose shared maths and behaviour (GAE, losses, KL, schedules, checkpoints, resume, logging, errors)
 # the parametrised tests check: the PPO scripts, and the baselines (which take either action type).
