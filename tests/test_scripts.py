@@ -15,6 +15,9 @@ import torch
 from conftest import ALL_SCRIPTS, ROOT, TEST_ENVS, interrupt_update, learning, tiny
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+# The generic tests run on ALL_SCRIPTS (CartPole-sized envs); help and README coverage also on the Atari scripts.
+EVERY_SCRIPT = ALL_SCRIPTS + ["ppo_atari", "ppo_lstm"]
+
 
 def constant_env(P):
     return TEST_ENVS[P.__name__]["constant"]
@@ -415,7 +418,7 @@ def test_cli_error_is_one_line_and_nonzero_exit(any_script, workdir):
     assert not os.path.exists(workdir / "runs")
 
 
-@pytest.mark.parametrize("name", ALL_SCRIPTS + ["ppo_atari", "ppo_lstm"])
+@pytest.mark.parametrize("name", EVERY_SCRIPT)
 def test_help_lists_every_flag_with_its_help(name):
     P = importlib.import_module(name)
     proc = subprocess.run(
@@ -441,7 +444,7 @@ def test_help_lists_every_flag_with_its_help(name):
             )
 
 
-@pytest.mark.parametrize("name", ALL_SCRIPTS + ["ppo_atari", "ppo_lstm"])
+@pytest.mark.parametrize("name", EVERY_SCRIPT)
 def test_readme_documents_every_flag(name):
     P = importlib.import_module(name)
     readme = (ROOT / "README.md").read_text()
