@@ -62,7 +62,7 @@ def test_ppo_update_equals_the_hand_computation(script, norm_adv, clip_vloss):
     args = P.Args(num_envs=4, num_steps=64, num_minibatches=2, update_epochs=2, norm_adv=norm_adv)
     args.clip_vloss, args.clip_coef, args.ent_coef, args.vf_coef, args.max_grad_norm = clip_vloss, 0.05, 0.1, 0.7, 0.3
     reference = copy.deepcopy(agent)
-    optimizer = torch.optim.Adam(agent.parameters(), lr=0.01, eps=1e-5)
+    optimizer = P.make_optimizer(agent, 0.01)
     torch.manual_seed(7)
     stats = P.ppo_update(agent, optimizer, batch, args, kl_beta=1.0)
     torch.manual_seed(7)
@@ -147,12 +147,13 @@ def test_the_optimizer_steps_at_the_logged_learning_rate(any_script, monkeypatch
         P,
         name,
         lambda agent, optimizer, *a, **k: (
-            seen.append(optimizer.param_groups[0]["lr"]),
+            seen.append(float(optimizer.param_groups[0]["lr"])),
             real(agent, optimizer, *a, **k),
         )[1],
     )
     result = P.main(tiny(P, learning_rate=1e-3, anneal_lr=True))
-    assert seen == [h["charts/learning_rate"] for h in result["history"]] == pytest.approx([1e-3, 7.5e-4, 5e-4, 2.5e-4])
+    expected = pytest.approx([1e-3, 7.5e-4, 5e-4, 2.5e-4])  # the optimizer holds the rate as a float32 tensor
+    assert [h["charts/learning_rate"] for h in result["history"]] == expected and seen == expected
 
 
 def test_a2c_rmsprop_takes_its_flags(a2c_baseline, monkeypatch):

@@ -70,7 +70,7 @@ def test_kl_early_stop_is_checked_per_minibatch(script):
     torch.manual_seed(0)
     args = P.Args(num_envs=4, num_steps=64, num_minibatches=4, update_epochs=4, target_kl=1e-4)
     agent = P.Agent(4, 2)
-    optimizer = torch.optim.Adam(agent.parameters(), lr=0.05)
+    optimizer = P.make_optimizer(agent, 0.05)
     before = [p.detach().clone() for p in agent.parameters()]
     stats = P.ppo_update(agent, optimizer, rollout_batch(P, agent), args, kl_beta=1.0)
     assert stats["minibatch_updates"] == 1
@@ -90,7 +90,7 @@ def test_update_uses_every_transition_once_per_epoch(script, monkeypatch):
     real = P.logprobs_and_entropy
     monkeypatch.setattr(P, "logprobs_and_entropy", lambda *a: (seen.append(len(a[-1])), real(*a))[1])
     args = P.Args(num_envs=4, num_steps=64, num_minibatches=4, update_epochs=3)
-    P.ppo_update(agent, torch.optim.Adam(agent.parameters()), batch, args, 1.0)
+    P.ppo_update(agent, P.make_optimizer(agent, 1e-3), batch, args, 1.0)
     assert len(seen) == 12 and sum(seen) == 3 * 253 and max(seen) - min(seen) <= 1
 
 
