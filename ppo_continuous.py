@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 import tyro
 from gymnasium.wrappers.utils import RunningMeanStd
+from torch.optim.adam import adam
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
@@ -40,6 +41,8 @@ class Args:
     """if toggled, cuda will be enabled by default"""
     torch_threads: int = 1
     """torch CPU threads (1 is fastest for small networks)"""
+    compile: bool = False
+    """compile the policy step and the minibatch update with torch.compile (README: Speed)"""
     track: bool = False
     """if toggled, this experiment will be tracked with Weights and Biases"""
     wandb_project_name: str = "cleanRL"
@@ -591,16 +594,146 @@ def scale_rewards(rewards, is_reset, terminations, return_rms, discounted_return
     return np.clip(rewards / np.sqrt(var + 1e-8)[:, None], -10.0, 10.0).astype(np.float32)
 
 
-def ppo_update(agent: Agent, optimizer: torch.optim.Optimizer, batch: dict, args: Args, kl_beta: float) -> dict:
+def make_optimizer(agent: nn.Module, learning_rate: float) -> torch.optim.Adam:
+    """Adam (eps 1e-5, as CleanRL) over the agent's parameters gathered into one flat Parameter (flat_parameters),
+    with its learning rate a 0-d tensor, which annealing sets in place (a compiled update never recompiles for it),
+    and its state made now rather than at the first step, so that adam_step can update it. Call it after moving
+    the agent to its device."""
+    param = flat_parameters(agent)
+    optimizer = torch.optim.Adam(
+        [param], lr=torch.tensor(learning_rate, dtype=torch.float64, device=param.device), eps=1e-5, fused=True
+    )
+    optimizer.state[param] = {
+        "step": torch.zeros((), device=param.device),
+        "exp_avg": torch.zeros_like(param),
+        "exp_avg_sq": torch.zeros_like(param),
+    }
+    return optimizer
+
+
+def adam_step(optimizer: torch.optim.Adam) -> None:
+    """One step of `optimizer` (torch.optim.Adam; Kingma & Ba 2015, Algorithm 1) on its one flat parameter from its
+    `.grad`, with the state and settings of its only group, through torch's functional Adam: one fused kernel in
+    eager mode; under torch.compile traced into the compiled update (Optimizer.step breaks the graph on purpose).
+
+    Raises:
+        KeyError: the optimizer's state was not made first (make_optimizer makes it).
+    """
+    group = optimizer.param_groups[0]
+    (param,) = group["params"]
+    state = optimizer.state[param]
+    compiling = torch.compiler.is_compiling()
+    adam(
+        [param],
+        [param.grad],
+        [state["exp_avg"]],
+        [state["exp_avg_sq"]],
+        [],
+        [state["step"]],
+        foreach=False,
+        fused=not compiling,
+        amsgrad=False,
+        beta1=group["betas"][0],
+        beta2=group["betas"][1],
+        lr=group["lr"],
+        weight_decay=0.0,
+        eps=group["eps"],
+        maximize=False,
+    )
+
+
+def set_learning_rate(optimizer: torch.optim.Adam, lr: float) -> None:
+    """Write `lr` into the optimizer's 0-d learning-rate tensor, in place (one loaded from a checkpoint as a float
+    becomes such a tensor again)."""
+    group = optimizer.param_groups[0]
+    if not isinstance(group["lr"], torch.Tensor):
+        group["lr"] = torch.tensor(0.0, dtype=torch.float64, device=group["params"][0].device)
+    group["lr"].fill_(lr)
+
+
+def compile_functions(args: Args, device: torch.device) -> tuple:
+    """The policy step and the minibatch update that the rollout and ppo_update call: the plain functions, or with
+    `--compile` the same functions compiled by torch.compile, each as one graph (the update with dynamic shapes:
+    its minibatch size changes with the number of reset steps left out of each batch). On the CPU the policy step
+    stays eager: for this small network a compiled call costs more than the eager forward (README: Speed)."""
+    if not args.compile:
+        return act, minibatch_step
+    torch._dynamo.config.trace_autograd_ops = True  # torch.autograd.grad inside the compiled update: no graph break
+    policy = torch.compile(act) if device.type == "cuda" else act
+    return policy, torch.compile(minibatch_step, dynamic=True)
+
+
+def act(agent: Agent, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """The policy step: actions [N, A] sampled from Normal(actor_mean(obs), exp(actor_logstd)) for normalised obs
+    [N, D], as mean + std * `noise` [N, A] (standard normal). Unclipped: the env gets them clipped."""
+    return torch.addcmul(agent.actor_mean(obs), agent.actor_logstd.exp(), noise)
+
+
+def minibatch_step(
+    agent: Agent, optimizer: torch.optim.Adam, mb: dict, args: Args, kl_beta: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One gradient step on one minibatch (M transitions of ppo_update's batch): forward, losses, backward,
+    gradient-norm clip and Adam step, one function that `--compile` compiles whole (no graph break: the gradient
+    comes from torch.autograd.grad, the step from adam_step).
+
+    Returns (losses [3]: policy loss, value loss, entropy; logratio [M]: log pi(a|s) - log pi_old(a|s)), both
+    measured before the step and detached. The loss is L = L_clip (or PPO-Penalty's) - ent_coef * H + vf_coef * L_V
+    (arXiv 1707.06347, eq. 9).
+    """
+    newmean = agent.actor_mean(mb["obs"])
+    newlogprob, entropy = logprobs_and_entropy(newmean, agent.actor_logstd, mb["actions"])
+    newvalue = agent.get_value(mb["obs"])
+    logratio = newlogprob - mb["logprobs"]
+    mb_advantages = mb["advantages"]
+    if args.norm_adv:
+        mb_advantages = normalize_advantages(mb_advantages)
+    if args.loss_type == "clip":
+        pg_loss = clipped_policy_loss(logratio, mb_advantages, args.clip_coef)
+    else:
+        kl = gaussian_kl(mb["means"], mb["logstds"], newmean, agent.actor_logstd)
+        pg_loss = kl_penalty_policy_loss(logratio, mb_advantages, kl, kl_beta)
+    v_loss = value_loss(newvalue, mb["values"], mb["returns"], args.clip_coef, args.clip_vloss)
+    entropy_loss = entropy.mean()
+    loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
+    measured = torch.stack([pg_loss, v_loss, entropy_loss]).detach(), logratio.detach()
+
+    (param,) = optimizer.param_groups[0]["params"]
+    grads = torch.autograd.grad(loss, list(agent.parameters()))
+    with torch.no_grad():
+        param.grad.copy_(torch.cat([g.reshape(-1) for g in grads]))  # the flat gradient (see flat_parameters)
+        nn.utils.clip_grad_norm_(param, args.max_grad_norm)
+        adam_step(optimizer)
+    return measured
+
+
+def minibatch_approx_kl(agent: Agent, mb: dict) -> torch.Tensor:
+    """approx_kl (0-d) of the current policy against the rollout's on minibatch `mb`, for the KL early stop."""
+    with torch.no_grad():
+        newlogprob, _ = logprobs_and_entropy(agent.actor_mean(mb["obs"]), agent.actor_logstd, mb["actions"])
+        return approx_kl(newlogprob - mb["logprobs"])
+
+
+def explained_variance(y_pred: torch.Tensor, y_true: torch.Tensor) -> float:
+    """1 - Var[y_true - y_pred] / Var[y_true] for [B] tensors (NaN when y_true is constant): how much of the returns'
+    variance the value function explains (1: all, 0: no better than a constant)."""
+    var_y = y_true.var()
+    return (1 - (y_true - y_pred).var() / var_y).item() if var_y > 0 else float("nan")
+
+
+def ppo_update(
+    agent: Agent, optimizer: torch.optim.Optimizer, batch: dict, args: Args, kl_beta: float, step=minibatch_step
+) -> dict:
     """The update phase of one iteration: `update_epochs` passes over shuffled minibatches.
 
     batch: flat tensors of the B transitions of the rollout (reset steps left out): obs [B, D] (normalised),
     actions [B, A] float (as sampled, unclipped), logprobs [B], means [B, A] and logstds [B, A] (the old
-    policy's), values [B], advantages [B], returns [B] (in scaled-reward units). Each epoch shuffles them into `num_minibatches` minibatches (sizes differ by at most one).
-    Before each minibatch's step, its approx_kl is compared with `args.target_kl`: above it, the whole
-    update phase ends there (the step is not taken).
+    policy's), values [B], advantages [B], returns [B] (in scaled-reward units). Each epoch shuffles them into `num_minibatches` minibatches (sizes differ by at most one), each
+    one `step` (minibatch_step, or its compiled version). Before each minibatch's step, its approx_kl is compared
+    with `args.target_kl`: above it, the whole update phase ends there (the step is not taken).
     Returns the losses averaged over the minibatches that were run (old_approx_kl, approx_kl and clipfrac
-    over their samples, measured before each step as in CleanRL), and `minibatch_updates`.
+    over their samples, measured before each step as in CleanRL), `minibatch_updates`, `explained_variance` of the
+    batch's returns by its values, and with PPO-Penalty the mean KL to the old policy after the update (`kl`) and
+    the `kl_beta` used.
     """
     losses, logratios = [], []
     stop = False
@@ -610,32 +743,12 @@ def ppo_update(agent: Agent, optimizer: torch.optim.Optimizer, batch: dict, args
         minibatches = zip(*(v[b_inds].tensor_split(args.num_minibatches) for v in batch.values()))
         for mb_values in minibatches:
             mb = dict(zip(batch.keys(), mb_values))
-            newmean = agent.actor_mean(mb["obs"])
-            newlogprob, entropy = logprobs_and_entropy(newmean, agent.actor_logstd, mb["actions"])
-            newvalue = agent.get_value(mb["obs"])
-            logratio = newlogprob - mb["logprobs"]
-            if args.target_kl is not None and approx_kl(logratio.detach()) > args.target_kl:
+            if args.target_kl is not None and minibatch_approx_kl(agent, mb) > args.target_kl:
                 stop = True
                 break
-
-            mb_advantages = mb["advantages"]
-            if args.norm_adv:
-                mb_advantages = normalize_advantages(mb_advantages)
-            if args.loss_type == "clip":
-                pg_loss = clipped_policy_loss(logratio, mb_advantages, args.clip_coef)
-            else:
-                kl = gaussian_kl(mb["means"], mb["logstds"], newmean, agent.actor_logstd)
-                pg_loss = kl_penalty_policy_loss(logratio, mb_advantages, kl, kl_beta)
-            v_loss = value_loss(newvalue, mb["values"], mb["returns"], args.clip_coef, args.clip_vloss)
-            entropy_loss = entropy.mean()
-            loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
-
-            optimizer.zero_grad(set_to_none=False)  # keep the gradients in place (see flat_parameters)
-            loss.backward()
-            nn.utils.clip_grad_norm_(optimizer.param_groups[0]["params"], args.max_grad_norm)
-            optimizer.step()
-            losses.append(torch.stack([pg_loss, v_loss, entropy_loss]).detach())
-            logratios.append(logratio.detach())
+            mb_losses, logratio = step(agent, optimizer, mb, args, kl_beta)
+            losses.append(mb_losses)
+            logratios.append(logratio)
         if stop:
             break
     stats = {"minibatch_updates": len(losses)}
@@ -646,6 +759,12 @@ def ppo_update(agent: Agent, optimizer: torch.optim.Optimizer, batch: dict, args
         stats_t = torch.stack([(-logratio).mean(), approx_kl(logratio), clipfrac]).tolist()
         stats.update(policy_loss=pg_loss, value_loss=v_loss, entropy=entropy_loss)
         stats.update(zip(("old_approx_kl", "approx_kl", "clipfrac"), stats_t))
+    stats["explained_variance"] = explained_variance(batch["values"], batch["returns"])
+    if args.loss_type == "kl-penalty":
+        with torch.no_grad():
+            new_means = agent.actor_mean(batch["obs"])
+            kl = gaussian_kl(batch["means"], batch["logstds"], new_means, agent.actor_logstd).mean().item()
+            stats.update(kl=kl, kl_beta=kl_beta)
     return stats
 
 
@@ -802,6 +921,267 @@ def prepare_run_dir(args: Args, run_name: str, new: bool) -> tuple[str, str]:
     return run_name, run_dir
 
 
+def make_buffers(args: Args, obs_dim: int, action_dim: int, device: torch.device) -> dict:
+    """The rollout's preallocated storage: obs [T + 1, N, D] normalised (obs[t] is the observation acted on at step t,
+    obs[T] the next one, where the next rollout starts) and actions [T, N, A] float (as sampled, unclipped) on the
+    device; rewards, terminations, truncations [T, N] float32 on the host (what the env returns moves to the device
+    once per iteration); next_done [N] bool (whether the last step ended an episode), reset_first [N] bool
+    (next_done when this rollout started), action_log (every action taken, for an exact resume by replay), and
+    reward scaling's state: return_rms (running statistics of the discounted return) and discounted_return [N]."""
+    shape = (args.num_steps, args.num_envs)
+    return {
+        "obs": torch.zeros((args.num_steps + 1, args.num_envs, obs_dim), device=device),
+        "actions": torch.zeros((*shape, action_dim), device=device),
+        "rewards": np.zeros(shape, dtype=np.float32),
+        "terminations": np.zeros(shape, dtype=np.float32),
+        "truncations": np.zeros(shape, dtype=np.float32),
+        "next_done": np.zeros(args.num_envs, dtype=bool),
+        "reset_first": np.zeros(args.num_envs, dtype=bool),
+        "action_log": [],
+        "return_rms": RunningMeanStd(shape=()),
+        "discounted_return": np.zeros(args.num_envs),
+    }
+
+
+def rollout(agent: Agent, envs, policy, buffers: dict, args: Args, global_step: int) -> tuple[int, list]:
+    """Play `num_steps` steps of every env with `policy` (act, or its compiled version), into `buffers`; the
+    observations are normalised (and the statistics updated) as they come, the env gets the actions clipped to its
+    bounds.
+
+    Returns (global_step after the rollout, the episodes that ended: [(global_step, return, length)]).
+    """
+    obs, actions = buffers["obs"], buffers["actions"]
+    obs[0] = obs[args.num_steps]
+    buffers["reset_first"] = buffers["next_done"]
+    obs_t, actions_t = obs.unbind(0), actions.unbind(0)  # per-step views: cheaper to write than obs[step]
+    rewards, terminations, truncations = buffers["rewards"], buffers["terminations"], buffers["truncations"]
+    episodes = []
+    low, high = (
+        torch.as_tensor(b, dtype=torch.float32, device=obs.device)
+        for b in (envs.single_action_space.low, envs.single_action_space.high)
+    )
+    with torch.inference_mode():
+        # Gaussian sampling: mean + std * noise, the noise drawn for the whole rollout at once.
+        noise = torch.randn(actions.shape, device=obs.device)
+        for step in range(0, args.num_steps):
+            global_step += args.num_envs
+            action = policy(agent, obs_t[step], noise[step])
+            actions_t[step].copy_(action)
+
+            # TRY NOT TO MODIFY: execute the game and log data.
+            next_obs, rewards[step], terminations[step], truncations[step], infos = envs.step(
+                torch.clamp(action, low, high).cpu().numpy()
+            )
+            obs_t[step + 1].copy_(torch.from_numpy(agent.normalize_obs(next_obs, update=True)))
+            if "episode" in infos:
+                for i in np.nonzero(infos["_episode"])[0]:
+                    episodes.append((global_step, float(infos["episode"]["r"][i]), int(infos["episode"]["l"][i])))
+    buffers["next_done"] = (terminations[-1] + truncations[-1]) > 0
+    buffers["action_log"].append(actions.to("cpu", torch.float32, copy=True))
+    return global_step, episodes
+
+
+def make_batch(agent: Agent, buffers: dict, args: Args) -> dict:
+    """The update's batch from the rollout in `buffers`: rewards scaled (with `--norm-reward`), old log-probabilities
+    and values in one batched pass (the parameters did not change during the rollout), GAE advantages and returns
+    (compute_gae), flattened to the B transitions that are no reset steps (the step after an episode ended, its
+    action ignored, is no transition). Keys and shapes: ppo_update's `batch`."""
+    obs, actions, device = buffers["obs"], buffers["actions"], buffers["obs"].device
+    terminations, truncations = buffers["terminations"], buffers["truncations"]
+    is_reset = np.concatenate([buffers["reset_first"][None], (terminations[:-1] + truncations[:-1]) > 0])
+    b_inds = torch.from_numpy(np.flatnonzero(~is_reset)).to(device)
+    if args.norm_reward:
+        buffers["rewards"][:] = scale_rewards(
+            buffers["rewards"],
+            is_reset,
+            terminations,
+            buffers["return_rms"],
+            buffers["discounted_return"],
+            args.gamma,
+            reset_at_episode_end=args.norm_reward_reset == "episode-end",
+        )
+    with torch.inference_mode():
+        means = agent.actor_mean(obs[:-1])
+        logprobs, _ = logprobs_and_entropy(means, agent.actor_logstd, actions)
+        values = agent.get_value(obs)
+        t_rewards, t_terms, t_truncs = (
+            torch.from_numpy(x).to(device) for x in (buffers["rewards"], terminations, truncations)
+        )
+        advantages = compute_gae(t_rewards, values, t_terms, t_truncs, args.gamma, args.gae_lambda)
+        returns = advantages + values[:-1]
+    # flatten the batch (indexing outside inference mode gives normal tensors that autograd accepts)
+    return {
+        "obs": obs[:-1].reshape(-1, obs.shape[-1])[b_inds],
+        "actions": actions.reshape(-1, actions.shape[-1])[b_inds],
+        "logprobs": logprobs.reshape(-1)[b_inds],
+        "means": means.reshape(-1, means.shape[-1])[b_inds],
+        "logstds": agent.actor_logstd.detach().expand(len(b_inds), means.shape[-1]).clone(),
+        "values": values[:-1].reshape(-1)[b_inds],
+        "advantages": advantages.reshape(-1)[b_inds],
+        "returns": returns.reshape(-1)[b_inds],
+    }
+
+
+class RunLog:
+    """What a run reports as it trains: TensorBoard scalars under CleanRL's tags (W&B syncs them with `--track`,
+    and gets the videos), a progress bar on a terminal or a line every 10 s otherwise, and the run's record
+    (`history`: one dict of scalars per iteration; `episodes`: (global_step, return, length) of each one that
+    ended). A finished run that is only evaluated writes nothing."""
+
+    def __init__(self, args: Args, run_name: str, run_dir: str, ckpt: dict | None, evaluate_only: bool):
+        self.args, self.run_name, self.history, self.uploaded_videos = args, run_name, [], set()
+        self.episodes = [tuple(e) for e in ckpt["episodes"]] if ckpt else []
+        self.wandb_run, self.writer, self.bar, self.last_print = None, None, None, 0.0
+        self.start_step = ckpt["global_step"] if ckpt else 0
+        if evaluate_only:
+            return
+        config = {
+            **asdict(args),
+            "batch_size": args.batch_size,
+            "minibatch_size": args.minibatch_size,
+            "num_iterations": args.num_iterations,
+        }
+        if args.track:
+            import wandb
+
+            self.wandb_run = wandb.init(
+                project=args.wandb_project_name,
+                entity=args.wandb_entity,
+                sync_tensorboard=True,
+                config=config,
+                name=run_name,
+                id=ckpt.get("wandb_id") if ckpt else None,
+                resume="allow",
+                save_code=True,
+            )
+        self.writer = SummaryWriter(run_dir, purge_step=ckpt["global_step"] + 1 if ckpt else None)
+        self.writer.add_text(
+            "hyperparameters",
+            "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in config.items()])),
+        )
+        if sys.stderr.isatty():
+            total = args.num_iterations * args.batch_size
+            self.bar = tqdm(total=total, initial=self.start_step, unit="step", dynamic_ncols=True)
+        self.start_time = time.time()
+
+    def iteration(self, global_step: int, lr: float, stats: dict, episodes: list, last: bool) -> None:
+        """Record one iteration: the episodes that ended in it, the learning rate, SPS and ppo_update's `stats`."""
+        # TRY NOT TO MODIFY: record rewards for plotting purposes
+        self.episodes.extend(episodes)
+        for step_, episodic_return, episodic_length in episodes:
+            self.writer.add_scalar("charts/episodic_return", episodic_return, step_)
+            self.writer.add_scalar("charts/episodic_length", episodic_length, step_)
+        sps = int((global_step - self.start_step) / (time.time() - self.start_time))
+        scalars = {
+            "charts/learning_rate": lr,
+            "charts/SPS": sps,
+            "charts/minibatch_updates": stats["minibatch_updates"],
+        }
+        scalars.update({f"losses/{k}": v for k, v in stats.items() if k != "minibatch_updates"})
+        for tag, value in scalars.items():
+            self.writer.add_scalar(tag, value, global_step)
+        self.history.append(scalars)
+        if self.wandb_run is not None and self.args.capture_video:  # wandb's monitor_gym fails on gymnasium 1.x
+            upload_new_videos(self.wandb_run, f"videos/{self.run_name}", self.uploaded_videos)
+
+        recent = [e[1] for e in self.episodes[-20:]]
+        if self.bar is not None:
+            self.bar.update(global_step - self.bar.n)
+            self.bar.set_postfix(SPS=sps, ret=f"{np.mean(recent):.1f}" if recent else "-", refresh=False)
+        elif time.time() - self.last_print > 10 or last:
+            self.last_print = time.time()
+            mean_return = f"{np.mean(recent):.1f}" if recent else "-"
+            print(f"global_step={global_step} SPS={sps} return(last {len(recent)} episodes)={mean_return}", flush=True)
+
+    def summary(self, global_step: int) -> None:
+        """Close the progress bar (the lines below start on a line of their own) and print the last 100 returns."""
+        if self.bar is not None:
+            self.bar.close()
+        recent = [e[1] for e in self.episodes[-100:]]
+        summary = f"{np.mean(recent):.2f} (last {len(recent)} episodes)" if recent else "- (no episode finished)"
+        print(f"finished at global_step={global_step}: mean return {summary}", flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+        if self.wandb_run is not None:
+            self.wandb_run.finish()
+
+
+class StopSignals:
+    """Ctrl-C (SIGINT) and SIGTERM (a cluster's preemption notice) during training, with `--save-model`: the first
+    one is noted in `received` (the loop finishes the iteration, checkpoints and stops; --resume continues exactly),
+    a second one stops at once (KeyboardInterrupt). Without --save-model, or outside the main thread, Python's
+    handlers stay: Ctrl-C stops at once."""
+
+    def __init__(self, enabled: bool):
+        self.received, self.previous = None, {}
+        if enabled and threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self.previous[signum] = signal.signal(signum, self.request_stop)
+
+    def request_stop(self, signum, frame):
+        if self.received:
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+        tqdm.write(f"{self.received}: stopping after this iteration to save a checkpoint (again: stop at once)")
+
+    def restore(self) -> None:
+        """Put the previous handlers back: after training a signal stops at once."""
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+
+def checkpoint_state(args: Args, run_name: str, iteration: int, global_step: int, train: dict, log: RunLog) -> dict:
+    """What `--save-model` saves after `iteration`: flags, progress, agent (with the observation statistics), reward
+    scaling's state, optimizer, RNG, the actions taken (replayed into freshly seeded envs on resume), episodes and
+    the W&B run id. `train`: main's agent, optimizer, lr_schedule,
+    kl_beta and buffers."""
+    device, return_rms = next(train["agent"].parameters()).device, train["buffers"]["return_rms"]
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "args": asdict(args),
+        "run_name": run_name,
+        "iteration": iteration,
+        "global_step": global_step,
+        "lr_schedule": list(train["lr_schedule"]),
+        "kl_beta": train["kl_beta"],
+        "agent": train["agent"].state_dict(),  # includes the observation statistics
+        "return_rms": torch.tensor(
+            [float(return_rms.mean), float(return_rms.var), float(return_rms.count)], dtype=torch.float64
+        ),
+        "discounted_return": torch.from_numpy(train["buffers"]["discounted_return"].copy()),
+        "optimizer": train["optimizer"].state_dict(),
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None,
+        },
+        "actions": torch.cat(train["buffers"]["action_log"]),
+        "episodes": [list(e) for e in log.episodes],
+        "wandb_id": log.wandb_run.id if log.wandb_run else None,
+    }
+
+
+def final_evaluation(agent: Agent, args: Args, writer, device: torch.device) -> dict:
+    """With `--eval-episodes`, evaluate the trained policy sampled and greedy, print and log (eval/ tags) the
+    returns. Returns {"sampled": mean return, "greedy": mean return}, or {} without evaluation."""
+    eval_result = {}
+    for mode, tag in (("sampled", "eval/episodic_return"), ("greedy", "eval/episodic_return_greedy")):
+        if not args.eval_episodes:
+            break
+        eval_returns = evaluate(agent, args, args.eval_episodes, greedy=mode == "greedy", device=device)
+        if writer is not None:  # a finished run that is only evaluated writes nothing
+            for idx, episodic_return in enumerate(eval_returns):
+                writer.add_scalar(tag, episodic_return, idx)
+        eval_result[mode] = float(eval_returns.mean())
+        print(
+            f"eval ({mode}, {args.eval_episodes} episodes): mean return {eval_returns.mean():.2f} +- {eval_returns.std():.2f}"
+        )
+    return eval_result
+
+
 def parse_args(argv: list[str]) -> Args:
     """tyro CLI; with `--resume PATH`, the checkpoint's flags are the defaults that the command line overrides."""
     resume = None
@@ -853,32 +1233,7 @@ def main(args: Args) -> dict:
             f"training {args.num_iterations * args.batch_size} steps ({args.num_iterations} iterations)",
             flush=True,
         )
-    config = {
-        **asdict(args),
-        "batch_size": args.batch_size,
-        "minibatch_size": args.minibatch_size,
-        "num_iterations": args.num_iterations,
-    }
-    wandb_run, writer = None, None
-    if args.track and not evaluate_only:
-        import wandb
-
-        wandb_run = wandb.init(
-            project=args.wandb_project_name,
-            entity=args.wandb_entity,
-            sync_tensorboard=True,
-            config=config,
-            name=run_name,
-            id=ckpt.get("wandb_id") if ckpt else None,
-            resume="allow",
-            save_code=True,
-        )
-    if not evaluate_only:
-        writer = SummaryWriter(run_dir, purge_step=ckpt["global_step"] + 1 if ckpt else None)
-        writer.add_text(
-            "hyperparameters",
-            "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in config.items()])),
-        )
+    log = RunLog(args, run_name, run_dir, ckpt, evaluate_only)
 
     # TRY NOT TO MODIFY: seeding
     random.seed(args.seed)
@@ -890,246 +1245,72 @@ def main(args: Args) -> dict:
 
     # env setup
     envs = make_envs(args, args.num_envs, args.seed, args.capture_video, run_name)
-    obs_dim = envs.single_observation_space.shape[0]
-    action_dim = envs.single_action_space.shape[0]
-    # The sampled action is stored unclipped (its log-probability is that of the sample); the env gets it clipped.
-    low, high = (
-        torch.as_tensor(b, dtype=torch.float32, device=device)
-        for b in (envs.single_action_space.low, envs.single_action_space.high)
-    )
-
-    agent = Agent(obs_dim, action_dim, args.norm_obs).to(device)
-    optimizer = torch.optim.Adam([flat_parameters(agent)], lr=args.learning_rate, eps=1e-5, fused=True)
-
-    # ALGO Logic: Storage setup. obs[t] is the observation acted on at step t; obs[num_steps] the next one.
-    obs = torch.zeros((args.num_steps + 1, args.num_envs, obs_dim), device=device)
-    actions = torch.zeros((args.num_steps, args.num_envs, action_dim), device=device)
-    # What the env returns stays on the host until the rollout ends: one transfer per iteration.
-    rewards = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
-    terminations = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
-    truncations = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
-    action_dtype = torch.float32
-    # Reward scaling's state: running statistics of the discounted return, and that return per env.
-    return_rms, discounted_return = RunningMeanStd(shape=()), np.zeros(args.num_envs)
-    action_log = []  # every action taken, for an exact resume by replay
-    obs_t, actions_t = obs.unbind(0), actions.unbind(0)  # per-step views: cheaper to write than obs[step]
+    agent = Agent(obs_space.shape[0], act_space.shape[0], args.norm_obs).to(device)
+    optimizer = make_optimizer(agent, args.learning_rate)
+    buffers = make_buffers(args, obs_space.shape[0], act_space.shape[0], device)
+    policy, step = compile_functions(args, device)
+    # train: what a checkpoint saves besides the flags and progress. lr_schedule: where the decay starts (iteration, rate).
+    train = {"agent": agent, "optimizer": optimizer, "buffers": buffers, "kl_beta": args.kl_beta}
+    train["lr_schedule"] = (1, args.learning_rate)
 
     # TRY NOT TO MODIFY: start the game
-    global_step, start_iteration, kl_beta, episodes = 0, 1, args.kl_beta, []
-    lr_schedule = (1, args.learning_rate)  # where the learning-rate decay starts: (iteration, rate)
+    global_step, start_iteration = 0, 1
     next_obs, _ = envs.reset(seed=args.seed if args.env_backend == "gymnasium" else None)  # envpool: seeded at make
-    next_done = np.zeros(args.num_envs, dtype=bool)  # whether the last step ended an episode
     if ckpt is not None:
         agent.load_state_dict(ckpt["agent"])
         optimizer.load_state_dict(ckpt["optimizer"])
         torch.set_rng_state(ckpt["rng"]["torch"])
         if device.type == "cuda" and ckpt["rng"]["cuda"] is not None:
             torch.cuda.set_rng_state(ckpt["rng"]["cuda"])
-        global_step, start_iteration, kl_beta = ckpt["global_step"], ckpt["iteration"] + 1, ckpt["kl_beta"]
-        lr_schedule = resumed_lr_schedule(ckpt, args)
-        episodes = [tuple(e) for e in ckpt["episodes"]]
-        action_log = [ckpt["actions"]]
+        global_step, start_iteration, train["kl_beta"] = ckpt["global_step"], ckpt["iteration"] + 1, ckpt["kl_beta"]
+        train["lr_schedule"] = resumed_lr_schedule(ckpt, args)
+        buffers["action_log"].append(ckpt["actions"])
+        return_rms = buffers["return_rms"]
         return_rms.mean, return_rms.var, return_rms.count = (x.item() for x in ckpt["return_rms"])
-        discounted_return = ckpt["discounted_return"].numpy().copy()
+        buffers["discounted_return"] = ckpt["discounted_return"].numpy().copy()
         # Replaying the actions into the freshly seeded envs restores their exact state.
         for step_actions in ckpt["actions"].numpy() if start_iteration <= args.num_iterations else []:
-            next_obs, _, term, trunc, _ = envs.step(
-                np.clip(step_actions, envs.single_action_space.low, envs.single_action_space.high)
-            )
-            next_done = term | trunc
+            next_obs, _, term, trunc, _ = envs.step(np.clip(step_actions, act_space.low, act_space.high))
+            buffers["next_done"] = term | trunc
     # A resumed run's statistics already include this observation (the agent's state_dict restored them).
-    obs[args.num_steps] = torch.as_tensor(agent.normalize_obs(next_obs, update=ckpt is None), device=device)
+    obs = agent.normalize_obs(next_obs, update=ckpt is None)
+    buffers["obs"][args.num_steps] = torch.as_tensor(obs, device=device)
 
-    def checkpoint(iteration):
-        save_checkpoint(
-            f"{run_dir}/checkpoint.pt",
-            {
-                "format": CHECKPOINT_FORMAT,
-                "args": asdict(args),
-                "run_name": run_name,
-                "iteration": iteration,
-                "global_step": global_step,
-                "lr_schedule": list(lr_schedule),
-                "kl_beta": kl_beta,
-                "agent": agent.state_dict(),  # includes the observation statistics
-                "return_rms": torch.tensor(
-                    [float(return_rms.mean), float(return_rms.var), float(return_rms.count)], dtype=torch.float64
-                ),
-                "discounted_return": torch.from_numpy(discounted_return.copy()),
-                "optimizer": optimizer.state_dict(),
-                "rng": {
-                    "torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None,
-                },
-                "actions": torch.cat(action_log),
-                "episodes": [list(e) for e in episodes],
-                "wandb_id": wandb_run.id if wandb_run else None,
-            },
-        )
-
-    history, uploaded_videos = [], set()
-    start_time, start_step, last_print, saved = time.time(), global_step, 0.0, False
-    # Ctrl-C (SIGINT) and SIGTERM (a cluster's preemption notice): finish the iteration, checkpoint, stop cleanly;
-    # --resume continues exactly. A second signal stops at once. Without --save-model, Ctrl-C stops at once.
-    preempted, previous_handlers = [], {}
-
-    def request_stop(signum, frame):
-        if preempted:
-            raise KeyboardInterrupt
-        preempted.append(signal.Signals(signum).name)
-        tqdm.write(f"{preempted[0]}: stopping after this iteration to save a checkpoint (again: stop at once)")
-
-    if args.save_model and threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            previous_handlers[signum] = signal.signal(signum, request_stop)
-    bar = (
-        tqdm(total=args.num_iterations * args.batch_size, initial=global_step, unit="step", dynamic_ncols=True)
-        if sys.stderr.isatty()
-        else None
-    )
+    saved, stop = False, StopSignals(args.save_model)
+    log.start_time = time.time()  # SPS counts the training loop only, as CleanRL's
     try:
         for iteration in range(start_iteration, args.num_iterations + 1):
-            # Annealing the rate if instructed to do so.
-            lrnow = (
-                annealed_lr(iteration, args.num_iterations, lr_schedule[1], lr_schedule[0])
-                if args.anneal_lr
-                else args.learning_rate
-            )
-            optimizer.param_groups[0]["lr"] = lrnow
+            lrnow = args.learning_rate
+            if args.anneal_lr:  # Annealing the rate if instructed to do so.
+                lrnow = annealed_lr(iteration, args.num_iterations, train["lr_schedule"][1], train["lr_schedule"][0])
+            set_learning_rate(optimizer, lrnow)
 
-            obs[0] = obs[args.num_steps]
-            reset_first = next_done
-            iteration_episodes = []
-            with torch.inference_mode():
-                # Gaussian sampling: mean + std * noise, the noise drawn for the whole rollout at once.
-                noise = torch.randn((args.num_steps, args.num_envs, action_dim), device=device)
-                action_std = agent.actor_logstd.exp()
-                for step in range(0, args.num_steps):
-                    global_step += args.num_envs
-                    action = torch.addcmul(agent.actor_mean(obs_t[step]), action_std, noise[step])
-                    actions_t[step].copy_(action)
-
-                    # TRY NOT TO MODIFY: execute the game and log data.
-                    next_obs, rewards[step], terminations[step], truncations[step], infos = envs.step(
-                        torch.clamp(action, low, high).cpu().numpy()
-                    )
-                    obs_t[step + 1].copy_(torch.from_numpy(agent.normalize_obs(next_obs, update=True)))
-                    if "episode" in infos:
-                        for i in np.nonzero(infos["_episode"])[0]:
-                            iteration_episodes.append(
-                                (global_step, float(infos["episode"]["r"][i]), int(infos["episode"]["l"][i]))
-                            )
-                next_done = (terminations[-1] + truncations[-1]) > 0
-                # A reset step (the step after an episode ended, its action ignored) is no transition: leave it out.
-                is_reset = np.concatenate([reset_first[None], (terminations[:-1] + truncations[:-1]) > 0])
-                b_inds = torch.from_numpy(np.flatnonzero(~is_reset)).to(device)
-                if args.norm_reward:
-                    rewards[:] = scale_rewards(
-                        rewards,
-                        is_reset,
-                        terminations,
-                        return_rms,
-                        discounted_return,
-                        args.gamma,
-                        reset_at_episode_end=args.norm_reward_reset == "episode-end",
-                    )
-
-                # Old log-probabilities and values in one batched pass: the parameters did not change during the rollout.
-                means = agent.actor_mean(obs[:-1])
-                logprobs, _ = logprobs_and_entropy(means, agent.actor_logstd, actions)
-                values = agent.get_value(obs)
-                t_rewards, t_terms, t_truncs = (
-                    torch.from_numpy(x).to(device) for x in (rewards, terminations, truncations)
-                )
-                advantages = compute_gae(t_rewards, values, t_terms, t_truncs, args.gamma, args.gae_lambda)
-                returns = advantages + values[:-1]
-            action_log.append(actions.to("cpu", action_dtype, copy=True))
-
-            # flatten the batch (indexing outside inference mode gives normal tensors that autograd accepts)
-            batch = {
-                "obs": obs[:-1].reshape(-1, obs_dim)[b_inds],
-                "actions": actions.reshape(-1, action_dim)[b_inds],
-                "logprobs": logprobs.reshape(-1)[b_inds],
-                "means": means.reshape(-1, action_dim)[b_inds],
-                "logstds": agent.actor_logstd.detach().expand(len(b_inds), action_dim).clone(),
-                "values": values[:-1].reshape(-1)[b_inds],
-                "advantages": advantages.reshape(-1)[b_inds],
-                "returns": returns.reshape(-1)[b_inds],
-            }
-            stats = ppo_update(agent, optimizer, batch, args, kl_beta)
-
-            y_pred, y_true = batch["values"], batch["returns"]
-            var_y = y_true.var()
-            explained_var = (1 - (y_true - y_pred).var() / var_y).item() if var_y > 0 else float("nan")
+            global_step, episodes = rollout(agent, envs, policy, buffers, args, global_step)
+            batch = make_batch(agent, buffers, args)
+            stats = ppo_update(agent, optimizer, batch, args, train["kl_beta"], step)
             if args.loss_type == "kl-penalty":
-                with torch.no_grad():
-                    new_means = agent.actor_mean(batch["obs"])
-                    kl = gaussian_kl(batch["means"], batch["logstds"], new_means, agent.actor_logstd).mean().item()
-                stats.update(kl=kl, kl_beta=kl_beta)
-                kl_beta = adapt_kl_beta(kl_beta, kl, args.kl_target)
+                train["kl_beta"] = adapt_kl_beta(train["kl_beta"], stats["kl"], args.kl_target)
+            log.iteration(global_step, lrnow, stats, episodes, last=iteration == args.num_iterations)
 
-            # TRY NOT TO MODIFY: record rewards for plotting purposes
-            episodes.extend(iteration_episodes)
-            for step_, episodic_return, episodic_length in iteration_episodes:
-                writer.add_scalar("charts/episodic_return", episodic_return, step_)
-                writer.add_scalar("charts/episodic_length", episodic_length, step_)
-            sps = int((global_step - start_step) / (time.time() - start_time))
-            scalars = {
-                "charts/learning_rate": lrnow,
-                "charts/SPS": sps,
-                "charts/minibatch_updates": stats.pop("minibatch_updates"),
-            }
-            scalars.update({f"losses/{k}": v for k, v in stats.items()})
-            scalars["losses/explained_variance"] = explained_var
-            for tag, value in scalars.items():
-                writer.add_scalar(tag, value, global_step)
-            history.append(scalars)
-            if wandb_run is not None and args.capture_video:  # wandb's monitor_gym fails on gymnasium 1.x
-                upload_new_videos(wandb_run, f"videos/{run_name}", uploaded_videos)
-
-            recent = [e[1] for e in episodes[-20:]]
-            if bar is not None:
-                bar.update(global_step - bar.n)
-                bar.set_postfix(SPS=sps, ret=f"{np.mean(recent):.1f}" if recent else "-", refresh=False)
-            elif time.time() - last_print > 10 or iteration == args.num_iterations:
-                last_print = time.time()
-                mean_return = f"{np.mean(recent):.1f}" if recent else "-"
-                print(
-                    f"global_step={global_step} SPS={sps} return(last {len(recent)} episodes)={mean_return}", flush=True
-                )
             if args.save_model and (
                 iteration == args.num_iterations
                 or (args.checkpoint_every and iteration % args.checkpoint_every == 0)
-                or preempted
+                or stop.received
             ):
-                checkpoint(iteration)
+                save_checkpoint(
+                    f"{run_dir}/checkpoint.pt", checkpoint_state(args, run_name, iteration, global_step, train, log)
+                )
                 saved = True
-            if preempted:
+            if stop.received:
                 print(
-                    f"{preempted[0]}: stopped after iteration {iteration}; resume with --resume {run_dir}/checkpoint.pt"
+                    f"{stop.received}: stopped after iteration {iteration}; resume with --resume {run_dir}/checkpoint.pt"
                 )
                 break
-        if bar is not None:
-            bar.close()  # the lines below start on a line of their own
-        for signum, handler in previous_handlers.items():  # training is over: a signal now stops at once
-            signal.signal(signum, handler)
-        recent = [e[1] for e in episodes[-100:]]
-        summary = f"{np.mean(recent):.2f} (last {len(recent)} episodes)" if recent else "- (no episode finished)"
-        print(f"finished at global_step={global_step}: mean return {summary}", flush=True)
+        stop.restore()  # training is over: a signal now stops at once
+        log.summary(global_step)
         if saved:
             print(f"checkpoint saved to {run_dir}/checkpoint.pt", flush=True)
-
-        eval_result = {}
-        if args.eval_episodes and not preempted:
-            for mode, tag in (("sampled", "eval/episodic_return"), ("greedy", "eval/episodic_return_greedy")):
-                eval_returns = evaluate(agent, args, args.eval_episodes, greedy=mode == "greedy", device=device)
-                if writer is not None:  # a finished run that is only evaluated writes nothing
-                    for idx, episodic_return in enumerate(eval_returns):
-                        writer.add_scalar(tag, episodic_return, idx)
-                eval_result[mode] = float(eval_returns.mean())
-                print(
-                    f"eval ({mode}, {args.eval_episodes} episodes): mean return {eval_returns.mean():.2f} +- {eval_returns.std():.2f}"
-                )
+        eval_result = final_evaluation(agent, args, log.writer, device) if not stop.received else {}
     except KeyboardInterrupt:
         if not args.save_model:
             raise KeyboardInterrupt(
@@ -1143,20 +1324,14 @@ def main(args: Args) -> dict:
             + (f"; {run_dir}/checkpoint.pt resumes from the last one saved" if earlier else "")
         ) from None
     finally:
-        for signum, handler in previous_handlers.items():
-            signal.signal(signum, handler)
-        if bar is not None:
-            bar.close()
+        stop.restore()
         envs.close()
-        if writer is not None:
-            writer.close()
-        if wandb_run is not None:
-            wandb_run.finish()
+        log.close()
     return {
         "run_name": run_name,
         "run_dir": run_dir,
-        "history": history,
-        "episodes": episodes,
+        "history": log.history,
+        "episodes": log.episodes,
         "eval": eval_result,
         "agent": agent,
     }

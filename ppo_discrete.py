@@ -540,14 +540,16 @@ def set_learning_rate(optimizer: torch.optim.Adam, lr: float) -> None:
     group["lr"].fill_(lr)
 
 
-def compile_functions(args: Args) -> tuple:
+def compile_functions(args: Args, device: torch.device) -> tuple:
     """The policy step and the minibatch update that the rollout and ppo_update call: the plain functions, or with
     `--compile` the same functions compiled by torch.compile, each as one graph (the update with dynamic shapes:
-    its minibatch size changes with the number of reset steps left out of each batch)."""
+    its minibatch size changes with the number of reset steps left out of each batch). On the CPU the policy step
+    stays eager: for this small network a compiled call costs more than the eager forward (README: Speed)."""
     if not args.compile:
         return act, minibatch_step
     torch._dynamo.config.trace_autograd_ops = True  # torch.autograd.grad inside the compiled update: no graph break
-    return torch.compile(act), torch.compile(minibatch_step, dynamic=True)
+    policy = torch.compile(act) if device.type == "cuda" else act
+    return policy, torch.compile(minibatch_step, dynamic=True)
 
 
 def act(agent: Agent, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -1101,7 +1103,7 @@ def main(args: Args) -> dict:
     agent = Agent(obs_space.shape[0], act_space.n).to(device)
     optimizer = make_optimizer(agent, args.learning_rate)
     buffers = make_buffers(args, obs_space.shape[0], device)
-    policy, step = compile_functions(args)
+    policy, step = compile_functions(args, device)
     # train: what a checkpoint saves besides the flags and progress. lr_schedule: where the decay starts (iteration, rate).
     train = {"agent": agent, "optimizer": optimizer, "buffers": buffers, "kl_beta": args.kl_beta}
     train["lr_schedule"] = (1, args.learning_rate)
