@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import tyro
+from torch.optim.adam import adam
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
@@ -53,6 +54,8 @@ class Args:
     """if toggled, cuda will be enabled by default"""
     torch_threads: int = 0
     """torch CPU threads (0: the cores this process may use, shared among the processes torchrun starts on a node)"""
+    compile: bool = False
+    """compile the policy step and the minibatch update with torch.compile (README: Speed)"""
     track: bool = False
     """if toggled, this experiment will be tracked with Weights and Biases"""
     wandb_project_name: str = "cleanRL"
@@ -628,19 +631,153 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def ppo_update(agent: Agent, optimizer: torch.optim.Optimizer, batch: dict, args: Args, kl_beta: float) -> dict:
+def make_optimizer(agent: nn.Module, learning_rate: float) -> torch.optim.Adam:
+    """Adam (eps 1e-5, as CleanRL) over the agent's parameters gathered into one flat Parameter (flat_parameters),
+    with its learning rate a 0-d tensor, which annealing sets in place (a compiled update never recompiles for it),
+    and its state made now rather than at the first step, so that adam_step can update it. Call it after moving
+    the agent to its device."""
+    param = flat_parameters(agent)
+    optimizer = torch.optim.Adam(
+        [param], lr=torch.tensor(learning_rate, dtype=torch.float64, device=param.device), eps=1e-5, fused=True
+    )
+    optimizer.state[param] = {
+        "step": torch.zeros((), device=param.device),
+        "exp_avg": torch.zeros_like(param),
+        "exp_avg_sq": torch.zeros_like(param),
+    }
+    return optimizer
+
+
+def adam_step(optimizer: torch.optim.Adam) -> None:
+    """One step of `optimizer` (torch.optim.Adam; Kingma & Ba 2015, Algorithm 1) on its one flat parameter from its
+    `.grad`, with the state and settings of its only group, through torch's functional Adam: one fused kernel in
+    eager mode; under torch.compile traced into the compiled update (Optimizer.step breaks the graph on purpose).
+
+    Raises:
+        KeyError: the optimizer's state was not made first (make_optimizer makes it).
+    """
+    group = optimizer.param_groups[0]
+    (param,) = group["params"]
+    state = optimizer.state[param]
+    compiling = torch.compiler.is_compiling()
+    adam(
+        [param],
+        [param.grad],
+        [state["exp_avg"]],
+        [state["exp_avg_sq"]],
+        [],
+        [state["step"]],
+        foreach=False,
+        fused=not compiling,
+        amsgrad=False,
+        beta1=group["betas"][0],
+        beta2=group["betas"][1],
+        lr=group["lr"],
+        weight_decay=0.0,
+        eps=group["eps"],
+        maximize=False,
+    )
+
+
+def set_learning_rate(optimizer: torch.optim.Adam, lr: float) -> None:
+    """Write `lr` into the optimizer's 0-d learning-rate tensor, in place (one loaded from a checkpoint as a float
+    becomes such a tensor again)."""
+    group = optimizer.param_groups[0]
+    if not isinstance(group["lr"], torch.Tensor):
+        group["lr"] = torch.tensor(0.0, dtype=torch.float64, device=group["params"][0].device)
+    group["lr"].fill_(lr)
+
+
+def compile_functions(args: Args, device: torch.device) -> tuple:
+    """The policy step and the minibatch update that the rollout and ppo_update call: the plain functions, or with
+    `--compile` the same functions compiled by torch.compile, each as one graph (the update with dynamic shapes:
+    its minibatch size changes with the number of reset steps left out of each batch). On the CPU the policy step
+    is compiled too: one CNN pass per step, where fusing its element-wise work pays (README: Speed)."""
+    if not args.compile:
+        return act, minibatch_step
+    torch._dynamo.config.trace_autograd_ops = True  # torch.autograd.grad inside the compiled update: no graph break
+    policy = torch.compile(act)
+    return policy, torch.compile(minibatch_step, dynamic=True)
+
+
+def act(agent: Agent, obs: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The policy step, one pass of the CNN for frames obs [N, 4, 84, 84] uint8: actions [N] int64 sampled from
+    Categorical(logits=actor(hidden)) by the Gumbel-max trick with `noise` [N, A] from gumbel_noise, the
+    log-probabilities of every action [N, A] and the values [N] stored with them."""
+    hidden = agent.hidden(obs)
+    logits = agent.actor(hidden)
+    return (logits + noise).argmax(-1), torch.log_softmax(logits, -1), agent.critic(hidden).squeeze(-1)
+
+
+def minibatch_step(
+    agent: Agent, optimizer: torch.optim.Adam, mb: dict, args: Args, kl_beta: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One gradient step on one minibatch (M transitions of ppo_update's batch): forward, losses, backward,
+    gradient-norm clip and Adam step, one function that `--compile` compiles whole (no graph break: the gradient
+    comes from torch.autograd.grad, the step from adam_step).
+
+    Returns (losses [3]: policy loss, value loss, entropy; logratio [M]: log pi(a|s) - log pi_old(a|s)), both
+    measured before the step and detached. The loss is L = L_clip (or PPO-Penalty's) - ent_coef * H + vf_coef * L_V
+    (arXiv 1707.06347, eq. 9).
+    """
+    hidden = agent.hidden(mb["obs"])
+    newlogprob, entropy, newlogp_all = logprobs_and_entropy(agent.actor(hidden), mb["actions"])
+    newvalue = agent.critic(hidden).squeeze(-1)
+    logratio = newlogprob - mb["logprobs"]
+    mb_advantages = mb["advantages"]
+    if args.norm_adv:
+        mb_advantages = normalize_advantages(mb_advantages)
+    if args.loss_type == "clip":
+        pg_loss = clipped_policy_loss(logratio, mb_advantages, args.clip_coef)
+    else:
+        kl = categorical_kl(mb["logp_all"], newlogp_all)
+        pg_loss = kl_penalty_policy_loss(logratio, mb_advantages, kl, kl_beta)
+    v_loss = value_loss(newvalue, mb["values"], mb["returns"], args.clip_coef, args.clip_vloss)
+    entropy_loss = entropy.mean()
+    loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
+    measured = torch.stack([pg_loss, v_loss, entropy_loss]).detach(), logratio.detach()
+
+    (param,) = optimizer.param_groups[0]["params"]
+    grads = torch.autograd.grad(loss, list(agent.parameters()))
+    with torch.no_grad():
+        param.grad.copy_(torch.cat([g.reshape(-1) for g in grads]))  # the flat gradient (see flat_parameters)
+        all_reduce_mean(param.grad)
+        nn.utils.clip_grad_norm_(param, args.max_grad_norm)
+        adam_step(optimizer)
+    return measured
+
+
+def minibatch_approx_kl(agent: Agent, mb: dict) -> torch.Tensor:
+    """approx_kl (0-d) of the current policy against the rollout's on minibatch `mb`, for the KL early stop."""
+    with torch.no_grad():
+        newlogprob, _, _ = logprobs_and_entropy(agent.actor(agent.hidden(mb["obs"])), mb["actions"])
+        return approx_kl(newlogprob - mb["logprobs"])
+
+
+def explained_variance(y_pred: torch.Tensor, y_true: torch.Tensor) -> float:
+    """1 - Var[y_true - y_pred] / Var[y_true] for [B] tensors (NaN when y_true is constant): how much of the returns'
+    variance the value function explains (1: all, 0: no better than a constant)."""
+    var_y = y_true.var()
+    return (1 - (y_true - y_pred).var() / var_y).item() if var_y > 0 else float("nan")
+
+
+def ppo_update(
+    agent: Agent, optimizer: torch.optim.Optimizer, batch: dict, args: Args, kl_beta: float, update_step=minibatch_step
+) -> dict:
     """The update phase of one iteration: `update_epochs` passes over shuffled minibatches.
 
     batch: flat tensors of the B transitions of the rollout (reset steps left out): obs [B, 4, 84, 84] uint8,
     actions [B] int64, logprobs [B], logp_all [B, A] (old log-probabilities of every action), values [B],
     advantages [B], returns [B]. Each epoch shuffles them into `num_minibatches` minibatches (sizes differ by at
-    most one). Before each minibatch's step, its approx_kl is compared with `args.target_kl`: above it, the whole
+    most one), each one `update_step` (minibatch_step, or its compiled version). Before each minibatch's step, its approx_kl is compared with `args.target_kl`: above it, the whole
     update phase ends there (the step is not taken).
     Under torchrun each process holds its own batch; the gradient (one flat buffer) is averaged over the processes
     with one all-reduce per minibatch, and so is approx_kl before the comparison, so all stop together and the
     parameters stay identical.
     Returns the losses averaged over the minibatches that were run (old_approx_kl, approx_kl and clipfrac
-    over their samples, measured before each step as in CleanRL), and `minibatch_updates`.
+    over their samples, measured before each step as in CleanRL), `minibatch_updates`, `explained_variance` of the
+    batch's returns by its values, and with PPO-Penalty the mean KL to the old policy after the update (`kl`) and
+    the `kl_beta` used.
     """
     losses, logratios = [], []
     stop = False
@@ -650,33 +787,12 @@ def ppo_update(agent: Agent, optimizer: torch.optim.Optimizer, batch: dict, args
         minibatches = zip(*(v[b_inds].tensor_split(args.num_minibatches) for v in batch.values()))
         for mb_values in minibatches:
             mb = dict(zip(batch.keys(), mb_values))
-            hidden = agent.hidden(mb["obs"])
-            newlogprob, entropy, newlogp_all = logprobs_and_entropy(agent.actor(hidden), mb["actions"])
-            newvalue = agent.critic(hidden).squeeze(-1)
-            logratio = newlogprob - mb["logprobs"]
-            if args.target_kl is not None and all_reduce_mean(approx_kl(logratio.detach())) > args.target_kl:
+            if args.target_kl is not None and all_reduce_mean(minibatch_approx_kl(agent, mb)) > args.target_kl:
                 stop = True
                 break
-
-            mb_advantages = mb["advantages"]
-            if args.norm_adv:
-                mb_advantages = normalize_advantages(mb_advantages)
-            if args.loss_type == "clip":
-                pg_loss = clipped_policy_loss(logratio, mb_advantages, args.clip_coef)
-            else:
-                kl = categorical_kl(mb["logp_all"], newlogp_all)
-                pg_loss = kl_penalty_policy_loss(logratio, mb_advantages, kl, kl_beta)
-            v_loss = value_loss(newvalue, mb["values"], mb["returns"], args.clip_coef, args.clip_vloss)
-            entropy_loss = entropy.mean()
-            loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
-
-            optimizer.zero_grad(set_to_none=False)  # keep the gradients in place (see flat_parameters)
-            loss.backward()
-            all_reduce_mean(optimizer.param_groups[0]["params"][0].grad)
-            nn.utils.clip_grad_norm_(optimizer.param_groups[0]["params"], args.max_grad_norm)
-            optimizer.step()
-            losses.append(torch.stack([pg_loss, v_loss, entropy_loss]).detach())
-            logratios.append(logratio.detach())
+            mb_losses, logratio = update_step(agent, optimizer, mb, args, kl_beta)
+            losses.append(mb_losses)
+            logratios.append(logratio)
         if stop:
             break
     stats = {"minibatch_updates": len(losses)}
@@ -687,6 +803,12 @@ def ppo_update(agent: Agent, optimizer: torch.optim.Optimizer, batch: dict, args
         stats_t = torch.stack([(-logratio).mean(), approx_kl(logratio), clipfrac]).tolist()
         stats.update(policy_loss=pg_loss, value_loss=v_loss, entropy=entropy_loss)
         stats.update(zip(("old_approx_kl", "approx_kl", "clipfrac"), stats_t))
+    stats["explained_variance"] = explained_variance(batch["values"], batch["returns"])
+    if args.loss_type == "kl-penalty":
+        with torch.no_grad():
+            new_logp_all = torch.log_softmax(agent.actor(agent.hidden(batch["obs"])), -1)
+            kl = all_reduce_mean(categorical_kl(batch["logp_all"], new_logp_all).mean()).item()
+            stats.update(kl=kl, kl_beta=kl_beta)
     return stats
 
 
@@ -987,7 +1109,8 @@ def main(args: Args) -> dict:
 
     num_actions = act_space.n
     agent = Agent(num_actions).to(device)
-    optimizer = torch.optim.Adam([flat_parameters(agent)], lr=args.learning_rate, eps=1e-5, fused=True)
+    optimizer = make_optimizer(agent, args.learning_rate)
+    policy, update_step = compile_functions(args, device)
     torch.manual_seed(args.seed + rank)  # each process samples its own actions and minibatches
 
     # TRY NOT TO MODIFY: start the game
@@ -1080,7 +1203,7 @@ def main(args: Args) -> dict:
                 if args.anneal_lr
                 else args.learning_rate
             )
-            optimizer.param_groups[0]["lr"] = lrnow
+            set_learning_rate(optimizer, lrnow)
 
             obs[0] = obs[args.num_steps]
             reset_first = next_done
@@ -1091,12 +1214,10 @@ def main(args: Args) -> dict:
                 for step in range(0, args.num_steps):
                     global_step += global_batch // args.num_steps
                     # One pass of the CNN gives the action and the old log-probabilities and value stored with it.
-                    hidden = agent.hidden(obs_t[step])
-                    logits = agent.actor(hidden)
-                    action = (logits + gumbel[step]).argmax(-1)
+                    action, step_logp_all, step_values = policy(agent, obs_t[step], gumbel[step])
                     actions_t[step].copy_(action)
-                    logp_all_t[step].copy_(torch.log_softmax(logits, -1))
-                    values_t[step].copy_(agent.critic(hidden).squeeze(-1))
+                    logp_all_t[step].copy_(step_logp_all)
+                    values_t[step].copy_(step_values)
 
                     # TRY NOT TO MODIFY: execute the game and log data.
                     acted = ~(reset_first if step == 0 else (terminations[step - 1] + truncations[step - 1]) > 0)
@@ -1132,17 +1253,9 @@ def main(args: Args) -> dict:
                 "advantages": advantages.reshape(-1)[b_inds],
                 "returns": returns.reshape(-1)[b_inds],
             }
-            stats = ppo_update(agent, optimizer, batch, args, kl_beta)
-
-            y_pred, y_true = batch["values"], batch["returns"]
-            var_y = y_true.var()
-            explained_var = (1 - (y_true - y_pred).var() / var_y).item() if var_y > 0 else float("nan")
+            stats = ppo_update(agent, optimizer, batch, args, kl_beta, update_step)
             if args.loss_type == "kl-penalty":
-                with torch.no_grad():
-                    new_logp_all = torch.log_softmax(agent.actor(agent.hidden(batch["obs"])), -1)
-                    kl = all_reduce_mean(categorical_kl(batch["logp_all"], new_logp_all).mean()).item()
-                stats.update(kl=kl, kl_beta=kl_beta)
-                kl_beta = adapt_kl_beta(kl_beta, kl, args.kl_target)
+                kl_beta = adapt_kl_beta(kl_beta, stats["kl"], args.kl_target)
 
             if distributed:  # every process's games to rank 0, and a signal to any process stops them all
                 gathered = [None] * world_size()
@@ -1161,7 +1274,6 @@ def main(args: Args) -> dict:
                 "charts/minibatch_updates": stats.pop("minibatch_updates"),
             }
             scalars.update({f"losses/{k}": v for k, v in stats.items()})
-            scalars["losses/explained_variance"] = explained_var
             for tag, value in scalars.items() if writer is not None else []:
                 writer.add_scalar(tag, value, global_step)
             history.append(scalars)

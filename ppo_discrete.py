@@ -609,7 +609,7 @@ def explained_variance(y_pred: torch.Tensor, y_true: torch.Tensor) -> float:
 
 
 def ppo_update(
-    agent: Agent, optimizer: torch.optim.Optimizer, batch: dict, args: Args, kl_beta: float, step=minibatch_step
+    agent: Agent, optimizer: torch.optim.Optimizer, batch: dict, args: Args, kl_beta: float, update_step=minibatch_step
 ) -> dict:
     """The update phase of one iteration: `update_epochs` passes over shuffled minibatches.
 
@@ -634,7 +634,7 @@ def ppo_update(
             if args.target_kl is not None and minibatch_approx_kl(agent, mb) > args.target_kl:
                 stop = True
                 break
-            mb_losses, logratio = step(agent, optimizer, mb, args, kl_beta)
+            mb_losses, logratio = update_step(agent, optimizer, mb, args, kl_beta)
             losses.append(mb_losses)
             logratios.append(logratio)
         if stop:
@@ -1103,7 +1103,7 @@ def main(args: Args) -> dict:
     agent = Agent(obs_space.shape[0], act_space.n).to(device)
     optimizer = make_optimizer(agent, args.learning_rate)
     buffers = make_buffers(args, obs_space.shape[0], device)
-    policy, step = compile_functions(args, device)
+    policy, update_step = compile_functions(args, device)
     # train: what a checkpoint saves besides the flags and progress. lr_schedule: where the decay starts (iteration, rate).
     train = {"agent": agent, "optimizer": optimizer, "buffers": buffers, "kl_beta": args.kl_beta}
     train["lr_schedule"] = (1, args.learning_rate)
@@ -1137,7 +1137,7 @@ def main(args: Args) -> dict:
 
             global_step, episodes = rollout(agent, envs, policy, buffers, args, global_step)
             batch = make_batch(agent, buffers, args)
-            stats = ppo_update(agent, optimizer, batch, args, train["kl_beta"], step)
+            stats = ppo_update(agent, optimizer, batch, args, train["kl_beta"], update_step)
             if args.loss_type == "kl-penalty":
                 train["kl_beta"] = adapt_kl_beta(train["kl_beta"], stats["kl"], args.kl_target)
             log.iteration(global_step, lrnow, stats, episodes, last=iteration == args.num_iterations)
