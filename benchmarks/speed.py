@@ -6,6 +6,7 @@
     python -m benchmarks.speed --script ppo_continuous.py --runs 3
     python -m benchmarks.speed --script ppo_atari.py --total-timesteps 20480 --reference ~/cleanrl/ppo_atari_envpool.py
     python -m benchmarks.speed --script trpo_baseline.py          # no CleanRL counterpart: SPS only
+    python -m benchmarks.speed --compile --reference ~/cleanrl/ppo.py --reference-python ~/cleanrl-venv/bin/python
 
 Each run is a fresh process; SPS is the script's own last reported figure (steps / seconds since the loop
 started, as CleanRL computes it). Runs alternate between the scripts so that a machine's noisy moments hit
@@ -13,6 +14,11 @@ both alike. Without --reference the comparison is with --reference-sps (the scri
 measured on this project's 2-vCPU machines, benchmarks/reference.py); scripts without a counterpart (the
 baselines) get their SPS alone. The profile runs once in-process and splits wall time
 into env stepping, the update phase and the rest (acting, storage, GAE, logging, setup).
+
+With --compile each run measures the script three ways, eager, `--compile` with a cold compile cache (a new empty
+TORCHINDUCTOR_CACHE_DIR) and `--compile` again with that cache warm, and reports two figures for each: steady-state
+SPS (steps per second after 3 burn-in iterations, from the wall times of the run's TensorBoard `charts/SPS`
+events, as LeanRL measures) and SPS including compile time (the script's own figure: steps over the whole loop).
 """
 
 import os
@@ -27,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import tyro
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from benchmarks.reference import SPS as REFERENCE_SPS
 
@@ -51,22 +58,79 @@ class Args:
     """also split one run's wall time into env, update and the rest"""
     script_args: str = ""
     """extra flags for the measured script, as one string, e.g. --script-args='--env-backend envpool'"""
+    reference_python: str = sys.executable
+    """the Python that runs --reference (CleanRL's scripts need gymnasium 0.29: their own virtual environment)"""
+    compile: bool = False
+    """measure the script eager, with --compile and a cold cache, and with --compile and a warm cache"""
 
 
-def measure_sps(command: list[str]) -> int:
-    """Run `command` in a scratch directory; return the last SPS figure it printed.
+def steady_sps(run_dir: str, burn_in: int = 3) -> float | None:
+    """Steps per second after `burn_in` iterations, from the wall times of the `charts/SPS` events that a script
+    (ours or CleanRL's) writes once per iteration to its TensorBoard folder; None with too few iterations."""
+    acc = EventAccumulator(run_dir, size_guidance={"scalars": 0})
+    acc.Reload()
+    if "charts/SPS" not in acc.Tags()["scalars"]:
+        return None
+    events = acc.Scalars("charts/SPS")
+    if len(events) < burn_in + 2:
+        return None
+    first, last = events[burn_in], events[-1]
+    return (last.step - first.step) / (last.wall_time - first.wall_time)
+
+
+def measure(command: list[str], env: dict | None = None) -> dict:
+    """Run `command` in a scratch directory. Returns its last printed SPS figure (`sps`: steps over the whole
+    training loop, compile time included), `steady` (steady_sps of its TensorBoard folder) and `wall` (seconds
+    the process took, start-up included).
 
     Raises:
         RuntimeError: the command failed or printed no SPS.
     """
     with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
         proc = subprocess.run(
-            command, cwd=tmp, capture_output=True, text=True, env={**os.environ, "WANDB_MODE": "offline"}
+            command, cwd=tmp, capture_output=True, text=True, env={**os.environ, "WANDB_MODE": "offline", **(env or {})}
         )
-    found = re.findall(r"SPS[=:]\s*(\d+)", proc.stdout)
-    if proc.returncode != 0 or not found:
-        raise RuntimeError(f"{' '.join(command)} failed (exit {proc.returncode}): {proc.stderr.strip()[-500:]}")
-    return int(found[-1])
+        wall = time.perf_counter() - start
+        found = re.findall(r"SPS[=:]\s*(\d+)", proc.stdout)
+        if proc.returncode != 0 or not found:
+            raise RuntimeError(f"{' '.join(command)} failed (exit {proc.returncode}): {proc.stderr.strip()[-500:]}")
+        runs = [str(p.parent) for p in Path(tmp, "runs").rglob("events.out.tfevents.*")]
+        steady = steady_sps(runs[0]) if runs else None
+    return {"sps": int(found[-1]), "steady": steady, "wall": wall}
+
+
+def measure_sps(command: list[str]) -> int:
+    """Run `command` in a scratch directory; return the last SPS figure it printed (measure's `sps`)."""
+    return measure(command)["sps"]
+
+
+def compare_compile(args: Args, ours_cmd: list[str], ref_cmd: list[str] | None) -> None:
+    """Eager, --compile with a cold cache and --compile with a warm cache (and the reference), `args.runs` rounds
+    interleaved; prints a Markdown table of medians: steady-state SPS, SPS with compile time, process seconds."""
+    rows = {"eager": [], "--compile, cold cache": [], "--compile, warm cache": []}
+    if ref_cmd:
+        rows["reference"] = []
+    for i in range(args.runs):
+        with tempfile.TemporaryDirectory() as cache:  # each round compiles from an empty cache, then reuses it
+            env = {"TORCHINDUCTOR_CACHE_DIR": cache}
+            rows["eager"].append(measure(ours_cmd, env))
+            rows["--compile, cold cache"].append(measure([*ours_cmd, "--compile"], env))
+            rows["--compile, warm cache"].append(measure([*ours_cmd, "--compile"], env))
+        if ref_cmd:
+            rows["reference"].append(measure(ref_cmd))
+        print(f"round {i + 1}/{args.runs}: " + ", ".join(f"{k} {v[-1]['steady'] or 0:.0f}" for k, v in rows.items()))
+    ref = statistics.median(r["steady"] for r in rows["reference"]) if ref_cmd else None
+    print(f"\n{args.script}, {args.total_timesteps} steps, median of {args.runs} round(s)\n")
+    print(
+        "| run | steady-state SPS | SPS incl. compile | seconds (process) |" + (" steady vs reference |" if ref else "")
+    )
+    print("|---|---|---|---|" + ("---|" if ref else ""))
+    for name, results in rows.items():
+        steady = statistics.median(r["steady"] for r in results)
+        sps, wall = statistics.median(r["sps"] for r in results), statistics.median(r["wall"] for r in results)
+        line = f"| {name} | {steady:,.0f} | {sps:,.0f} | {wall:.1f} |"
+        print(line + (f" {steady / ref:.2f}x |" if ref else ""))
 
 
 def profile(script: str, total_timesteps: int, script_args: list[str]) -> dict[str, float]:
@@ -126,10 +190,12 @@ def main(args: Args) -> None:
         *shlex.split(args.script_args),
     ]
     ref_cmd = (
-        [sys.executable, str(Path(args.reference).resolve()), "--total-timesteps", str(args.total_timesteps)]
+        [args.reference_python, str(Path(args.reference).resolve()), "--total-timesteps", str(args.total_timesteps)]
         if args.reference
         else None
     )
+    if args.compile:
+        return compare_compile(args, ours_cmd, ref_cmd)
     ours, ref = [], []
     for i in range(args.runs):
         ours.append(measure_sps(ours_cmd))

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 from torch.utils.tensorboard import SummaryWriter
 
 from benchmarks import report
@@ -132,3 +133,18 @@ def test_a_run_trained_longer_counts_with_its_new_budget(workdir):
     write_logged_run("Hopper-v5__ppo_continuous__1__100", np.full(60, 5.0), np.arange(1, 61) * 100, 6000)
     (run,) = report.load_runs("runs")
     assert run.budget == 6000 and run.complete
+
+
+def test_speed_steady_sps_leaves_out_the_burn_in(tmp_path):
+    """Steady-state SPS counts only the iterations after the burn-in: the slow first ones (compilation) are out."""
+    from benchmarks.speed import steady_sps
+
+    writer = SummaryWriter(str(tmp_path))
+    # 10 iterations of 1000 steps: the first 3 take 30 s each (compiling), the others 0.5 s each
+    wall = 0.0
+    for i in range(1, 11):
+        wall += 30.0 if i <= 3 else 0.5
+        writer.add_scalar("charts/SPS", 0, i * 1000, walltime=wall)
+    writer.close()
+    assert steady_sps(str(tmp_path)) == pytest.approx(2000.0)
+    assert steady_sps(str(tmp_path), burn_in=9) is None
