@@ -123,7 +123,7 @@ def test_minibatches_are_whole_env_sequences_covering_every_env_once_per_epoch(m
     real_unroll = agent.unroll
     agent.unroll = lambda x, state, starts: seen.append(x[:, :, 1]) or real_unroll(x, state, starts)
     args = P.with_task_defaults(tiny(num_envs=4, num_minibatches=2, update_epochs=3))
-    stats = P.ppo_update(agent, P.make_optimizer(agent, 1e-4), batch, args, kl_beta=1.0)
+    stats = P.ppo_update(agent, torch.optim.Adam(agent.parameters(), lr=1e-4), batch, args, kl_beta=1.0)
     assert stats["minibatch_updates"] == 6 and len(seen) == 6
     for epoch in range(3):
         envs = [mb[0].tolist() for mb in seen[2 * epoch : 2 * epoch + 2]]
