@@ -469,8 +469,9 @@ def flat_parameters(module: nn.Module) -> nn.Parameter:
     Returns that buffer as one Parameter whose `.grad` is the flat gradient: Adam, the gradient-norm clip and
     torchrun's gradient all-reduce then work on one tensor instead of one per parameter. Each view keeps its
     parameter's memory layout (channels-last convolution weights stay channels-last). Values, names and state_dict
-    are unchanged; backward accumulates into the views, so the gradients must be zeroed in place
-    (`zero_grad(set_to_none=False)`), never set to None. Call it after moving the module to its device.
+    are unchanged. minibatch_step writes the flat gradient whole; a backward() would accumulate into the views,
+    which must then be zeroed in place (`zero_grad(set_to_none=False)`), never set to None. Call it after moving the
+    module to its device.
     """
     params = list(module.parameters())
     first = params[0]
@@ -680,11 +681,13 @@ def adam_step(optimizer: torch.optim.Adam) -> None:
 
 
 def set_learning_rate(optimizer: torch.optim.Adam, lr: float) -> None:
-    """Write `lr` into the optimizer's 0-d learning-rate tensor, in place (one loaded from a checkpoint as a float
-    becomes such a tensor again)."""
+    """Write `lr` into the optimizer's 0-d float64 learning-rate tensor on the parameter's device, in place. What
+    `load_state_dict` put there (a float from an older checkpoint, or the checkpoint's tensor, loaded to the CPU)
+    becomes such a tensor first."""
     group = optimizer.param_groups[0]
-    if not isinstance(group["lr"], torch.Tensor):
-        group["lr"] = torch.tensor(0.0, dtype=torch.float64, device=group["params"][0].device)
+    device = group["params"][0].device
+    if not isinstance(group["lr"], torch.Tensor) or group["lr"].device != device:
+        group["lr"] = torch.tensor(0.0, dtype=torch.float64, device=device)
     group["lr"].fill_(lr)
 
 
@@ -769,8 +772,8 @@ def ppo_update(
     batch: flat tensors of the B transitions of the rollout (reset steps left out): obs [B, 4, 84, 84] uint8,
     actions [B] int64, logprobs [B], logp_all [B, A] (old log-probabilities of every action), values [B],
     advantages [B], returns [B]. Each epoch shuffles them into `num_minibatches` minibatches (sizes differ by at
-    most one), each one `update_step` (minibatch_step, or its compiled version). Before each minibatch's step, its approx_kl is compared with `args.target_kl`: above it, the whole
-    update phase ends there (the step is not taken).
+    most one), each one `update_step` (minibatch_step, or its compiled version). Before each minibatch's step, its
+    approx_kl is compared with `args.target_kl`: above it, the whole update phase ends there (the step is not taken).
     Under torchrun each process holds its own batch; the gradient (one flat buffer) is averaged over the processes
     with one all-reduce per minibatch, and so is approx_kl before the comparison, so all stop together and the
     parameters stay identical.

@@ -331,9 +331,9 @@ def flat_parameters(module: nn.Module) -> nn.Parameter:
 
     Returns that buffer as one Parameter whose `.grad` is the flat gradient: Adam and the gradient-norm clip
     then work on one tensor instead of one per parameter, which matters when per-op overhead dominates (small
-    MLPs on CPU). Values, names and state_dict are unchanged; backward accumulates into the views, so the
-    gradients must be zeroed in place (`zero_grad(set_to_none=False)`), never set to None. Call it after
-    moving the module to its device.
+    MLPs on CPU). Values, names and state_dict are unchanged. minibatch_step writes the flat gradient whole;
+    a backward() would accumulate into the views, which must then be zeroed in place
+    (`zero_grad(set_to_none=False)`), never set to None. Call it after moving the module to its device.
     """
     params = list(module.parameters())
     flat = nn.Parameter(torch.cat([p.detach().reshape(-1) for p in params]))
@@ -532,11 +532,13 @@ def adam_step(optimizer: torch.optim.Adam) -> None:
 
 
 def set_learning_rate(optimizer: torch.optim.Adam, lr: float) -> None:
-    """Write `lr` into the optimizer's 0-d learning-rate tensor, in place (one loaded from a checkpoint as a float
-    becomes such a tensor again)."""
+    """Write `lr` into the optimizer's 0-d float64 learning-rate tensor on the parameter's device, in place. What
+    `load_state_dict` put there (a float from an older checkpoint, or the checkpoint's tensor, loaded to the CPU)
+    becomes such a tensor first."""
     group = optimizer.param_groups[0]
-    if not isinstance(group["lr"], torch.Tensor):
-        group["lr"] = torch.tensor(0.0, dtype=torch.float64, device=group["params"][0].device)
+    device = group["params"][0].device
+    if not isinstance(group["lr"], torch.Tensor) or group["lr"].device != device:
+        group["lr"] = torch.tensor(0.0, dtype=torch.float64, device=device)
     group["lr"].fill_(lr)
 
 
@@ -922,6 +924,9 @@ class RunLog:
         if sys.stderr.isatty():
             total = args.num_iterations * args.batch_size
             self.bar = tqdm(total=total, initial=self.start_step, unit="step", dynamic_ncols=True)
+
+    def start(self) -> None:
+        """Start the clock of the SPS figure just before the training loop: SPS counts the loop only, as CleanRL's."""
         self.start_time = time.time()
 
     def iteration(self, global_step: int, lr: float, stats: dict, episodes: list, last: bool) -> None:
@@ -1127,7 +1132,7 @@ def main(args: Args) -> dict:
     buffers["obs"][args.num_steps] = torch.as_tensor(next_obs, device=device)
 
     saved, stop = False, StopSignals(args.save_model)
-    log.start_time = time.time()  # SPS counts the training loop only, as CleanRL's
+    log.start()
     try:
         for iteration in range(start_iteration, args.num_iterations + 1):
             lrnow = args.learning_rate

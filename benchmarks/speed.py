@@ -115,6 +115,11 @@ def compare_compile(args: Args, ours_cmd: list[str], ref_cmd: list[str] | None) 
         with tempfile.TemporaryDirectory() as cache:  # each round compiles from an empty cache, then reuses it
             env = {"TORCHINDUCTOR_CACHE_DIR": cache}
             rows["eager"].append(measure(ours_cmd, env))
+            if rows["eager"][-1]["steady"] is None:
+                raise SystemExit(
+                    f"benchmarks.speed: error: --total-timesteps {args.total_timesteps}: fewer than 5 iterations of "
+                    f"{args.script}, too few for a steady-state SPS after 3 burn-in iterations"
+                )
             rows["--compile, cold cache"].append(measure([*ours_cmd, "--compile"], env))
             rows["--compile, warm cache"].append(measure([*ours_cmd, "--compile"], env))
         if ref_cmd:

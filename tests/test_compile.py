@@ -48,7 +48,8 @@ def test_one_compiled_update_equals_the_eager_one(compiled_script, loss_type):
     batch = rollout_batch(P, agent, n=253)
     args = P.Args(num_envs=1, num_steps=253, num_minibatches=4, update_epochs=2, loss_type=loss_type, compile=True)
     results = []
-    for net, (_, update_step) in ((agent, (None, P.minibatch_step)), (twin, P.compile_functions(args, torch.device("cpu")))):
+    _, compiled_step = P.compile_functions(args, torch.device("cpu"))
+    for net, update_step in ((agent, P.minibatch_step), (twin, compiled_step)):
         optimizer = P.make_optimizer(net, 3e-3)
         torch.manual_seed(7)
         stats = P.ppo_update(net, optimizer, batch, args, 0.5, update_step)
