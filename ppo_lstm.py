@@ -23,6 +23,7 @@ import torch.nn as nn
 import tyro
 from gymnasium.envs.classic_control.cartpole import CartPoleEnv
 from gymnasium.wrappers.utils import RunningMeanStd
+from torch.optim.adam import adam
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
@@ -63,6 +64,8 @@ class Args:
     """if toggled, cuda will be enabled by default"""
     torch_threads: int = 0
     """torch CPU threads (0: 1 for vector observations, where one is fastest; the cores this process may use for Atari)"""
+    compile: bool = False
+    """compile the policy step and the minibatch update with torch.compile (README: Speed)"""
     track: bool = False
     """if toggled, this experiment will be tracked with Weights and Biases"""
     wandb_project_name: str = "cleanRL"
@@ -650,11 +653,15 @@ class Agent(nn.Module):
         """T steps of B envs from `state`: observations [T, B, *obs_shape], state (h, c) [1, B, 128], starts [T, B]
         bool (x[t] is an episode's first observation: the state is zeroed before it). Returns (LSTM outputs
         [T, B, 128], the final state). The same as T calls of `step`, up to float rounding: the encoder runs on all
-        T * B observations at once, and the LSTM on each stretch of steps with no episode start in one call."""
+        T * B observations at once, and the LSTM on each stretch of steps with no episode start in one call; under
+        torch.compile on one step at a time (where the stretches end depends on the data: it would break the graph)."""
         T, B = starts.shape
         features = self.encode(x.reshape(T * B, *x.shape[2:])).view(T, B, -1)
         keep = (~starts).to(features.dtype).unsqueeze(-1)
-        cuts = (torch.nonzero(starts[1:].any(1)).flatten() + 1).tolist()
+        if torch.compiler.is_compiling():
+            cuts = list(range(1, T))
+        else:
+            cuts = (torch.nonzero(starts[1:].any(1)).flatten() + 1).tolist()
         outputs, (h, c) = [], state
         for begin, end in zip([0] + cuts, cuts + [T]):
             output, (h, c) = self.lstm(features[begin:end], (h * keep[begin], c * keep[begin]))
@@ -724,41 +731,51 @@ def gumbel_noise(shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
     return -torch.empty(shape, device=device).exponential_().log()
 
 
-def normalize_advantages(advantages: torch.Tensor) -> torch.Tensor:
-    """(A - mean) / (std + 1e-8) with the unbiased std, as CleanRL. Shape [B], B >= 2."""
-    return (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The mean of `x` over the entries where `mask` is 1: sum(x * mask) / sum(mask), a 0-d tensor. x, mask: [T, B]
+    float (mask 0/1, at least one 1; x finite). The losses average over a minibatch's valid steps this way rather
+    than by indexing x[valid], so their shapes do not depend on the data (one compiled graph for every batch)."""
+    return (x * mask).sum() / mask.sum()
 
 
-def clipped_policy_loss(logratio, advantages, clip_coef):
+def normalize_advantages(advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(A - mean) / (std + 1e-8) with the mean and the unbiased std over the entries where `mask` is 1, as CleanRL
+    over its batch. advantages, mask: [T, B] float (at least two 1s); entries outside the mask stay finite."""
+    mean = masked_mean(advantages, mask)
+    var = ((advantages - mean).square() * mask).sum() / (mask.sum() - 1)
+    return (advantages - mean) / (var.sqrt() + 1e-8)
+
+
+def clipped_policy_loss(logratio, advantages, clip_coef, mask):
     """PPO's clipped surrogate, negated for minimisation (arXiv 1707.06347, eq. 7).
 
-    logratio: [B] log pi(a|s) - log pi_old(a|s); advantages: [B]. Returns a 0-d tensor:
-    mean of max(-A * r, -A * clip(r, 1 - eps, 1 + eps)), r = exp(logratio).
+    logratio: [T, B] log pi(a|s) - log pi_old(a|s); advantages: [T, B]; mask: [T, B] float 0/1 (the steps that
+    count). Returns a 0-d tensor: masked mean of max(-A * r, -A * clip(r, 1 - eps, 1 + eps)), r = exp(logratio).
     """
     ratio = logratio.exp()
     pg_loss1 = -advantages * ratio
     pg_loss2 = -advantages * torch.clamp(ratio, 1 - clip_coef, 1 + clip_coef)
-    return torch.max(pg_loss1, pg_loss2).mean()
+    return masked_mean(torch.max(pg_loss1, pg_loss2), mask)
 
 
-def kl_penalty_policy_loss(logratio, advantages, kl, beta):
-    """PPO-Penalty's objective, negated (arXiv 1707.06347, eq. 8): mean of -(A * r - beta * KL[pi_old, pi]).
+def kl_penalty_policy_loss(logratio, advantages, kl, beta, mask):
+    """PPO-Penalty's objective, negated (arXiv 1707.06347, eq. 8): masked mean of -(A * r - beta * KL[pi_old, pi]).
 
-    logratio, advantages: [B]; kl: [B] KL(pi_old(.|s) || pi(.|s)) per state; beta: float.
+    logratio, advantages: [T, B]; kl: [T, B] KL(pi_old(.|s) || pi(.|s)) per state; beta: float; mask: [T, B] 0/1.
     """
-    return (-advantages * logratio.exp() + beta * kl).mean()
+    return masked_mean(-advantages * logratio.exp() + beta * kl, mask)
 
 
-def value_loss(newvalue, oldvalue, returns, clip_coef, clip_vloss):
+def value_loss(newvalue, oldvalue, returns, clip_coef, clip_vloss, mask):
     """0.5 * squared error of V(s) to the returns; with `clip_vloss`, the max of the unclipped and the
     clipped error, the clipped value being oldvalue + clip(newvalue - oldvalue, -eps, eps) (as baselines/CleanRL).
-    All inputs [B]; returns a 0-d tensor."""
+    All inputs [T, B], mask 0/1 (the steps that count); returns a 0-d tensor, the masked mean."""
     v_loss_unclipped = (newvalue - returns) ** 2
     if not clip_vloss:
-        return 0.5 * v_loss_unclipped.mean()
+        return 0.5 * masked_mean(v_loss_unclipped, mask)
     v_clipped = oldvalue + torch.clamp(newvalue - oldvalue, -clip_coef, clip_coef)
     v_loss_clipped = (v_clipped - returns) ** 2
-    return 0.5 * torch.max(v_loss_unclipped, v_loss_clipped).mean()
+    return 0.5 * masked_mean(torch.max(v_loss_unclipped, v_loss_clipped), mask)
 
 
 def approx_kl(logratio):
@@ -822,19 +839,159 @@ def logprobs_and_entropy(logits, actions):
     return logprob, entropy, logp_all
 
 
-def ppo_update(agent: Agent, optimizer: torch.optim.Optimizer, batch: dict, args: Args, kl_beta: float) -> dict:
+def make_optimizer(agent: nn.Module, learning_rate: float) -> torch.optim.Adam:
+    """Adam (eps 1e-5, as CleanRL) over the agent's parameters gathered into one flat Parameter (flat_parameters),
+    with its learning rate a 0-d tensor, which annealing sets in place (a compiled update never recompiles for it),
+    and its state made now rather than at the first step, so that adam_step can update it. Call it after moving
+    the agent to its device."""
+    param = flat_parameters(agent)
+    optimizer = torch.optim.Adam(
+        [param], lr=torch.tensor(learning_rate, dtype=torch.float64, device=param.device), eps=1e-5, fused=True
+    )
+    optimizer.state[param] = {
+        "step": torch.zeros((), device=param.device),
+        "exp_avg": torch.zeros_like(param),
+        "exp_avg_sq": torch.zeros_like(param),
+    }
+    return optimizer
+
+
+def adam_step(optimizer: torch.optim.Adam) -> None:
+    """One step of `optimizer` (torch.optim.Adam; Kingma & Ba 2015, Algorithm 1) on its one flat parameter from its
+    `.grad`, with the state and settings of its only group, through torch's functional Adam: one fused kernel in
+    eager mode; under torch.compile traced into the compiled update (Optimizer.step breaks the graph on purpose).
+
+    Raises:
+        KeyError: the optimizer's state was not made first (make_optimizer makes it).
+    """
+    group = optimizer.param_groups[0]
+    (param,) = group["params"]
+    state = optimizer.state[param]
+    compiling = torch.compiler.is_compiling()
+    adam(
+        [param],
+        [param.grad],
+        [state["exp_avg"]],
+        [state["exp_avg_sq"]],
+        [],
+        [state["step"]],
+        foreach=False,
+        fused=not compiling,
+        amsgrad=False,
+        beta1=group["betas"][0],
+        beta2=group["betas"][1],
+        lr=group["lr"],
+        weight_decay=0.0,
+        eps=group["eps"],
+        maximize=False,
+    )
+
+
+def set_learning_rate(optimizer: torch.optim.Adam, lr: float) -> None:
+    """Write `lr` into the optimizer's 0-d float64 learning-rate tensor on the parameter's device, in place. What
+    `load_state_dict` put there (a float from an older checkpoint, or the checkpoint's tensor, loaded to the CPU)
+    becomes such a tensor first."""
+    group = optimizer.param_groups[0]
+    device = group["params"][0].device
+    if not isinstance(group["lr"], torch.Tensor) or group["lr"].device != device:
+        group["lr"] = torch.tensor(0.0, dtype=torch.float64, device=device)
+    group["lr"].fill_(lr)
+
+
+def compile_functions(args: Args, device: torch.device) -> tuple:
+    """The policy step and the minibatch update that the rollout and ppo_update call: the plain functions, or with
+    `--compile` the same functions compiled by torch.compile, each as one graph (the LSTM unrolled one step at a
+    time inside it). On the CPU the policy step of the vector agent stays eager: for this small network a compiled
+    call costs more than the eager forward (README: Speed); the pixel agent's is compiled everywhere."""
+    if not args.compile:
+        return act, minibatch_step
+    torch._dynamo.config.trace_autograd_ops = True  # torch.autograd.grad inside the compiled update: no graph break
+    torch._dynamo.config.allow_rnn = True  # trace nn.LSTM into the graph instead of breaking it there
+    policy = torch.compile(act) if device.type == "cuda" or atari_game(args.env_id) else act
+    return policy, torch.compile(minibatch_step, dynamic=True)
+
+
+def act(agent: Agent, obs: torch.Tensor, state: tuple, keep: torch.Tensor, noise: torch.Tensor) -> tuple:
+    """The policy step of N envs: observations [N, *obs_shape], state (h, c) [1, N, 128], keep [N] float (see
+    Agent.step), `noise` [N, A] from gumbel_noise. Returns (actions [N] int64 sampled from Categorical(logits) by
+    the Gumbel-max trick, log-probabilities of every action [N, A], values [N], the new state)."""
+    output, state = agent.step(obs, state, keep)
+    logits = agent.actor(output)
+    return (logits + noise).argmax(-1), torch.log_softmax(logits, -1), agent.critic(output).squeeze(-1), state
+
+
+def minibatch_step(
+    agent: Agent, optimizer: torch.optim.Adam, mb: dict, args: Args, kl_beta: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One gradient step on one minibatch (the T steps of M envs, replayed through the LSTM from the rollout's
+    initial state): forward, losses over the valid steps, backward, gradient-norm clip and Adam step, one function
+    that `--compile` compiles whole (no graph break: the gradient comes from torch.autograd.grad, the step from
+    adam_step, the losses are masked means).
+
+    Returns (losses [3]: policy loss, value loss, entropy; logratio [T, M]: log pi(a|s) - log pi_old(a|s), reset
+    steps included), both measured before the step and detached. The loss is L = L_clip (or PPO-Penalty's) -
+    ent_coef * H + vf_coef * L_V (arXiv 1707.06347, eq. 9).
+    """
+    output, _ = agent.unroll(mb["obs"], mb["state"], mb["starts"])
+    newlogprob, entropy, newlogp_all = logprobs_and_entropy(agent.actor(output), mb["actions"])
+    newvalue = agent.critic(output).squeeze(-1)
+    logratio = newlogprob - mb["logprobs"]
+    mask = mb["valid"].to(logratio.dtype)
+    mb_advantages = mb["advantages"]
+    if args.norm_adv:
+        mb_advantages = normalize_advantages(mb_advantages, mask)
+    if args.loss_type == "clip":
+        pg_loss = clipped_policy_loss(logratio, mb_advantages, args.clip_coef, mask)
+    else:
+        kl = categorical_kl(mb["logp_all"], newlogp_all)
+        pg_loss = kl_penalty_policy_loss(logratio, mb_advantages, kl, kl_beta, mask)
+    v_loss = value_loss(newvalue, mb["values"], mb["returns"], args.clip_coef, args.clip_vloss, mask)
+    entropy_loss = masked_mean(entropy, mask)
+    loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
+    measured = torch.stack([pg_loss, v_loss, entropy_loss]).detach(), logratio.detach()
+
+    (param,) = optimizer.param_groups[0]["params"]
+    grads = torch.autograd.grad(loss, list(agent.parameters()))
+    with torch.no_grad():
+        param.grad.copy_(torch.cat([g.reshape(-1) for g in grads]))  # the flat gradient (see flat_parameters)
+        nn.utils.clip_grad_norm_(param, args.max_grad_norm)
+        adam_step(optimizer)
+    return measured
+
+
+def minibatch_approx_kl(agent: Agent, mb: dict) -> torch.Tensor:
+    """approx_kl (0-d) of the current policy against the rollout's on the valid steps of minibatch `mb`, for the
+    KL early stop."""
+    with torch.no_grad():
+        output, _ = agent.unroll(mb["obs"], mb["state"], mb["starts"])
+        newlogprob, _, _ = logprobs_and_entropy(agent.actor(output), mb["actions"])
+        return approx_kl((newlogprob - mb["logprobs"])[mb["valid"]])
+
+
+def explained_variance(y_pred: torch.Tensor, y_true: torch.Tensor) -> float:
+    """1 - Var[y_true - y_pred] / Var[y_true] for [B] tensors (NaN when y_true is constant): how much of the returns'
+    variance the value function explains (1: all, 0: no better than a constant)."""
+    var_y = y_true.var()
+    return (1 - (y_true - y_pred).var() / var_y).item() if var_y > 0 else float("nan")
+
+
+def ppo_update(
+    agent: Agent, optimizer: torch.optim.Optimizer, batch: dict, args: Args, kl_beta: float, update_step=minibatch_step
+) -> dict:
     """The update phase of one iteration: `update_epochs` passes over shuffled minibatches of whole env sequences.
 
     batch: the rollout, time-major, for T steps of N envs: obs [T, N, *obs_shape], starts [T, N] bool (the state was
     zeroed before obs[t]), state (h, c) [1, N, 128] (the state the rollout started from), valid [T, N] bool (False
     for reset steps, whose action the env ignored: they are replayed through the LSTM but left out of the losses),
     actions [T, N] int64, logprobs [T, N], logp_all [T, N, A], values [T, N], advantages [T, N], returns [T, N].
-    Each epoch shuffles the envs into `num_minibatches` minibatches of N / num_minibatches envs, and replays their
-    sequences from the rollout's initial state, so the update sees exactly the states the rollout saw. Before each
-    minibatch's step, its approx_kl is compared with `args.target_kl`: above it, the whole update phase ends there
-    (the step is not taken).
+    Each epoch shuffles the envs into `num_minibatches` minibatches of N / num_minibatches envs, each one
+    `update_step` (minibatch_step, or its compiled version), which replays their sequences from the rollout's
+    initial state, so the update sees exactly the states the rollout saw. Before each minibatch's step, its
+    approx_kl is compared with `args.target_kl`: above it, the whole update phase ends there (the step is not taken).
     Returns the losses averaged over the minibatches that were run (old_approx_kl, approx_kl and clipfrac
-    over their samples, measured before each step as in CleanRL), and `minibatch_updates`.
+    over their valid samples, measured before each step as in CleanRL), `minibatch_updates`, `explained_variance`
+    of the batch's returns by its values, and with PPO-Penalty the mean KL to the old policy after the update
+    (`kl`) and the `kl_beta` used.
     """
     losses, logratios = [], []
     stop = False
@@ -843,34 +1000,13 @@ def ppo_update(agent: Agent, optimizer: torch.optim.Optimizer, batch: dict, args
         env_inds = torch.randperm(num_envs, device=batch["obs"].device)
         for mb_envs in env_inds.tensor_split(args.num_minibatches):
             mb = {k: v[:, mb_envs] for k, v in batch.items() if k != "state"}
-            state = tuple(s[:, mb_envs] for s in batch["state"])
-            output, _ = agent.unroll(mb["obs"], state, mb["starts"])
-            valid = mb["valid"]
-            newlogprob, entropy, newlogp_all = logprobs_and_entropy(agent.actor(output[valid]), mb["actions"][valid])
-            newvalue = agent.critic(output[valid]).squeeze(-1)
-            logratio = newlogprob - mb["logprobs"][valid]
-            if args.target_kl is not None and approx_kl(logratio.detach()) > args.target_kl:
+            mb["state"] = tuple(s[:, mb_envs] for s in batch["state"])
+            if args.target_kl is not None and minibatch_approx_kl(agent, mb) > args.target_kl:
                 stop = True
                 break
-
-            mb_advantages = mb["advantages"][valid]
-            if args.norm_adv:
-                mb_advantages = normalize_advantages(mb_advantages)
-            if args.loss_type == "clip":
-                pg_loss = clipped_policy_loss(logratio, mb_advantages, args.clip_coef)
-            else:
-                kl = categorical_kl(mb["logp_all"][valid], newlogp_all)
-                pg_loss = kl_penalty_policy_loss(logratio, mb_advantages, kl, kl_beta)
-            v_loss = value_loss(newvalue, mb["values"][valid], mb["returns"][valid], args.clip_coef, args.clip_vloss)
-            entropy_loss = entropy.mean()
-            loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
-
-            optimizer.zero_grad(set_to_none=False)  # keep the gradients in place (see flat_parameters)
-            loss.backward()
-            nn.utils.clip_grad_norm_(optimizer.param_groups[0]["params"], args.max_grad_norm)
-            optimizer.step()
-            losses.append(torch.stack([pg_loss, v_loss, entropy_loss]).detach())
-            logratios.append(logratio.detach())
+            mb_losses, logratio = update_step(agent, optimizer, mb, args, kl_beta)
+            losses.append(mb_losses)
+            logratios.append(logratio[mb["valid"]])
         if stop:
             break
     stats = {"minibatch_updates": len(losses)}
@@ -881,6 +1017,13 @@ def ppo_update(agent: Agent, optimizer: torch.optim.Optimizer, batch: dict, args
         stats_t = torch.stack([(-logratio).mean(), approx_kl(logratio), clipfrac]).tolist()
         stats.update(policy_loss=pg_loss, value_loss=v_loss, entropy=entropy_loss)
         stats.update(zip(("old_approx_kl", "approx_kl", "clipfrac"), stats_t))
+    valid = batch["valid"]
+    stats["explained_variance"] = explained_variance(batch["values"][valid], batch["returns"][valid])
+    if args.loss_type == "kl-penalty":
+        with torch.no_grad():
+            output, _ = agent.unroll(batch["obs"], batch["state"], batch["starts"])
+            new_logp_all = torch.log_softmax(agent.actor(output[valid]), -1)
+            stats.update(kl=categorical_kl(batch["logp_all"][valid], new_logp_all).mean().item(), kl_beta=kl_beta)
     return stats
 
 
@@ -1163,7 +1306,8 @@ def main(args: Args) -> dict:
 
     num_actions = act_space.n
     agent = Agent(obs_space.shape, num_actions, args.norm_obs).to(device)
-    optimizer = torch.optim.Adam([flat_parameters(agent)], lr=args.learning_rate, eps=1e-5, fused=True)
+    optimizer = make_optimizer(agent, args.learning_rate)
+    policy, update_step = compile_functions(args, device)
 
     # TRY NOT TO MODIFY: start the game
     global_step, start_iteration, kl_beta, episodes = 0, 1, args.kl_beta, []
@@ -1269,7 +1413,7 @@ def main(args: Args) -> dict:
                 if args.anneal_lr
                 else args.learning_rate
             )
-            optimizer.param_groups[0]["lr"] = lrnow
+            set_learning_rate(optimizer, lrnow)
 
             obs[0] = obs[args.num_steps]
             starts[0] = starts[args.num_steps]
@@ -1283,12 +1427,12 @@ def main(args: Args) -> dict:
                 for step in range(0, args.num_steps):
                     global_step += args.num_envs
                     # One pass of the network gives the action and the old log-probabilities and value stored with it.
-                    output, lstm_state = agent.step(obs_t[step], lstm_state, keep[step])
-                    logits = agent.actor(output)
-                    action = (logits + gumbel[step]).argmax(-1)
+                    action, step_logp_all, value, lstm_state = policy(
+                        agent, obs_t[step], lstm_state, keep[step], gumbel[step]
+                    )
                     actions_t[step].copy_(action)
-                    logp_all_t[step].copy_(torch.log_softmax(logits, -1))
-                    values_t[step].copy_(agent.critic(output).squeeze(-1))
+                    logp_all_t[step].copy_(step_logp_all)
+                    values_t[step].copy_(value)
 
                     # TRY NOT TO MODIFY: execute the game and log data.
                     acted = ~(reset_first if step == 0 else (terminations[step - 1] + truncations[step - 1]) > 0)
@@ -1334,18 +1478,9 @@ def main(args: Args) -> dict:
                 "advantages": advantages.clone(),
                 "returns": returns.clone(),
             }
-            stats = ppo_update(agent, optimizer, batch, args, kl_beta)
-
-            y_pred, y_true = batch["values"][batch["valid"]], batch["returns"][batch["valid"]]
-            var_y = y_true.var()
-            explained_var = (1 - (y_true - y_pred).var() / var_y).item() if var_y > 0 else float("nan")
+            stats = ppo_update(agent, optimizer, batch, args, kl_beta, update_step)
             if args.loss_type == "kl-penalty":
-                with torch.no_grad():
-                    output, _ = agent.unroll(batch["obs"], batch["state"], batch["starts"])
-                    new_logp_all = torch.log_softmax(agent.actor(output[batch["valid"]]), -1)
-                    kl = categorical_kl(batch["logp_all"][batch["valid"]], new_logp_all).mean().item()
-                stats.update(kl=kl, kl_beta=kl_beta)
-                kl_beta = adapt_kl_beta(kl_beta, kl, args.kl_target)
+                kl_beta = adapt_kl_beta(kl_beta, stats["kl"], args.kl_target)
 
             # TRY NOT TO MODIFY: record rewards for plotting purposes
             episodes.extend(iteration_episodes)
@@ -1359,7 +1494,6 @@ def main(args: Args) -> dict:
                 "charts/minibatch_updates": stats.pop("minibatch_updates"),
             }
             scalars.update({f"losses/{k}": v for k, v in stats.items()})
-            scalars["losses/explained_variance"] = explained_var
             for tag, value in scalars.items():
                 writer.add_scalar(tag, value, global_step)
             history.append(scalars)

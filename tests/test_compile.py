@@ -8,12 +8,13 @@ import importlib
 import numpy as np
 import pytest
 import test_atari
+import test_lstm
 import torch
 from conftest import tiny
 from test_scripts import rollout_batch
 from torch._dynamo.utils import counters
 
-COMPILED_SCRIPTS = ["ppo_discrete", "ppo_continuous", "ppo_atari"]
+COMPILED_SCRIPTS = ["ppo_discrete", "ppo_continuous", "ppo_atari", "ppo_lstm"]
 
 
 @pytest.fixture(params=COMPILED_SCRIPTS)
@@ -27,26 +28,44 @@ def compiled_script(request, monkeypatch):
 
 
 def short_run(P, **kw):
-    """4 iterations of 2 envs on the script's test env (Atari: 2 iterations on Breakout)."""
+    """4 iterations of 2 envs on the script's test env (Atari: 2 iterations on Breakout; LSTM: 4 envs x 8 steps on
+    CartPoleNoVel-v1)."""
     if P.__name__ == "ppo_atari":
         return test_atari.tiny(update_epochs=2, **kw)
+    if P.__name__ == "ppo_lstm":  # 8 steps a rollout: the compiled update unrolls the LSTM step by step
+        return test_lstm.tiny(num_steps=8, total_timesteps=128, **kw)
     return tiny(P, **kw)
+
+
+def update_case(P, monkeypatch, loss_type):
+    """(agent, batch, args) for one update phase of 2 epochs x 4 minibatches: MLP scripts, a 253-step batch of
+    CartPole-v1 (minibatches of 63-64 transitions: sizes differ, so the compiled update must take any size without
+    recompiling); ppo_lstm, the first rollout of a run (8 envs x 16 steps of CartPoleNoVel-v1, episode starts in
+    it; few steps, as the compiled update unrolls the LSTM step by step), its agent as the rollout left it (minibatches of 2 whole env sequences)."""
+    kw = dict(num_minibatches=4, update_epochs=2, loss_type=loss_type, compile=True)
+    if P.__name__ == "ppo_lstm":
+        calls = test_lstm.record_updates(monkeypatch)
+        P.main(test_lstm.tiny(num_envs=8, num_steps=16, total_timesteps=128, num_minibatches=4, update_epochs=1))
+        agent, batch = calls[0]
+        assert not batch["valid"].all()  # reset steps, left out of the losses
+        return agent, batch, P.with_task_defaults(P.Args(num_envs=8, num_steps=16, **kw))
+    torch.manual_seed(0)
+    agent = P.Agent(4, 2) if P.__name__ == "ppo_discrete" else P.Agent(4, 2, False)
+    return agent, rollout_batch(P, agent, n=253), P.Args(num_envs=1, num_steps=253, **kw)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("loss_type", ["clip", "kl-penalty"])
-def test_one_compiled_update_equals_the_eager_one(compiled_script, loss_type):
-    """One update phase (2 epochs x 4 minibatches of 63-64 transitions: sizes differ, so the compiled update must
-    take any size without recompiling) from the same parameters, optimizer state and permutations: parameters,
+def test_one_compiled_update_equals_the_eager_one(compiled_script, loss_type, monkeypatch):
+    """One update phase (update_case) from the same parameters, optimizer state and permutations: parameters,
     Adam's moments and the logged losses equal eager's up to float rounding."""
     P = compiled_script
     if P.__name__ == "ppo_atari":
         pytest.skip("the short run below compares the CNN's compiled update")
-    torch.manual_seed(0)
-    agent = P.Agent(4, 2) if P.__name__ == "ppo_discrete" else P.Agent(4, 2, False)
+    if P.__name__ == "ppo_lstm" and loss_type == "clip":
+        pytest.skip("the short run below compares the LSTM's compiled clip update (each compile takes a minute)")
+    agent, batch, args = update_case(P, monkeypatch, loss_type)
     twin = copy.deepcopy(agent)
-    batch = rollout_batch(P, agent, n=253)
-    args = P.Args(num_envs=1, num_steps=253, num_minibatches=4, update_epochs=2, loss_type=loss_type, compile=True)
     results = []
     _, compiled_step = P.compile_functions(args, torch.device("cpu"))
     for net, update_step in ((agent, P.minibatch_step), (twin, compiled_step)):

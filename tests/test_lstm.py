@@ -34,11 +34,11 @@ def record_updates(monkeypatch):
     """Record, at each update phase, the batch and a copy of the agent as the rollout left it (before any step)."""
     real_update, calls = P.ppo_update, []
 
-    def update(agent, optimizer, batch, args, kl_beta):
+    def update(agent, optimizer, batch, args, kl_beta, *update_step):
         snapshot = P.Agent(tuple(batch["obs"].shape[2:]), batch["logp_all"].shape[-1])
         snapshot.load_state_dict(agent.state_dict())
         calls.append((snapshot, {k: v.clone() if torch.is_tensor(v) else v for k, v in batch.items()}))
-        return real_update(agent, optimizer, batch, args, kl_beta)
+        return real_update(agent, optimizer, batch, args, kl_beta, *update_step)
 
     monkeypatch.setattr(P, "ppo_update", update)
     return calls
@@ -123,7 +123,7 @@ def test_minibatches_are_whole_env_sequences_covering_every_env_once_per_epoch(m
     real_unroll = agent.unroll
     agent.unroll = lambda x, state, starts: seen.append(x[:, :, 1]) or real_unroll(x, state, starts)
     args = P.with_task_defaults(tiny(num_envs=4, num_minibatches=2, update_epochs=3))
-    stats = P.ppo_update(agent, torch.optim.Adam(agent.parameters(), lr=1e-4), batch, args, kl_beta=1.0)
+    stats = P.ppo_update(agent, P.make_optimizer(agent, 1e-4), batch, args, kl_beta=1.0)
     assert stats["minibatch_updates"] == 6 and len(seen) == 6
     for epoch in range(3):
         envs = [mb[0].tolist() for mb in seen[2 * epoch : 2 * epoch + 2]]
