@@ -7,6 +7,7 @@
     python -m benchmarks.speed --script ppo_atari.py --total-timesteps 20480 --reference ~/cleanrl/ppo_atari_envpool.py
     python -m benchmarks.speed --script trpo_baseline.py          # no CleanRL counterpart: SPS only
     python -m benchmarks.speed --compile --reference ~/cleanrl/ppo.py --reference-python ~/cleanrl-venv/bin/python
+    python -m benchmarks.speed --compile --total-timesteps 500000 --to-return 475 --no-profile  # seconds to 475
 
 Each run is a fresh process; SPS is the script's own last reported figure (steps / seconds since the loop
 started, as CleanRL computes it). Runs alternate between the scripts so that a machine's noisy moments hit
@@ -19,6 +20,8 @@ With --compile each run measures the script three ways, eager, `--compile` with 
 TORCHINDUCTOR_CACHE_DIR) and `--compile` again with that cache warm, and reports two figures for each: steady-state
 SPS (steps per second after 3 burn-in iterations, from the wall times of the run's TensorBoard `charts/SPS`
 events, as LeanRL measures) and SPS including compile time (the script's own figure: steps over the whole loop).
+--to-return R adds the wall-clock seconds from each process's start until its last --window training episodes
+first average R or more, compile time and start-up included.
 """
 
 import os
@@ -62,6 +65,11 @@ class Args:
     """the Python that runs --reference (CleanRL's scripts need gymnasium 0.29: their own virtual environment)"""
     compile: bool = False
     """measure the script eager, with --compile and a cold cache, and with --compile and a warm cache"""
+    to_return: float | None = None
+    """with --compile: also the seconds from each process's start until the mean of the last --window training
+    episodes first reaches this return (compile time included), e.g. 475 for CartPole-v1"""
+    window: int = 20
+    """episodes averaged for --to-return"""
 
 
 def steady_sps(run_dir: str, burn_in: int = 3) -> float | None:
@@ -78,16 +86,31 @@ def steady_sps(run_dir: str, burn_in: int = 3) -> float | None:
     return (last.step - first.step) / (last.wall_time - first.wall_time)
 
 
-def measure(command: list[str], env: dict | None = None) -> dict:
+def seconds_to_return(run_dir: str, start: float, threshold: float, window: int) -> float | None:
+    """Seconds from `start` (a time.time() stamp) to the first `charts/episodic_return` event of a script's
+    TensorBoard folder at which the mean of the last `window` episodes reached `threshold`; None if it never did."""
+    acc = EventAccumulator(run_dir, size_guidance={"scalars": 0})
+    acc.Reload()
+    if "charts/episodic_return" not in acc.Tags()["scalars"]:
+        return None
+    events = sorted(acc.Scalars("charts/episodic_return"), key=lambda e: e.wall_time)
+    for i in range(window, len(events) + 1):
+        if statistics.fmean(e.value for e in events[i - window : i]) >= threshold:
+            return events[i - 1].wall_time - start
+    return None
+
+
+def measure(command: list[str], env: dict | None = None, to_return: tuple[float, int] | None = None) -> dict:
     """Run `command` in a scratch directory. Returns its last printed SPS figure (`sps`: steps over the whole
-    training loop, compile time included), `steady` (steady_sps of its TensorBoard folder) and `wall` (seconds
-    the process took, start-up included).
+    training loop, compile time included), `steady` (steady_sps of its TensorBoard folder), `wall` (seconds
+    the process took, start-up included) and, given `to_return` (threshold, window), `reached`
+    (seconds_to_return from the process's start).
 
     Raises:
         RuntimeError: the command failed or printed no SPS.
     """
     with tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
+        start, started = time.perf_counter(), time.time()
         proc = subprocess.run(
             command, cwd=tmp, capture_output=True, text=True, env={**os.environ, "WANDB_MODE": "offline", **(env or {})}
         )
@@ -97,7 +120,8 @@ def measure(command: list[str], env: dict | None = None) -> dict:
             raise RuntimeError(f"{' '.join(command)} failed (exit {proc.returncode}): {proc.stderr.strip()[-500:]}")
         runs = [str(p.parent) for p in Path(tmp, "runs").rglob("events.out.tfevents.*")]
         steady = steady_sps(runs[0]) if runs else None
-    return {"sps": int(found[-1]), "steady": steady, "wall": wall}
+        reached = seconds_to_return(runs[0], started, *to_return) if runs and to_return else None
+    return {"sps": int(found[-1]), "steady": steady, "wall": wall, "reached": reached}
 
 
 def measure_sps(command: list[str]) -> int:
@@ -107,35 +131,43 @@ def measure_sps(command: list[str]) -> int:
 
 def compare_compile(args: Args, ours_cmd: list[str], ref_cmd: list[str] | None) -> None:
     """Eager, --compile with a cold cache and --compile with a warm cache (and the reference), `args.runs` rounds
-    interleaved; prints a Markdown table of medians: steady-state SPS, SPS with compile time, process seconds."""
+    interleaved; prints a Markdown table of medians: steady-state SPS, SPS with compile time, process seconds
+    (and with --to-return the seconds to that return, "-" where a run never reached it)."""
+    to_return = (args.to_return, args.window) if args.to_return is not None else None
     rows = {"eager": [], "--compile, cold cache": [], "--compile, warm cache": []}
     if ref_cmd:
         rows["reference"] = []
     for i in range(args.runs):
         with tempfile.TemporaryDirectory() as cache:  # each round compiles from an empty cache, then reuses it
             env = {"TORCHINDUCTOR_CACHE_DIR": cache}
-            rows["eager"].append(measure(ours_cmd, env))
+            rows["eager"].append(measure(ours_cmd, env, to_return))
             if rows["eager"][-1]["steady"] is None:
                 raise SystemExit(
                     f"benchmarks.speed: error: --total-timesteps {args.total_timesteps}: fewer than 5 iterations of "
                     f"{args.script}, too few for a steady-state SPS after 3 burn-in iterations"
                 )
-            rows["--compile, cold cache"].append(measure([*ours_cmd, "--compile"], env))
-            rows["--compile, warm cache"].append(measure([*ours_cmd, "--compile"], env))
+            rows["--compile, cold cache"].append(measure([*ours_cmd, "--compile"], env, to_return))
+            rows["--compile, warm cache"].append(measure([*ours_cmd, "--compile"], env, to_return))
         if ref_cmd:
-            rows["reference"].append(measure(ref_cmd))
+            rows["reference"].append(measure(ref_cmd, None, to_return))
         print(f"round {i + 1}/{args.runs}: " + ", ".join(f"{k} {v[-1]['steady'] or 0:.0f}" for k, v in rows.items()))
     ref = statistics.median(r["steady"] for r in rows["reference"]) if ref_cmd else None
     print(f"\n{args.script}, {args.total_timesteps} steps, median of {args.runs} round(s)\n")
+    reached_head = f" seconds to return {args.to_return:g} (last {args.window} episodes) |" if to_return else ""
     print(
-        "| run | steady-state SPS | SPS incl. compile | seconds (process) |" + (" steady vs reference |" if ref else "")
+        "| run | steady-state SPS | SPS incl. compile | seconds (process) |"
+        + (" steady vs reference |" if ref else "")
+        + reached_head
     )
-    print("|---|---|---|---|" + ("---|" if ref else ""))
+    print("|---|---|---|---|" + ("---|" if ref else "") + ("---|" if to_return else ""))
     for name, results in rows.items():
         steady = statistics.median(r["steady"] for r in results)
         sps, wall = statistics.median(r["sps"] for r in results), statistics.median(r["wall"] for r in results)
-        line = f"| {name} | {steady:,.0f} | {sps:,.0f} | {wall:.1f} |"
-        print(line + (f" {steady / ref:.2f}x |" if ref else ""))
+        line = f"| {name} | {steady:,.0f} | {sps:,.0f} | {wall:.1f} |" + (f" {steady / ref:.2f}x |" if ref else "")
+        if to_return:
+            reached = [r["reached"] for r in results]
+            line += f" {statistics.median(reached):.1f} |" if None not in reached else " - |"
+        print(line)
 
 
 def profile(script: str, total_timesteps: int, script_args: list[str]) -> dict[str, float]:

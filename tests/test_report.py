@@ -148,3 +148,17 @@ def test_speed_steady_sps_leaves_out_the_burn_in(tmp_path):
     writer.close()
     assert steady_sps(str(tmp_path)) == pytest.approx(2000.0)
     assert steady_sps(str(tmp_path), burn_in=9) is None
+
+
+def test_speed_seconds_to_return_is_the_first_time_the_window_mean_reaches_it(tmp_path):
+    """The mean of the last 3 episodes first reaches 10 at the 5th episode (8, 10, 12), logged 105 s after the
+    start; one episode too few, or a higher threshold, never reaches it."""
+    from benchmarks.speed import seconds_to_return
+
+    writer = SummaryWriter(str(tmp_path))
+    for i, ret in enumerate([19, 2, 8, 10, 12, 3]):  # the first 2 average 10.5, but 2 are too few
+        writer.add_scalar("charts/episodic_return", ret, i * 100, walltime=1000.0 + 25 * (i + 1))
+    writer.close()
+    assert seconds_to_return(str(tmp_path), 1020.0, 10.0, 3) == pytest.approx(105.0)
+    assert seconds_to_return(str(tmp_path), 1020.0, 13.0, 3) is None
+    assert seconds_to_return(str(tmp_path), 1020.0, 10.0, 7) is None
