@@ -140,7 +140,7 @@ def compare_compile(args: Args, ours_cmd: list[str], ref_cmd: list[str] | None) 
     for i in range(args.runs):
         with tempfile.TemporaryDirectory() as cache:  # each round compiles from an empty cache, then reuses it
             env = {"TORCHINDUCTOR_CACHE_DIR": cache}
-            rows["eager"].append(measure(ours_cmd, env, to_return))
+            rows["eager"].append(measure([*ours_cmd, "--no-compile"], env, to_return))
             if rows["eager"][-1]["steady"] is None:
                 raise SystemExit(
                     f"benchmarks.speed: error: --total-timesteps {args.total_timesteps}: fewer than 5 iterations of "
