@@ -41,8 +41,9 @@ class Args:
     """if toggled, cuda will be enabled by default"""
     torch_threads: int = 1
     """torch CPU threads (1 is fastest for small networks)"""
-    compile: bool = False
-    """compile the policy step and the minibatch update with torch.compile (README: Speed)"""
+    compile: bool = True
+    """compile the policy step and the minibatch update with torch.compile (on by default here: faster at the default
+    budget, compile time included; --no-compile for the eager path; README: Speed)"""
     track: bool = False
     """if toggled, this experiment will be tracked with Weights and Biases"""
     wandb_project_name: str = "cleanRL"

@@ -1,11 +1,17 @@
 """Shared fixtures: the algorithm scripts as modules, a private working directory per test, tiny envs."""
 
 import importlib
+import os
 import signal
 import sys
 from pathlib import Path
 
-import gymnasium as gym
+# The suite runs torch.compile'd functions eagerly: TORCH_COMPILE_DISABLE is read when torch is first imported, and
+# the scripts the tests start inherit it. ppo_continuous.py compiles by default, and compiling in every test that
+# runs it would take minutes; tests/test_compile.py turns compilation back on for its own tests.
+os.environ.setdefault("TORCH_COMPILE_DISABLE", "1")
+
+import gymnasium as gym  # noqa: E402
 import numpy as np
 import pytest
 
