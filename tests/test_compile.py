@@ -42,7 +42,8 @@ def update_case(P, monkeypatch, loss_type):
     """(agent, batch, args) for one update phase of 2 epochs x 4 minibatches: MLP scripts, a 253-step batch of
     CartPole-v1 (minibatches of 63-64 transitions: sizes differ, so the compiled update must take any size without
     recompiling); ppo_lstm, the first rollout of a run (8 envs x 16 steps of CartPoleNoVel-v1, episode starts in
-    it; few steps, as the compiled update unrolls the LSTM step by step), its agent as the rollout left it (minibatches of 2 whole env sequences)."""
+    it; few steps, as the compiled update unrolls the LSTM step by step), its agent as the rollout left it
+    (minibatches of 2 whole env sequences)."""
     kw = dict(num_minibatches=4, update_epochs=2, loss_type=loss_type, compile=True)
     if P.__name__ == "ppo_lstm":
         calls = test_lstm.record_updates(monkeypatch)
