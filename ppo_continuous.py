@@ -880,6 +880,20 @@ def check_agent_state(path: str, state: dict, agent: nn.Module) -> None:
             )
 
 
+def check_resume(args: Args, ckpt: dict) -> None:
+    """A resumed run keeps the flags in RESUME_FIXED (they make its environment and agent) as the checkpoint has them.
+
+    Raises:
+        UsageError: naming the first flag that differs.
+    """
+    for name in RESUME_FIXED:
+        if getattr(args, name) != ckpt["args"][name]:
+            raise UsageError(
+                f"{flag(name)} {getattr(args, name)} differs from the checkpoint's {ckpt['args'][name]}: "
+                "a resumed run keeps the environment and agent it was built with"
+            )
+
+
 def prepare_run_dir(args: Args, run_name: str, new: bool) -> tuple[str, str]:
     """Claim the run's folder and check that every path the run will write can be written, before training.
 
@@ -1216,12 +1230,7 @@ def main(args: Args) -> dict:
     check_extras(args)
     ckpt = load_checkpoint(args.resume) if args.resume else None
     if ckpt is not None:
-        for name in RESUME_FIXED:
-            if getattr(args, name) != ckpt["args"][name]:
-                raise UsageError(
-                    f"{flag(name)} {getattr(args, name)} differs from the checkpoint's {ckpt['args'][name]}: "
-                    "a resumed run keeps the environment and agent it was built with"
-                )
+        check_resume(args, ckpt)
     obs_space, act_space = check_env(args)
     if args.capture_video:
         check_video(args)

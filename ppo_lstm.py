@@ -1170,6 +1170,20 @@ def check_agent_state(path: str, state: dict, agent: nn.Module) -> None:
             )
 
 
+def check_resume(args: Args, ckpt: dict) -> None:
+    """A resumed run keeps the flags in RESUME_FIXED (they make its environment and agent) as the checkpoint has them.
+
+    Raises:
+        UsageError: naming the first flag that differs.
+    """
+    for name in RESUME_FIXED:
+        if getattr(args, name) != ckpt["args"][name]:
+            raise UsageError(
+                f"{flag(name)} {getattr(args, name)} differs from the checkpoint's {ckpt['args'][name]}: "
+                "a resumed run keeps the environment and agent it was built with"
+            )
+
+
 def prepare_run_dir(args: Args, run_name: str, new: bool) -> tuple[str, str]:
     """Claim the run's folder and check that every path the run will write can be written, before training.
 
@@ -1215,6 +1229,315 @@ def prepare_run_dir(args: Args, run_name: str, new: bool) -> tuple[str, str]:
     return run_name, run_dir
 
 
+def make_buffers(args: Args, obs_space: gym.Space, num_actions: int, agent: Agent, device: torch.device) -> dict:
+    """The rollout's preallocated storage: on the device, obs [T + 1, N, *obs_shape] (Atari frames uint8 until the
+    network, else float32, normalised; obs[t] is the observation acted on at step t, obs[T] the next one, where the
+    next rollout starts), actions [T, N] int64, logp_all [T, N, A] and values [T + 1, N] (what the policy step
+    stored with each action), lstm_state (h, c) [1, N, 128] after the last step and initial_state (the state
+    this rollout started from, which the update replays it from); on the host, rewards (Atari: clipped to their
+    sign), terminations, truncations [T, N] float32 (what the env returns moves to the device once per iteration),
+    starts [T + 1, N] bool (obs[t] is an episode's first observation: the state is zeroed before it), next_done [N]
+    bool (whether the last step ended an episode; Atari: a life), reset_first [N] bool (next_done when this rollout
+    started), action_log (every action taken on vector envs, for an exact resume by replay), the real games'
+    statistics (GameStatistics) and the action pressed after a lost life (fire_after_lost_life)."""
+    shape = (args.num_steps, args.num_envs)
+    obs_dtype = torch.uint8 if atari_game(args.env_id) else torch.float32
+    starts = np.zeros((args.num_steps + 1, args.num_envs), dtype=bool)
+    starts[args.num_steps] = True
+    return {
+        "obs": torch.zeros((args.num_steps + 1, args.num_envs, *obs_space.shape), dtype=obs_dtype, device=device),
+        "actions": torch.zeros(shape, dtype=torch.long, device=device),
+        "logp_all": torch.zeros((*shape, num_actions), device=device),
+        "values": torch.zeros((args.num_steps + 1, args.num_envs), device=device),
+        "lstm_state": agent.initial_state(args.num_envs, device),
+        "initial_state": agent.initial_state(args.num_envs, device),
+        "rewards": np.zeros(shape, dtype=np.float32),
+        "terminations": np.zeros(shape, dtype=np.float32),
+        "truncations": np.zeros(shape, dtype=np.float32),
+        "starts": starts,
+        "next_done": np.zeros(args.num_envs, dtype=bool),
+        "reset_first": np.zeros(args.num_envs, dtype=bool),
+        "action_log": [],
+        "games": GameStatistics(args.num_envs),
+        "fire": fire_after_lost_life(args),
+    }
+
+
+def replay_actions(envs, buffers: dict, ckpt: dict, args: Args, next_obs: np.ndarray) -> np.ndarray:
+    """Resume vector envs exactly: the checkpoint's actions replayed into the freshly seeded envs restore their
+    state, the episodes in progress (GameStatistics) and where the next episode starts; the LSTM state comes from
+    the checkpoint. Returns the observation after the last replayed step (`next_obs` when there is none)."""
+    buffers["action_log"].append(ckpt["actions"])
+    acted = np.ones(len(buffers["next_done"]), dtype=bool)  # whether the last step was an action (not a reset step)
+    for step_actions in ckpt["actions"].long().numpy():
+        next_acted = ~buffers["next_done"]
+        next_obs, reward, term, trunc, infos = envs.step(step_actions)
+        buffers["games"].update(reward, next_acted, game_over(args, infos, term, trunc))
+        buffers["next_done"], acted = term | trunc, next_acted
+    buffers["starts"][-1] = ~acted
+    buffers["lstm_state"] = tuple(s.to(buffers["obs"].device) for s in ckpt["lstm_state"])
+    return next_obs
+
+
+def rollout(agent: Agent, envs, policy, buffers: dict, args: Args, global_step: int) -> tuple[int, list]:
+    """Play `num_steps` steps of every env with `policy` (act, or its compiled version), into `buffers`, carrying the
+    LSTM state across steps and rollouts.
+
+    Returns (global_step after the rollout, the episodes that ended (Atari: games): [(global_step, return, length)]).
+    """
+    obs, actions, logp_all, values = buffers["obs"], buffers["actions"], buffers["logp_all"], buffers["values"]
+    rewards, terminations, truncations = buffers["rewards"], buffers["terminations"], buffers["truncations"]
+    starts, games, fire, episodes = buffers["starts"], buffers["games"], buffers["fire"], []
+    obs[0] = obs[args.num_steps]
+    starts[0] = starts[args.num_steps]
+    buffers["reset_first"] = buffers["next_done"]
+    buffers["initial_state"] = tuple(s.clone() for s in buffers["lstm_state"])
+    obs_t, actions_t = obs.unbind(0), actions.unbind(0)  # per-step views: cheaper to write than obs[step]
+    logp_all_t, values_t = logp_all.unbind(0), values.unbind(0)
+    lstm_state, atari = buffers["lstm_state"], atari_game(args.env_id)
+    with torch.inference_mode():
+        # Gumbel-max sampling: argmax(logits + G) with G ~ Gumbel(0, 1) is a sample of Categorical(logits).
+        gumbel = gumbel_noise((args.num_steps, args.num_envs, logp_all.shape[-1]), obs.device)
+        keep = torch.from_numpy(~starts).to(obs.device, torch.float32)  # 0 where the state is zeroed before the step
+        for step in range(0, args.num_steps):
+            global_step += args.num_envs
+            # One pass of the network gives the action and the old log-probabilities and value stored with it.
+            action, step_logp_all, value, lstm_state = policy(agent, obs_t[step], lstm_state, keep[step], gumbel[step])
+            actions_t[step].copy_(action)
+            logp_all_t[step].copy_(step_logp_all)
+            values_t[step].copy_(value)
+
+            # TRY NOT TO MODIFY: execute the game and log data.
+            ended_before = buffers["reset_first"] if step == 0 else (terminations[step - 1] + truncations[step - 1]) > 0
+            acted = ~ended_before  # the step after an episode ended is a reset step: the env ignores its action
+            action = action.cpu().numpy()
+            if fire is not None:
+                action = np.where(acted, action, fire)
+            next_obs, reward, terminations[step], truncations[step], infos = envs.step(action)
+            obs_t[step + 1].copy_(torch.from_numpy(agent.normalize_obs(next_obs, update=True)))
+            rewards[step] = np.sign(reward) if atari else reward  # Atari: the learner's reward is its sign
+            starts[step + 1] = ~acted  # after a reset step comes an episode's first observation
+            keep[step + 1] = torch.from_numpy(acted)
+            ended = game_over(args, infos, terminations[step], truncations[step])
+            for _, game_return, game_length in games.update(reward, acted, ended):
+                episodes.append((global_step, game_return, game_length))
+    buffers["next_done"] = (terminations[-1] + truncations[-1]) > 0
+    buffers["lstm_state"] = lstm_state
+    if not atari:
+        action_dtype = torch.uint8 if logp_all.shape[-1] <= 256 else torch.int32
+        buffers["action_log"].append(actions.to("cpu", action_dtype, copy=True))
+    return global_step, episodes
+
+
+def make_batch(agent: Agent, buffers: dict, args: Args) -> dict:
+    """The update's batch from the rollout in `buffers`, time-major [T, N]: the bootstrap value of the observation
+    after the rollout, GAE advantages and returns (compute_gae), the old log-probabilities and values the policy
+    step stored, the state the rollout started from and `valid` (False at reset steps: the step after an episode
+    ended, its action ignored, is replayed through the LSTM but left out of the losses). Keys and shapes:
+    ppo_update's `batch`."""
+    obs, actions, logp_all, values = buffers["obs"], buffers["actions"], buffers["logp_all"], buffers["values"]
+    terminations, truncations, starts, device = (
+        buffers["terminations"],
+        buffers["truncations"],
+        buffers["starts"],
+        obs.device,
+    )
+    is_reset = np.concatenate([buffers["reset_first"][None], (terminations[:-1] + truncations[:-1]) > 0])
+    with torch.inference_mode():
+        # The bootstrap value: V(obs[T]) with the state obs[T] is seen with (not kept: the next rollout starts from
+        # lstm_state and sees obs[T] again as its first step).
+        keep_last = torch.from_numpy(~starts[args.num_steps]).to(device, torch.float32)
+        output, _ = agent.step(obs[args.num_steps], buffers["lstm_state"], keep_last)
+        values[args.num_steps] = agent.critic(output).squeeze(-1)
+        logprobs = logp_all.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+        t_rewards, t_terms, t_truncs = (
+            torch.from_numpy(x).to(device) for x in (buffers["rewards"], terminations, truncations)
+        )
+        advantages = compute_gae(t_rewards, values, t_terms, t_truncs, args.gamma, args.gae_lambda)
+        returns = advantages + values[:-1]
+    # cloned outside inference mode: normal tensors that autograd accepts
+    return {
+        "obs": obs[:-1].clone(),
+        "starts": torch.from_numpy(starts[:-1].copy()).to(device),
+        "state": buffers["initial_state"],
+        "valid": torch.from_numpy(~is_reset).to(device),
+        "actions": actions.clone(),
+        "logprobs": logprobs.clone(),
+        "logp_all": logp_all.clone(),
+        "values": values[:-1].clone(),
+        "advantages": advantages.clone(),
+        "returns": returns.clone(),
+    }
+
+
+class RunLog:
+    """What a run reports as it trains: TensorBoard scalars under CleanRL's tags (W&B syncs them with `--track`,
+    and gets the videos), a progress bar on a terminal or a line every 10 s otherwise, and the run's record
+    (`history`: one dict of scalars per iteration; `episodes`: (global_step, return, length) of each one that
+    ended). A finished run that is only evaluated writes nothing."""
+
+    def __init__(self, args: Args, run_name: str, run_dir: str, ckpt: dict | None, evaluate_only: bool):
+        self.args, self.run_name, self.history, self.uploaded_videos = args, run_name, [], set()
+        self.episodes = [tuple(e) for e in ckpt["episodes"]] if ckpt else []
+        self.wandb_run, self.writer, self.bar, self.last_print = None, None, None, 0.0
+        self.start_step = ckpt["global_step"] if ckpt else 0
+        if evaluate_only:
+            return
+        config = {
+            **asdict(args),
+            "batch_size": args.batch_size,
+            "minibatch_size": args.minibatch_size,
+            "num_iterations": args.num_iterations,
+        }
+        if args.track:
+            import wandb
+
+            self.wandb_run = wandb.init(
+                project=args.wandb_project_name,
+                entity=args.wandb_entity,
+                sync_tensorboard=True,
+                config=config,
+                name=run_name,
+                id=ckpt.get("wandb_id") if ckpt else None,
+                resume="allow",
+                save_code=True,
+            )
+        self.writer = SummaryWriter(run_dir, purge_step=ckpt["global_step"] + 1 if ckpt else None)
+        self.writer.add_text(
+            "hyperparameters",
+            "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in config.items()])),
+        )
+        if sys.stderr.isatty():
+            total = args.num_iterations * args.batch_size
+            self.bar = tqdm(total=total, initial=self.start_step, unit="step", dynamic_ncols=True)
+
+    def start(self) -> None:
+        """Start the clock of the SPS figure just before the training loop: SPS counts the loop only, as CleanRL's."""
+        self.start_time = time.time()
+
+    def iteration(self, global_step: int, lr: float, stats: dict, episodes: list, last: bool) -> None:
+        """Record one iteration: the episodes that ended in it, the learning rate, SPS and ppo_update's `stats`."""
+        # TRY NOT TO MODIFY: record rewards for plotting purposes
+        self.episodes.extend(episodes)
+        for step_, episodic_return, episodic_length in episodes:
+            self.writer.add_scalar("charts/episodic_return", episodic_return, step_)
+            self.writer.add_scalar("charts/episodic_length", episodic_length, step_)
+        sps = int((global_step - self.start_step) / (time.time() - self.start_time))
+        scalars = {
+            "charts/learning_rate": lr,
+            "charts/SPS": sps,
+            "charts/minibatch_updates": stats["minibatch_updates"],
+        }
+        scalars.update({f"losses/{k}": v for k, v in stats.items() if k != "minibatch_updates"})
+        for tag, value in scalars.items():
+            self.writer.add_scalar(tag, value, global_step)
+        self.history.append(scalars)
+
+        recent = [e[1] for e in self.episodes[-20:]]
+        if self.bar is not None:
+            self.bar.update(global_step - self.bar.n)
+            self.bar.set_postfix(SPS=sps, ret=f"{np.mean(recent):.1f}" if recent else "-", refresh=False)
+        elif time.time() - self.last_print > 10 or last:
+            self.last_print = time.time()
+            mean_return = f"{np.mean(recent):.1f}" if recent else "-"
+            print(f"global_step={global_step} SPS={sps} return(last {len(recent)} episodes)={mean_return}", flush=True)
+
+    def summary(self, global_step: int) -> None:
+        """Close the progress bar (the lines below start on a line of their own) and print the last 100 returns."""
+        if self.bar is not None:
+            self.bar.close()
+        recent = [e[1] for e in self.episodes[-100:]]
+        summary = f"{np.mean(recent):.2f} (last {len(recent)} episodes)" if recent else "- (no episode finished)"
+        print(f"finished at global_step={global_step}: mean return {summary}", flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+        if self.wandb_run is not None:
+            self.wandb_run.finish()
+
+
+class StopSignals:
+    """Ctrl-C (SIGINT) and SIGTERM (a cluster's preemption notice) during training, with `--save-model`: the first
+    one is noted in `received` (the loop finishes the iteration, checkpoints and stops; --resume continues exactly),
+    a second one stops at once (KeyboardInterrupt). Without --save-model, or outside the main thread, Python's
+    handlers stay: Ctrl-C stops at once."""
+
+    def __init__(self, enabled: bool):
+        self.received, self.previous = None, {}
+        if enabled and threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self.previous[signum] = signal.signal(signum, self.request_stop)
+
+    def request_stop(self, signum, frame):
+        if self.received:
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+        tqdm.write(f"{self.received}: stopping after this iteration to save a checkpoint (again: stop at once)")
+
+    def restore(self) -> None:
+        """Put the previous handlers back: after training a signal stops at once."""
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+
+def checkpoint_state(args: Args, run_name: str, iteration: int, global_step: int, train: dict, log: RunLog) -> dict:
+    """What `--save-model` saves after `iteration`: flags, progress, agent (with its observation statistics),
+    optimizer, RNG, the actions taken (replayed into freshly seeded vector envs on resume; none on Atari, whose
+    resumed runs start new games), the LSTM state, episodes and the W&B run id. `train`: main's agent, optimizer,
+    lr_schedule, kl_beta and buffers."""
+    device = next(train["agent"].parameters()).device
+    buffers, num_envs = train["buffers"], train["buffers"]["actions"].shape[1]
+    action_dtype = torch.uint8 if buffers["logp_all"].shape[-1] <= 256 else torch.int32
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "args": asdict(args),
+        "run_name": run_name,
+        "iteration": iteration,
+        "global_step": global_step,
+        "lr_schedule": list(train["lr_schedule"]),
+        "kl_beta": train["kl_beta"],
+        "agent": train["agent"].state_dict(),
+        "optimizer": train["optimizer"].state_dict(),
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None,
+        },
+        "actions": torch.cat(buffers["action_log"])
+        if buffers["action_log"]
+        else torch.zeros(0, num_envs, dtype=action_dtype),
+        "lstm_state": [s.cpu() for s in buffers["lstm_state"]],
+        "episodes": [list(e) for e in log.episodes],
+        "wandb_id": log.wandb_run.id if log.wandb_run else None,
+    }
+
+
+def final_evaluation(agent: Agent, args: Args, log: RunLog, device: torch.device) -> dict:
+    """With `--capture-video`, record one episode (Atari: game) to videos/{run_name} (uploaded to W&B with
+    `--track`); with `--eval-episodes`, evaluate the trained policy sampled and greedy, print and log (eval/ tags)
+    the returns. Returns {"sampled": mean return, "greedy": mean return}, or {} without evaluation."""
+    if args.capture_video:
+        video_return = record_video(agent, args, f"videos/{log.run_name}", device)
+        print(f"video of one episode (return {video_return:.0f}) saved to videos/{log.run_name}", flush=True)
+        if log.wandb_run is not None:  # wandb's monitor_gym fails on gymnasium 1.x
+            upload_new_videos(log.wandb_run, f"videos/{log.run_name}", log.uploaded_videos)
+    eval_result = {}
+    for mode, tag in (("sampled", "eval/episodic_return"), ("greedy", "eval/episodic_return_greedy")):
+        if not args.eval_episodes:
+            break
+        eval_returns = evaluate(agent, args, args.eval_episodes, greedy=mode == "greedy", device=device)
+        if log.writer is not None:  # a finished run that is only evaluated writes nothing
+            for idx, episodic_return in enumerate(eval_returns):
+                log.writer.add_scalar(tag, episodic_return, idx)
+        eval_result[mode] = float(eval_returns.mean())
+        print(
+            f"eval ({mode}, {args.eval_episodes} episodes): mean return {eval_returns.mean():.2f} +- {eval_returns.std():.2f}"
+        )
+    return eval_result
+
+
 def parse_args(argv: list[str]) -> Args:
     """tyro CLI; with `--resume PATH`, the checkpoint's flags are the defaults that the command line overrides."""
     resume = None
@@ -1244,12 +1567,7 @@ def main(args: Args) -> dict:
     check_extras(args)
     ckpt = load_checkpoint(args.resume) if args.resume else None
     if ckpt is not None:
-        for name in RESUME_FIXED:
-            if getattr(args, name) != ckpt["args"][name]:
-                raise UsageError(
-                    f"{flag(name)} {getattr(args, name)} differs from the checkpoint's {ckpt['args'][name]}: "
-                    "a resumed run keeps the environment and agent it was built with"
-                )
+        check_resume(args, ckpt)
     obs_space, act_space = check_env(args)
     if args.capture_video:
         check_video(args)
@@ -1269,32 +1587,7 @@ def main(args: Args) -> dict:
             f"training {args.num_iterations * args.batch_size} steps ({args.num_iterations} iterations)",
             flush=True,
         )
-    config = {
-        **asdict(args),
-        "batch_size": args.batch_size,
-        "minibatch_size": args.minibatch_size,
-        "num_iterations": args.num_iterations,
-    }
-    wandb_run, writer = None, None
-    if args.track and not evaluate_only:
-        import wandb
-
-        wandb_run = wandb.init(
-            project=args.wandb_project_name,
-            entity=args.wandb_entity,
-            sync_tensorboard=True,
-            config=config,
-            name=run_name,
-            id=ckpt.get("wandb_id") if ckpt else None,
-            resume="allow",
-            save_code=True,
-        )
-    if not evaluate_only:
-        writer = SummaryWriter(run_dir, purge_step=ckpt["global_step"] + 1 if ckpt else None)
-        writer.add_text(
-            "hyperparameters",
-            "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in config.items()])),
-        )
+    log = RunLog(args, run_name, run_dir, ckpt, evaluate_only)
 
     # TRY NOT TO MODIFY: seeding
     random.seed(args.seed)
@@ -1304,248 +1597,67 @@ def main(args: Args) -> dict:
     torch.set_num_threads(args.torch_threads or (cpu_share() if atari else 1))
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
-    num_actions = act_space.n
-    agent = Agent(obs_space.shape, num_actions, args.norm_obs).to(device)
+    agent = Agent(obs_space.shape, act_space.n, args.norm_obs).to(device)
     optimizer = make_optimizer(agent, args.learning_rate)
     policy, update_step = compile_functions(args, device)
+    # train: what a checkpoint saves besides the flags and progress. lr_schedule: where the decay starts (iteration, rate).
+    train = {"agent": agent, "optimizer": optimizer, "kl_beta": args.kl_beta}
+    train["lr_schedule"] = (1, args.learning_rate)
 
     # TRY NOT TO MODIFY: start the game
-    global_step, start_iteration, kl_beta, episodes = 0, 1, args.kl_beta, []
-    lr_schedule = (1, args.learning_rate)  # where the learning-rate decay starts: (iteration, rate)
+    global_step, start_iteration = 0, 1
     if ckpt is not None:
         agent.load_state_dict(ckpt["agent"])
         optimizer.load_state_dict(ckpt["optimizer"])
         torch.set_rng_state(ckpt["rng"]["torch"])
         if device.type == "cuda" and ckpt["rng"]["cuda"] is not None:
             torch.cuda.set_rng_state(ckpt["rng"]["cuda"])
-        global_step, start_iteration, kl_beta = ckpt["global_step"], ckpt["iteration"] + 1, ckpt["kl_beta"]
-        lr_schedule = resumed_lr_schedule(ckpt, args)
-        episodes = [tuple(e) for e in ckpt["episodes"]]
+        global_step, start_iteration, train["kl_beta"] = ckpt["global_step"], ckpt["iteration"] + 1, ckpt["kl_beta"]
+        train["lr_schedule"] = resumed_lr_schedule(ckpt, args)
 
     # env setup. A resumed Atari run restores the learner, not the games: its envs start new games, seeded anew.
     env_seed = args.seed + (start_iteration - 1) * 1_000_003 * atari
     envs, next_obs = make_envs(args, args.num_envs, env_seed)
+    train["buffers"] = buffers = make_buffers(args, obs_space, act_space.n, agent, device)
+    if ckpt is not None and not atari and not evaluate_only:
+        next_obs = replay_actions(envs, buffers, ckpt, args, next_obs)
+    buffers["obs"][args.num_steps] = torch.as_tensor(agent.normalize_obs(next_obs, update=ckpt is None), device=device)
 
-    # ALGO Logic: Storage setup, on the device; Atari frames stay uint8 until the network.
-    # obs[t] is the observation acted on at step t; obs[num_steps] the next one.
-    obs_dtype = torch.uint8 if atari else torch.float32
-    obs = torch.zeros((args.num_steps + 1, args.num_envs, *obs_space.shape), dtype=obs_dtype, device=device)
-    actions = torch.zeros((args.num_steps, args.num_envs), dtype=torch.long, device=device)
-    logp_all = torch.zeros((args.num_steps, args.num_envs, num_actions), device=device)
-    values = torch.zeros((args.num_steps + 1, args.num_envs), device=device)
-    # What the env returns stays on the host until the rollout ends: one transfer per iteration.
-    rewards = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
-    terminations = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
-    truncations = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
-    # starts[t]: obs[t] is an episode's first observation (the step before it was a reset step): the state is
-    # zeroed before it. keep = ~starts for the next step, as floats.
-    starts = np.zeros((args.num_steps + 1, args.num_envs), dtype=bool)
-    action_dtype = torch.uint8 if num_actions <= 256 else torch.int32
-    action_log = []  # every action taken (vector envs), for an exact resume by replay
-    obs_t, actions_t = obs.unbind(0), actions.unbind(0)  # per-step views: cheaper to write than obs[step]
-    logp_all_t, values_t = logp_all.unbind(0), values.unbind(0)
-    games, fire = GameStatistics(args.num_envs), fire_after_lost_life(args)
-    next_done = np.zeros(args.num_envs, dtype=bool)  # whether the last step ended an episode (Atari: a life)
-    acted = np.ones(args.num_envs, dtype=bool)  # whether the last step was an action (not a reset step)
-    starts[args.num_steps] = True
-    lstm_state = agent.initial_state(args.num_envs, device)  # the state after the last step
-    if ckpt is not None and not atari:
-        action_log = [ckpt["actions"]]
-        # Replaying the actions into the freshly seeded envs restores their exact state and the episodes in progress.
-        for step_actions in ckpt["actions"].long().numpy() if start_iteration <= args.num_iterations else []:
-            next_acted = ~next_done
-            next_obs, reward, term, trunc, infos = envs.step(step_actions)
-            games.update(reward, next_acted, game_over(args, infos, term, trunc))
-            next_done, acted = term | trunc, next_acted
-        starts[args.num_steps] = ~acted
-        lstm_state = tuple(s.to(device) for s in ckpt["lstm_state"])
-    obs[args.num_steps] = torch.as_tensor(agent.normalize_obs(next_obs, update=ckpt is None), device=device)
-
-    def checkpoint(iteration):
-        save_checkpoint(
-            f"{run_dir}/checkpoint.pt",
-            {
-                "format": CHECKPOINT_FORMAT,
-                "args": asdict(args),
-                "run_name": run_name,
-                "iteration": iteration,
-                "global_step": global_step,
-                "lr_schedule": list(lr_schedule),
-                "kl_beta": kl_beta,
-                "agent": agent.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "rng": {
-                    "torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None,
-                },
-                "actions": torch.cat(action_log) if action_log else torch.zeros(0, args.num_envs, dtype=action_dtype),
-                "lstm_state": [s.cpu() for s in lstm_state],
-                "episodes": [list(e) for e in episodes],
-                "wandb_id": wandb_run.id if wandb_run else None,
-            },
-        )
-
-    history, uploaded_videos = [], set()
-    start_time, start_step, last_print, saved = time.time(), global_step, 0.0, False
-    # Ctrl-C (SIGINT) and SIGTERM (a cluster's preemption notice): finish the iteration, checkpoint, stop cleanly;
-    # --resume continues exactly. A second signal stops at once. Without --save-model, Ctrl-C stops at once.
-    preempted, previous_handlers = [], {}
-
-    def request_stop(signum, frame):
-        if preempted:
-            raise KeyboardInterrupt
-        preempted.append(signal.Signals(signum).name)
-        tqdm.write(f"{preempted[0]}: stopping after this iteration to save a checkpoint (again: stop at once)")
-
-    if args.save_model and threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            previous_handlers[signum] = signal.signal(signum, request_stop)
-    bar = (
-        tqdm(total=args.num_iterations * args.batch_size, initial=global_step, unit="step", dynamic_ncols=True)
-        if sys.stderr.isatty()
-        else None
-    )
+    saved, stop = False, StopSignals(args.save_model)
+    log.start()
     try:
         for iteration in range(start_iteration, args.num_iterations + 1):
-            # Annealing the rate if instructed to do so.
-            lrnow = (
-                annealed_lr(iteration, args.num_iterations, lr_schedule[1], lr_schedule[0])
-                if args.anneal_lr
-                else args.learning_rate
-            )
+            lrnow = args.learning_rate
+            if args.anneal_lr:  # Annealing the rate if instructed to do so.
+                lrnow = annealed_lr(iteration, args.num_iterations, train["lr_schedule"][1], train["lr_schedule"][0])
             set_learning_rate(optimizer, lrnow)
 
-            obs[0] = obs[args.num_steps]
-            starts[0] = starts[args.num_steps]
-            initial_state = tuple(s.clone() for s in lstm_state)  # the state the update replays the rollout from
-            reset_first = next_done
-            iteration_episodes = []
-            with torch.inference_mode():
-                # Gumbel-max sampling: argmax(logits + G) with G ~ Gumbel(0, 1) is a sample of Categorical(logits).
-                gumbel = gumbel_noise((args.num_steps, args.num_envs, num_actions), device)
-                keep = torch.from_numpy(~starts).to(device, torch.float32)
-                for step in range(0, args.num_steps):
-                    global_step += args.num_envs
-                    # One pass of the network gives the action and the old log-probabilities and value stored with it.
-                    action, step_logp_all, value, lstm_state = policy(
-                        agent, obs_t[step], lstm_state, keep[step], gumbel[step]
-                    )
-                    actions_t[step].copy_(action)
-                    logp_all_t[step].copy_(step_logp_all)
-                    values_t[step].copy_(value)
-
-                    # TRY NOT TO MODIFY: execute the game and log data.
-                    acted = ~(reset_first if step == 0 else (terminations[step - 1] + truncations[step - 1]) > 0)
-                    action = action.cpu().numpy()
-                    if fire is not None:
-                        action = np.where(acted, action, fire)
-                    next_obs, reward, terminations[step], truncations[step], infos = envs.step(action)
-                    obs_t[step + 1].copy_(torch.from_numpy(agent.normalize_obs(next_obs, update=True)))
-                    rewards[step] = np.sign(reward) if atari else reward  # Atari: the learner's reward is its sign
-                    starts[step + 1] = ~acted  # after a reset step comes an episode's first observation
-                    keep[step + 1] = torch.from_numpy(acted)
-                    ended = game_over(args, infos, terminations[step], truncations[step])
-                    for _, game_return, game_length in games.update(reward, acted, ended):
-                        iteration_episodes.append((global_step, game_return, game_length))
-                next_done = (terminations[-1] + truncations[-1]) > 0
-                # A reset step (the step after an episode ended, its action ignored) is no transition: it is replayed
-                # through the LSTM but left out of the losses.
-                is_reset = np.concatenate([reset_first[None], (terminations[:-1] + truncations[:-1]) > 0])
-
-                # The bootstrap value: V(obs[T]) with the state obs[T] is seen with (not kept: the next rollout
-                # starts from lstm_state and sees obs[T] again as its first step).
-                output, _ = agent.step(obs[args.num_steps], lstm_state, keep[args.num_steps])
-                values[args.num_steps] = agent.critic(output).squeeze(-1)
-                logprobs = logp_all.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
-                t_rewards, t_terms, t_truncs = (
-                    torch.from_numpy(x).to(device) for x in (rewards, terminations, truncations)
-                )
-                advantages = compute_gae(t_rewards, values, t_terms, t_truncs, args.gamma, args.gae_lambda)
-                returns = advantages + values[:-1]
-            if not atari:
-                action_log.append(actions.to("cpu", action_dtype, copy=True))
-
-            # the batch, time-major (cloned outside inference mode: normal tensors that autograd accepts)
-            batch = {
-                "obs": obs[:-1].clone(),
-                "starts": torch.from_numpy(starts[:-1].copy()).to(device),
-                "state": initial_state,
-                "valid": torch.from_numpy(~is_reset).to(device),
-                "actions": actions.clone(),
-                "logprobs": logprobs.clone(),
-                "logp_all": logp_all.clone(),
-                "values": values[:-1].clone(),
-                "advantages": advantages.clone(),
-                "returns": returns.clone(),
-            }
-            stats = ppo_update(agent, optimizer, batch, args, kl_beta, update_step)
+            global_step, episodes = rollout(agent, envs, policy, buffers, args, global_step)
+            batch = make_batch(agent, buffers, args)
+            stats = ppo_update(agent, optimizer, batch, args, train["kl_beta"], update_step)
             if args.loss_type == "kl-penalty":
-                kl_beta = adapt_kl_beta(kl_beta, stats["kl"], args.kl_target)
+                train["kl_beta"] = adapt_kl_beta(train["kl_beta"], stats["kl"], args.kl_target)
+            log.iteration(global_step, lrnow, stats, episodes, last=iteration == args.num_iterations)
 
-            # TRY NOT TO MODIFY: record rewards for plotting purposes
-            episodes.extend(iteration_episodes)
-            for step_, episodic_return, episodic_length in iteration_episodes:
-                writer.add_scalar("charts/episodic_return", episodic_return, step_)
-                writer.add_scalar("charts/episodic_length", episodic_length, step_)
-            sps = int((global_step - start_step) / (time.time() - start_time))
-            scalars = {
-                "charts/learning_rate": lrnow,
-                "charts/SPS": sps,
-                "charts/minibatch_updates": stats.pop("minibatch_updates"),
-            }
-            scalars.update({f"losses/{k}": v for k, v in stats.items()})
-            for tag, value in scalars.items():
-                writer.add_scalar(tag, value, global_step)
-            history.append(scalars)
-
-            recent = [e[1] for e in episodes[-20:]]
-            if bar is not None:
-                bar.update(global_step - bar.n)
-                bar.set_postfix(SPS=sps, ret=f"{np.mean(recent):.1f}" if recent else "-", refresh=False)
-            elif time.time() - last_print > 10 or iteration == args.num_iterations:
-                last_print = time.time()
-                mean_return = f"{np.mean(recent):.1f}" if recent else "-"
-                print(
-                    f"global_step={global_step} SPS={sps} return(last {len(recent)} episodes)={mean_return}", flush=True
-                )
             if args.save_model and (
                 iteration == args.num_iterations
                 or (args.checkpoint_every and iteration % args.checkpoint_every == 0)
-                or preempted
+                or stop.received
             ):
-                checkpoint(iteration)
+                save_checkpoint(
+                    f"{run_dir}/checkpoint.pt", checkpoint_state(args, run_name, iteration, global_step, train, log)
+                )
                 saved = True
-            if preempted:
+            if stop.received:
                 print(
-                    f"{preempted[0]}: stopped after iteration {iteration}; resume with --resume {run_dir}/checkpoint.pt"
+                    f"{stop.received}: stopped after iteration {iteration}; resume with --resume {run_dir}/checkpoint.pt"
                 )
                 break
-        if bar is not None:
-            bar.close()  # the lines below start on a line of their own
-        for signum, handler in previous_handlers.items():  # training is over: a signal now stops at once
-            signal.signal(signum, handler)
-        recent = [e[1] for e in episodes[-100:]]
-        summary = f"{np.mean(recent):.2f} (last {len(recent)} episodes)" if recent else "- (no episode finished)"
-        print(f"finished at global_step={global_step}: mean return {summary}", flush=True)
+        stop.restore()  # training is over: a signal now stops at once
+        log.summary(global_step)
         if saved:
             print(f"checkpoint saved to {run_dir}/checkpoint.pt", flush=True)
-
-        eval_result = {}
-        if args.capture_video and not preempted:
-            video_return = record_video(agent, args, f"videos/{run_name}", device)
-            print(f"video of one episode (return {video_return:.0f}) saved to videos/{run_name}", flush=True)
-            if wandb_run is not None:  # wandb's monitor_gym fails on gymnasium 1.x
-                upload_new_videos(wandb_run, f"videos/{run_name}", uploaded_videos)
-        if args.eval_episodes and not preempted:
-            for mode, tag in (("sampled", "eval/episodic_return"), ("greedy", "eval/episodic_return_greedy")):
-                eval_returns = evaluate(agent, args, args.eval_episodes, greedy=mode == "greedy", device=device)
-                if writer is not None:  # a finished run that is only evaluated writes nothing
-                    for idx, episodic_return in enumerate(eval_returns):
-                        writer.add_scalar(tag, episodic_return, idx)
-                eval_result[mode] = float(eval_returns.mean())
-                print(
-                    f"eval ({mode}, {args.eval_episodes} episodes): mean return {eval_returns.mean():.2f} +- {eval_returns.std():.2f}"
-                )
+        eval_result = final_evaluation(agent, args, log, device) if not stop.received else {}
     except KeyboardInterrupt:
         if not args.save_model:
             raise KeyboardInterrupt(
@@ -1559,20 +1671,14 @@ def main(args: Args) -> dict:
             + (f"; {run_dir}/checkpoint.pt resumes from the last one saved" if earlier else "")
         ) from None
     finally:
-        for signum, handler in previous_handlers.items():
-            signal.signal(signum, handler)
-        if bar is not None:
-            bar.close()
+        stop.restore()
         envs.close()
-        if writer is not None:
-            writer.close()
-        if wandb_run is not None:
-            wandb_run.finish()
+        log.close()
     return {
         "run_name": run_name,
         "run_dir": run_dir,
-        "history": history,
-        "episodes": episodes,
+        "history": log.history,
+        "episodes": log.episodes,
         "eval": eval_result,
         "agent": agent,
         "args": args,
