@@ -343,19 +343,29 @@ torch.save({"agent": result["agent"].state_dict(), "env_seed": result["env_seed"
 """
 
 
-def test_torchrun_two_processes_train_one_policy(workdir, tmp_path):
+def torchrun(tmp_path, flags: list[str], port: int, **env) -> tuple[subprocess.CompletedProcess, dict, dict]:
+    """Run ppo_atari.main in 2 processes under torchrun (gloo, CPU) with `flags` and extra `env` variables (None
+    removes one). Returns (the finished process, rank 0's and rank 1's agent state, env_seed and history)."""
     (tmp_path / "probe.py").write_text(PROBE)
-    flags = ["--num-envs", "2", "--num-steps", "32", "--total-timesteps", "256", "--num-minibatches", "2"]
-    flags += ["--update-epochs", "2", "--target-kl", "1.0", "--save-model"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **env}
+    env = {k: v for k, v in env.items() if v is not None}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
     proc = subprocess.run(
         command + [str(tmp_path / "probe.py"), str(tmp_path), *flags], env=env, capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
-    for k, v in r0["agent"].items():
+    for k, v in r0["agent"].items():  # one policy: the same parameters in every process
         torch.testing.assert_close(r1["agent"][k], v, rtol=0, atol=0)
+    return proc, r0, r1
+
+
+TORCHRUN_FLAGS = ["--num-envs", "2", "--num-steps", "32", "--total-timesteps", "256", "--num-minibatches", "2"]
+TORCHRUN_FLAGS += ["--update-epochs", "2", "--target-kl", "1.0"]
+
+
+def test_torchrun_two_processes_train_one_policy(workdir, tmp_path):
+    proc, r0, r1 = torchrun(tmp_path, [*TORCHRUN_FLAGS, "--save-model"], port=29517)
     assert (r0["env_seed"], r1["env_seed"]) == (1, 3)  # rank * num_envs apart: no game is played twice
     # 2 processes x 2 envs x 32 steps per iteration: the budget of 256 steps is 2 iterations, SPS over all of them
     assert len(r0["history"]) == 2 and len(r1["history"]) == 2

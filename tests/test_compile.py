@@ -102,6 +102,28 @@ def test_a_compiled_run_equals_the_eager_one(compiled_script):
         np.testing.assert_allclose([c[k] for k in losses], [e[k] for k in losses], rtol=1e-3, atol=1e-5)
 
 
+@pytest.mark.slow
+def test_compiled_under_torchrun_equals_eager(workdir, tmp_path):
+    """ppo_atari --compile under torchrun (the gradient's all-reduce inside the compiled update): both processes
+    hold the same parameters, equal to an eager torchrun run's up to float rounding, with no graph break."""
+    (tmp_path / "eager").mkdir()
+    (tmp_path / "compiled").mkdir()
+    _, eager, _ = test_atari.torchrun(tmp_path / "eager", [*test_atari.TORCHRUN_FLAGS, "--no-compile"], port=29521)
+    proc, compiled, _ = test_atari.torchrun(
+        tmp_path / "compiled",
+        [*test_atari.TORCHRUN_FLAGS, "--compile"],
+        port=29522,
+        TORCH_COMPILE_DISABLE=None,  # conftest's: compile for real
+        TORCH_LOGS="graph_breaks,recompiles",
+    )
+    assert "graph break" not in proc.stderr.lower() and "recompil" not in proc.stderr.lower(), proc.stderr[-3000:]
+    for k, v in eager["agent"].items():
+        torch.testing.assert_close(compiled["agent"][k], v, rtol=1e-4, atol=1e-6)
+    for e, c in zip(eager["history"], compiled["history"]):
+        assert e["charts/minibatch_updates"] == c["charts/minibatch_updates"]
+        assert e["losses/value_loss"] == pytest.approx(c["losses/value_loss"], rel=1e-4)
+
+
 def test_the_default_is_on_where_it_was_measured_to_win():
     """README (Speed: --compile): on by default in ppo_continuous.py only."""
     defaults = {name: importlib.import_module(name).Args().compile for name in COMPILED_SCRIPTS}
