@@ -1,9 +1,12 @@
-"""benchmarks.report on synthetic TensorBoard logs written the way the scripts write them."""
+"""benchmarks.report and benchmarks.speed on synthetic TensorBoard logs written the way the scripts write them;
+benchmarks.update_profile's minibatch."""
 
+import importlib
 import json
 
 import numpy as np
 import pytest
+import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from benchmarks import report
@@ -162,3 +165,18 @@ def test_speed_seconds_to_return_is_the_first_time_the_window_mean_reaches_it(tm
     assert seconds_to_return(str(tmp_path), 1020.0, 10.0, 3) == pytest.approx(105.0)
     assert seconds_to_return(str(tmp_path), 1020.0, 13.0, 3) is None
     assert seconds_to_return(str(tmp_path), 1020.0, 10.0, 7) is None
+
+
+@pytest.mark.parametrize("script", ["ppo_atari.py", "ppo_discrete.py", "ppo_continuous.py"])
+def test_update_profile_minibatch_is_one_the_script_steps_on(script):
+    """benchmarks.update_profile's minibatch has the keys and shapes of the script's default minibatch: one eager
+    minibatch_step takes it and moves the parameters."""
+    from benchmarks.update_profile import minibatch
+
+    module = importlib.import_module(script[: -len(".py")])
+    agent, mb, args = minibatch(module, script)
+    optimizer = module.make_optimizer(agent, args.learning_rate)
+    before = [p.detach().clone() for p in agent.parameters()]
+    losses, logratio = module.minibatch_step(agent, optimizer, mb, args, 0.5)
+    assert logratio.shape == (args.minibatch_size,) and torch.isfinite(losses).all()
+    assert all(not torch.equal(b, p) for b, p in zip(before, agent.parameters()))
