@@ -1053,6 +1053,12 @@ class RunLog:
         self.start_step = ckpt["global_step"] if ckpt else 0
         if evaluate_only:
             return
+        if args.total_timesteps % args.batch_size:
+            print(
+                f"--total-timesteps {args.total_timesteps} is not a multiple of the batch size {args.batch_size}: "
+                f"training {args.num_iterations * args.batch_size} steps ({args.num_iterations} iterations)",
+                flush=True,
+            )
         config = {
             **asdict(args),
             "batch_size": args.batch_size,
@@ -1138,7 +1144,7 @@ class StopSignals:
     handlers stay: Ctrl-C stops at once."""
 
     def __init__(self, enabled: bool):
-        self.received, self.previous = None, {}
+        self.received, self.previous, self.enabled = None, {}, enabled
         if enabled and threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGINT, signal.SIGTERM):
                 self.previous[signum] = signal.signal(signum, self.request_stop)
@@ -1153,6 +1159,21 @@ class StopSignals:
         """Put the previous handlers back: after training a signal stops at once."""
         for signum, handler in self.previous.items():
             signal.signal(signum, handler)
+
+    def interrupted(self, global_step: int, run_dir: str, saved: bool) -> KeyboardInterrupt:
+        """The one-line KeyboardInterrupt for a run stopped at once (Ctrl-C without --save-model, or a second signal):
+        where it stopped and what there is to resume from."""
+        if not self.enabled:
+            return KeyboardInterrupt(
+                f"interrupted at global_step={global_step}; nothing saved (with --save-model, Ctrl-C saves a "
+                "checkpoint to resume from)"
+            )
+        earlier = os.path.isfile(f"{run_dir}/checkpoint.pt")
+        return KeyboardInterrupt(
+            f"stopped at once at global_step={global_step}"
+            + ("" if saved else ", without saving this iteration")
+            + (f"; {run_dir}/checkpoint.pt resumes from the last one saved" if earlier else "")
+        )
 
 
 def checkpoint_state(args: Args, run_name: str, iteration: int, global_step: int, train: dict, log: RunLog) -> dict:
@@ -1243,12 +1264,6 @@ def main(args: Args) -> dict:
     run_dir = f"runs/{run_name}"
     if not evaluate_only:
         run_name, run_dir = prepare_run_dir(args, run_name, new=ckpt is None)
-    if args.total_timesteps % args.batch_size and not evaluate_only:
-        print(
-            f"--total-timesteps {args.total_timesteps} is not a multiple of the batch size {args.batch_size}: "
-            f"training {args.num_iterations * args.batch_size} steps ({args.num_iterations} iterations)",
-            flush=True,
-        )
     log = RunLog(args, run_name, run_dir, ckpt, evaluate_only)
 
     # TRY NOT TO MODIFY: seeding
@@ -1328,17 +1343,7 @@ def main(args: Args) -> dict:
             print(f"checkpoint saved to {run_dir}/checkpoint.pt", flush=True)
         eval_result = final_evaluation(agent, args, log.writer, device) if not stop.received else {}
     except KeyboardInterrupt:
-        if not args.save_model:
-            raise KeyboardInterrupt(
-                f"interrupted at global_step={global_step}; nothing saved (with --save-model, Ctrl-C saves a "
-                "checkpoint to resume from)"
-            ) from None
-        earlier = os.path.isfile(f"{run_dir}/checkpoint.pt")
-        raise KeyboardInterrupt(
-            f"stopped at once at global_step={global_step}"
-            + ("" if saved else ", without saving this iteration")
-            + (f"; {run_dir}/checkpoint.pt resumes from the last one saved" if earlier else "")
-        ) from None
+        raise stop.interrupted(global_step, run_dir, saved) from None
     finally:
         stop.restore()
         envs.close()
