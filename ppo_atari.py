@@ -1075,11 +1075,12 @@ def rollout(agent: Agent, envs, policy, buffers: dict, args: Args, global_step: 
     logp_all_t, values_t = logp_all.unbind(0), values.unbind(0)
     rewards, terminations, truncations = buffers["rewards"], buffers["terminations"], buffers["truncations"]
     games, fire, episodes = buffers["games"], buffers["fire"], []
+    steps_per_step = args.num_envs * world_size()  # every process's envs step together
     with torch.inference_mode():
         # Gumbel-max sampling: argmax(logits + G) with G ~ Gumbel(0, 1) is a sample of Categorical(logits).
         gumbel = gumbel_noise((args.num_steps, args.num_envs, logp_all.shape[-1]), obs.device)
         for step in range(0, args.num_steps):
-            global_step += args.num_envs * world_size()
+            global_step += steps_per_step
             # One pass of the CNN gives the action and the old log-probabilities and value stored with it.
             action, step_logp_all, step_values = policy(agent, obs_t[step], gumbel[step])
             actions_t[step].copy_(action)

@@ -3,7 +3,7 @@ minibatch (random observations, the script's default minibatch size), timed in-p
 operators by self CPU time for each path.
 
     python -m benchmarks.update_profile                                  # ppo_atari.py: 256 frames a minibatch
-    python -m benchmarks.update_profile --script ppo_discrete.py --steps 50
+    python -m benchmarks.update_profile --script ppo_discrete.py --steps 50     # 128 transitions, 1 thread
 
 It shows what compiling can change: the operators Inductor fuses (casts, divisions, activations and their
 gradients, the optimizer) and not those it leaves to ATen (convolutions and matrix products, the same kernels in
@@ -20,7 +20,9 @@ import torch
 import tyro
 from torch.profiler import ProfilerActivity, profile
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.speed import ROOT
+
+SCRIPTS = ("ppo_atari.py", "ppo_discrete.py", "ppo_continuous.py")
 
 
 @dataclass
@@ -29,8 +31,8 @@ class Args:
     """the script whose minibatch_step is measured: ppo_atari.py, ppo_discrete.py or ppo_continuous.py"""
     steps: int = 10
     """timed minibatch steps per path (after 3 warm-up steps, which include compiling)"""
-    threads: int = 2
-    """torch threads (the scripts' default on this 2-core machine: 2 for ppo_atari.py, 1 for the MLPs)"""
+    threads: int = 0
+    """torch threads (0: the script's own default: 1 for the MLP scripts, the cores available for ppo_atari.py)"""
     rows: int = 10
     """operators listed per path"""
 
@@ -39,32 +41,31 @@ def minibatch(module, script: str) -> tuple[torch.nn.Module, dict, object]:
     """(agent, minibatch, args) at the script's defaults, with random observations, actions and returns."""
     args = module.Args(compile=True)
     size = args.minibatch_size
-    if script == "ppo_atari.py":
-        agent, obs, num_actions = module.Agent(4), torch.randint(0, 256, (size, 4, 84, 84), dtype=torch.uint8), 4
-    elif script == "ppo_discrete.py":
-        agent, obs, num_actions = module.Agent(4, 2), torch.randn(size, 4), 2
-    elif script == "ppo_continuous.py":
-        agent, obs = module.Agent(17, 6, False), torch.randn(size, 17)
-        mb = {"obs": obs, "actions": torch.randn(size, 6), "logprobs": torch.full((size,), -8.0)}
+    if script == "ppo_continuous.py":
+        agent = module.Agent(17, 6, False)  # HalfCheetah's sizes
+        mb = {"obs": torch.randn(size, 17), "actions": torch.randn(size, 6), "logprobs": torch.full((size,), -8.0)}
         mb.update(means=torch.zeros(size, 6), logstds=torch.zeros(size, 6))  # the old policy (PPO-Penalty's KL)
-        mb.update(values=torch.randn(size), advantages=torch.randn(size), returns=torch.randn(size))
-        return agent, mb, args
     else:
-        raise SystemExit(f"benchmarks.update_profile: error: --script {script}: not one of the three supported")
-    mb = {"obs": obs, "actions": torch.randint(0, num_actions, (size,))}
-    mb["logp_all"] = torch.full((size, num_actions), -float(torch.log(torch.tensor(num_actions))))
-    mb["logprobs"] = mb["logp_all"][:, 0].clone()
+        if script == "ppo_atari.py":
+            agent, obs, num_actions = module.Agent(4), torch.randint(0, 256, (size, 4, 84, 84), dtype=torch.uint8), 4
+        else:
+            agent, obs, num_actions = module.Agent(4, 2), torch.randn(size, 4), 2  # CartPole's sizes
+        mb = {"obs": obs, "actions": torch.randint(0, num_actions, (size,))}
+        mb["logp_all"] = torch.full((size, num_actions), -float(torch.log(torch.tensor(num_actions))))
+        mb["logprobs"] = mb["logp_all"][:, 0].clone()
     mb.update(values=torch.randn(size), advantages=torch.randn(size), returns=torch.randn(size))
     return agent, mb, args
 
 
 def main(args: Args) -> None:
+    if args.script not in SCRIPTS:
+        raise SystemExit(f"benchmarks.update_profile: error: --script {args.script}: not one of {', '.join(SCRIPTS)}")
     os.environ.pop("TORCH_COMPILE_DISABLE", None)
     sys.path.insert(0, str(ROOT))
     module = __import__(Path(args.script).stem)
-    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     agent, mb, script_args = minibatch(module, args.script)
+    torch.set_num_threads(args.threads or script_args.torch_threads or module.cpu_share())
     optimizer = module.make_optimizer(agent, script_args.learning_rate)
     _, compiled = module.compile_functions(script_args, torch.device("cpu"))
     for name, step in (("eager", module.minibatch_step), ("--compile", compiled)):
