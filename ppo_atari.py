@@ -1,6 +1,7 @@
 # PPO from pixels on Atari: a single file, CleanRL's ppo_atari_envpool.py flags, corrected and faster; data-parallel
 # with torchrun. Docs: README.md. Papers: Schulman et al. 2017, "Proximal Policy Optimization Algorithms",
 # arXiv 1707.06347; Mnih et al. 2015 (Nature CNN); Machado et al. 2018, arXiv 1709.06009 (Atari evaluation).
+import functools
 import netrc
 import os
 import random
@@ -21,11 +22,10 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import tyro
-from torch.optim.adam import adam
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-CHECKPOINT_FORMAT = "ppo_atari.py checkpoint v1"
+CHECKPOINT_FORMAT = "ppo_atari.py checkpoint v2"  # v2: Adam state per parameter (no flat buffer)
 # Flags a resumed run must keep: they make its environments, or change what its saved agent computes.
 RESUME_FIXED = ("env_id", "env_backend", "num_envs", "num_steps", "seed", "repeat_action_probability")
 # The standard Atari preprocessing (Machado et al. 2018; CleanRL's ppo_atari_envpool.py), the same on both backends.
@@ -463,30 +463,6 @@ class Agent(nn.Module):
         return self.critic(self.hidden(x)).squeeze(-1)
 
 
-def flat_parameters(module: nn.Module) -> nn.Parameter:
-    """Move every parameter of `module`, and its gradient, into one contiguous buffer, as views into it.
-
-    Returns that buffer as one Parameter whose `.grad` is the flat gradient: Adam, the gradient-norm clip and
-    torchrun's gradient all-reduce then work on one tensor instead of one per parameter. Each view keeps its
-    parameter's memory layout (channels-last convolution weights stay channels-last). Values, names and state_dict
-    are unchanged. minibatch_step writes the flat gradient whole; a backward() would accumulate into the views,
-    which must then be zeroed in place (`zero_grad(set_to_none=False)`), never set to None. Call it after moving the
-    module to its device.
-    """
-    params = list(module.parameters())
-    first = params[0]
-    flat = nn.Parameter(torch.zeros(sum(p.numel() for p in params), dtype=first.dtype, device=first.device))
-    flat.grad = torch.zeros_like(flat)
-    offset = 0
-    for p in params:
-        view = flat.data.as_strided(p.shape, p.stride(), offset)
-        view.copy_(p.detach())
-        p.data = view
-        p.grad = flat.grad.as_strided(p.shape, p.stride(), offset)
-        offset += p.numel()
-    return flat
-
-
 def compute_gae(
     rewards: torch.Tensor,
     values: torch.Tensor,
@@ -632,52 +608,24 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def all_reduce_gradients(module: nn.Module) -> None:
+    """Average the gradients of `module`'s parameters in place over the processes torchrun started, with one
+    all-reduce of them laid end to end (each read and written back in its own layout); nothing without torchrun."""
+    if not dist.is_initialized():
+        return
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    flat = all_reduce_mean(torch.cat([g.reshape(-1) for g in grads]))
+    for g, average in zip(grads, flat.split([g.numel() for g in grads])):
+        g.copy_(average.view_as(g))
+
+
 def make_optimizer(agent: nn.Module, learning_rate: float) -> torch.optim.Adam:
-    """Adam (eps 1e-5, as CleanRL) over the agent's parameters gathered into one flat Parameter (flat_parameters),
-    with its learning rate a 0-d tensor, which annealing sets in place (a compiled update never recompiles for it),
-    and its state made now rather than at the first step, so that adam_step can update it. Call it after moving
-    the agent to its device."""
-    param = flat_parameters(agent)
-    optimizer = torch.optim.Adam(
-        [param], lr=torch.tensor(learning_rate, dtype=torch.float64, device=param.device), eps=1e-5, fused=True
-    )
-    optimizer.state[param] = {
-        "step": torch.zeros((), device=param.device),
-        "exp_avg": torch.zeros_like(param),
-        "exp_avg_sq": torch.zeros_like(param),
-    }
-    return optimizer
-
-
-def adam_step(optimizer: torch.optim.Adam) -> None:
-    """One step of `optimizer` (torch.optim.Adam; Kingma & Ba 2015, Algorithm 1) on its one flat parameter from its
-    `.grad`, with the state and settings of its only group, through torch's functional Adam: one fused kernel in
-    eager mode; under torch.compile traced into the compiled update (Optimizer.step breaks the graph on purpose).
-
-    Raises:
-        KeyError: the optimizer's state was not made first (make_optimizer makes it).
-    """
-    group = optimizer.param_groups[0]
-    (param,) = group["params"]
-    state = optimizer.state[param]
-    compiling = torch.compiler.is_compiling()
-    adam(
-        [param],
-        [param.grad],
-        [state["exp_avg"]],
-        [state["exp_avg_sq"]],
-        [],
-        [state["step"]],
-        foreach=False,
-        fused=not compiling,
-        amsgrad=False,
-        beta1=group["betas"][0],
-        beta2=group["betas"][1],
-        lr=group["lr"],
-        weight_decay=0.0,
-        eps=group["eps"],
-        maximize=False,
-    )
+    """torch.optim.Adam (eps 1e-5, as CleanRL) over the agent's parameters, fused (one kernel steps them all), with
+    its learning rate a 0-d float64 tensor that annealing sets in place (set_learning_rate), so a compiled update
+    never recompiles for it. Call it after moving the agent to its device."""
+    device = next(agent.parameters()).device
+    lr = torch.tensor(learning_rate, dtype=torch.float64, device=device)
+    return torch.optim.Adam(agent.parameters(), lr=lr, eps=1e-5, fused=True)
 
 
 def set_learning_rate(optimizer: torch.optim.Adam, lr: float) -> None:
@@ -698,9 +646,8 @@ def compile_functions(args: Args, device: torch.device) -> tuple:
     is compiled too: one CNN pass per step, where fusing its element-wise work pays (README: Speed)."""
     if not args.compile:
         return act, minibatch_step
-    torch._dynamo.config.trace_autograd_ops = True  # torch.autograd.grad inside the compiled update: no graph break
     policy = torch.compile(act)
-    return policy, torch.compile(minibatch_step, dynamic=True)
+    return policy, functools.partial(minibatch_step, loss_fn=torch.compile(ppo_loss, dynamic=True))
 
 
 def act(agent: Agent, obs: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -712,16 +659,12 @@ def act(agent: Agent, obs: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Ten
     return (logits + noise).argmax(-1), torch.log_softmax(logits, -1), agent.critic(hidden).squeeze(-1)
 
 
-def minibatch_step(
-    agent: Agent, optimizer: torch.optim.Adam, mb: dict, args: Args, kl_beta: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One gradient step on one minibatch (M transitions of ppo_update's batch): forward, losses, backward,
-    gradient-norm clip and Adam step, one function that `--compile` compiles whole (no graph break: the gradient
-    comes from torch.autograd.grad, the step from adam_step).
+def ppo_loss(agent: Agent, mb: dict, args: Args, kl_beta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """PPO's loss on one minibatch (M transitions of ppo_update's batch):
+    L = L_clip (or PPO-Penalty's) - ent_coef * H + vf_coef * L_V (arXiv 1707.06347, eq. 9).
 
-    Returns (losses [3]: policy loss, value loss, entropy; logratio [M]: log pi(a|s) - log pi_old(a|s)), both
-    measured before the step and detached. The loss is L = L_clip (or PPO-Penalty's) - ent_coef * H + vf_coef * L_V
-    (arXiv 1707.06347, eq. 9).
+    Returns (loss: 0-d, differentiable; losses [3]: policy loss, value loss, entropy, detached; logratio [M]:
+    log pi(a|s) - log pi_old(a|s), detached).
     """
     hidden = agent.hidden(mb["obs"])
     newlogprob, entropy, newlogp_all = logprobs_and_entropy(agent.actor(hidden), mb["actions"])
@@ -738,16 +681,22 @@ def minibatch_step(
     v_loss = value_loss(newvalue, mb["values"], mb["returns"], args.clip_coef, args.clip_vloss)
     entropy_loss = entropy.mean()
     loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
-    measured = torch.stack([pg_loss, v_loss, entropy_loss]).detach(), logratio.detach()
+    return loss, torch.stack([pg_loss, v_loss, entropy_loss]).detach(), logratio.detach()
 
-    (param,) = optimizer.param_groups[0]["params"]
-    grads = torch.autograd.grad(loss, list(agent.parameters()))
-    with torch.no_grad():
-        param.grad.copy_(torch.cat([g.reshape(-1) for g in grads]))  # the flat gradient (see flat_parameters)
-        all_reduce_mean(param.grad)
-        nn.utils.clip_grad_norm_(param, args.max_grad_norm)
-        adam_step(optimizer)
-    return measured
+
+def minibatch_step(
+    agent: Agent, optimizer: torch.optim.Adam, mb: dict, args: Args, kl_beta: float, loss_fn=ppo_loss
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One gradient step on one minibatch, as CleanRL: loss (`loss_fn`: ppo_loss, or its compiled version), backward,
+    gradient average over the torchrun processes, gradient-norm clip, Adam step.
+    Returns (losses [3], logratio [M]) of ppo_loss, measured before the step."""
+    loss, losses, logratio = loss_fn(agent, mb, args, kl_beta)
+    optimizer.zero_grad()
+    loss.backward()
+    all_reduce_gradients(agent)
+    nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+    optimizer.step()
+    return losses, logratio
 
 
 def minibatch_approx_kl(agent: Agent, mb: dict) -> torch.Tensor:
@@ -912,8 +861,12 @@ def load_checkpoint(path: str) -> dict:
         if "Unsupported global" in str(e):  # weights_only refused to unpickle an arbitrary object
             raise UsageError(f"--resume {path}: holds Python objects that no checkpoint contains; not loaded") from None
         raise UsageError(f"--resume {path}: cannot be read: the file is corrupt or truncated") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+    if not isinstance(ckpt, dict) or not str(ckpt.get("format")).startswith(f"{os.path.basename(__file__)} "):
         raise UsageError(f"--resume {path}: not a {os.path.basename(__file__)} checkpoint")
+    if ckpt["format"] != CHECKPOINT_FORMAT:
+        raise UsageError(
+            f"--resume {path}: written by an older version of this script ({ckpt['format']}); start a new run"
+        )
     return ckpt
 
 

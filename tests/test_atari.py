@@ -216,21 +216,6 @@ def test_nature_cnn_shapes_and_init():
     torch.testing.assert_close(hidden, agent.network(x.float() / 255.0))
 
 
-def test_flat_parameters_keep_values_and_channels_last_layout():
-    torch.manual_seed(0)
-    agent = P.Agent(4)
-    before = {k: v.clone() for k, v in agent.state_dict().items()}
-    flat = P.flat_parameters(agent)
-    assert flat.numel() == sum(v.numel() for v in before.values())
-    for k, v in agent.state_dict().items():
-        torch.testing.assert_close(v, before[k], rtol=0, atol=0)
-    conv = agent.network[0].weight
-    assert conv.is_contiguous(memory_format=torch.channels_last)
-    assert conv.data_ptr() == flat.data_ptr()  # a view: the optimizer's step moves the network
-    agent.get_value(torch.zeros(2, 4, 84, 84, dtype=torch.uint8)).sum().backward()
-    assert flat.grad.abs().sum() > 0 and conv.grad.data_ptr() == flat.grad.data_ptr()
-
-
 # --- runs ------------------------------------------------------------------------------------------------------
 
 

@@ -148,7 +148,7 @@ def test_trpo_full_step_is_the_natural_gradient_step_to_the_trust_region_edge(tr
     step = torch.nn.utils.parameters_to_vector(params).detach() - flat
     torch.testing.assert_close(step, expected, rtol=2e-3, atol=2e-5)
     # the KL the damped quadratic model predicts for that step: max_kl * s'Hs / s'(H + dI)s
-    assert stats["kl"] == pytest.approx(0.01 * (s @ hessian.double() @ s) / (s @ damped @ s), rel=0.1)
+    assert stats["kl"] == pytest.approx(float(0.01 * (s @ hessian.double() @ s) / (s @ damped @ s)), rel=0.1)
 
 
 def test_trpo_step_that_cannot_improve_leaves_the_policy_bit_for_bit(trpo_baseline):

@@ -71,29 +71,3 @@ def test_dm_control_through_envpool_gets_flattened_observations(ppo_continuous):
     result = P.main(tiny(P, env_id="CheetahRun-v1", env_backend="envpool", total_timesteps=64, eval_episodes=1))
     assert result["agent"].critic[0].in_features == 17 and len(result["history"]) == 2
     assert 0 <= result["eval"]["greedy"] <= 1000  # one full 1000-step episode, reward in [0, 1] per step
-
-
-def test_flat_parameters_are_views_and_train_like_separate_ones(ppo_continuous):
-    """After flat_parameters the agent's values and state_dict keys are unchanged, every parameter and gradient
-    is a view into the flat buffers, and one Adam step on the flat buffer moves each parameter as Adam over
-    the separate parameters does (clip off)."""
-    P = ppo_continuous
-    torch.manual_seed(0)
-    a, b = P.Agent(4, 2), P.Agent(4, 2)
-    b.load_state_dict(a.state_dict())
-    before = {k: v.clone() for k, v in a.state_dict().items() if k != "_extra_state"}
-    flat = P.flat_parameters(a)
-    assert flat.numel() == sum(p.numel() for p in a.parameters())
-    assert all(torch.equal(v, a.state_dict()[k]) for k, v in before.items())
-    opt_a = torch.optim.Adam([flat], lr=1e-2)
-    opt_b = torch.optim.Adam(b.parameters(), lr=1e-2)
-    obs = torch.randn(8, 4)
-    for agent, opt in ((a, opt_a), (b, opt_b)):
-        for _ in range(3):
-            opt.zero_grad(set_to_none=False)
-            (agent.actor_mean(obs).square().sum() + agent.get_value(obs).sum() + agent.actor_logstd.sum()).backward()
-            opt.step()
-    for p, q in zip(a.parameters(), b.parameters()):
-        assert p.data_ptr() != q.data_ptr() and torch.allclose(p, q, atol=1e-6)
-        assert flat.data_ptr() <= p.data_ptr() < flat.data_ptr() + flat.numel() * 4
-        assert flat.grad.data_ptr() <= p.grad.data_ptr() < flat.grad.data_ptr() + flat.numel() * 4
