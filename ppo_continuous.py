@@ -450,7 +450,7 @@ def clipped_policy_loss(logratio, advantages, clip_coef):
 def kl_penalty_policy_loss(logratio, advantages, kl, beta):
     """PPO-Penalty's objective, negated (arXiv 1707.06347, eq. 8): mean of -(A * r - beta * KL[pi_old, pi]).
 
-    logratio, advantages: [B]; kl: [B] KL(pi_old(.|s) || pi(.|s)) per state; beta: float.
+    logratio, advantages: [B]; kl: [B] KL(pi_old(.|s) || pi(.|s)) per state; beta: float or 0-d tensor.
     """
     return (-advantages * logratio.exp() + beta * kl).mean()
 
@@ -602,6 +602,9 @@ def compile_functions(args: Args, device: torch.device) -> tuple:
     stays eager: for this small network a compiled call costs more than the eager forward (README: Speed)."""
     if not args.compile:
         return act, minibatch_step
+    # Python floats (the loss's coefficients) are baked into the graph: left dynamic, a warm compile cache can hand a
+    # graph made with other values to a run (pytorch/pytorch#194976). kl_beta, which changes, comes as a tensor.
+    torch._dynamo.config.specialize_float = True
     policy = torch.compile(act) if device.type == "cuda" else act
     return policy, functools.partial(minibatch_step, loss_fn=torch.compile(ppo_loss, dynamic=True))
 
@@ -613,7 +616,7 @@ def act(agent: Agent, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     return agent.actor_mean(obs) + noise
 
 
-def ppo_loss(agent: Agent, mb: dict, args: Args, kl_beta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def ppo_loss(agent: Agent, mb: dict, args: Args, kl_beta) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """PPO's loss on one minibatch (M transitions of ppo_update's batch):
     L = L_clip (or PPO-Penalty's) - ent_coef * H + vf_coef * L_V (arXiv 1707.06347, eq. 9).
 
@@ -639,7 +642,7 @@ def ppo_loss(agent: Agent, mb: dict, args: Args, kl_beta: float) -> tuple[torch.
 
 
 def minibatch_step(
-    agent: Agent, optimizer: torch.optim.Adam, mb: dict, args: Args, kl_beta: float, loss_fn=ppo_loss
+    agent: Agent, optimizer: torch.optim.Adam, mb: dict, args: Args, kl_beta, loss_fn=ppo_loss
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One gradient step on one minibatch, as CleanRL: loss (`loss_fn`: ppo_loss, or its compiled version), backward,
     gradient-norm clip, Adam step.
@@ -683,6 +686,7 @@ def ppo_update(
     """
     losses, logratios = [], []
     stop = False
+    beta = torch.tensor(kl_beta, device=batch["advantages"].device)  # a tensor: no recompile when it adapts
     for epoch in range(args.update_epochs):
         b_inds = torch.randperm(len(batch["obs"]), device=batch["obs"].device)
         # Shuffle once per epoch; each minibatch is then a slice (a view) of every tensor.
@@ -692,7 +696,7 @@ def ppo_update(
             if args.target_kl is not None and minibatch_approx_kl(agent, mb) > args.target_kl:
                 stop = True
                 break
-            mb_losses, logratio = update_step(agent, optimizer, mb, args, kl_beta)
+            mb_losses, logratio = update_step(agent, optimizer, mb, args, beta)
             losses.append(mb_losses)
             logratios.append(logratio)
         if stop:

@@ -43,11 +43,40 @@ ATARI_PREPROCESSING = {
     "stack": 1,  # one frame: observations are uint8 [1, 84, 84]
     "max_frames": 108_000,  # a game is truncated after 108,000 frames (27,000 steps, 30 minutes of play)
 }
-# The flags whose defaults depend on the task (None in Args): CleanRL's ppo_atari_lstm.py on Atari games, its
-# ppo.py on vector observations. Every other default is the same for both.
+# The flags whose defaults depend on the task (None in Args). Atari games: CleanRL's ppo_atari_lstm.py. Vector
+# observations: RL Zoo's recurrent PPO settings for CartPoleNoVel-v1 (8 envs x 32 steps, 10 epochs, gamma 0.98,
+# GAE lambda 0.8, no entropy bonus) with lr 5e-4 and value coefficient 0.25 (the LSTM is shared by both heads):
+# they solve CartPoleNoVel-v1 in 500k steps (last 100 episodes >= 450 on seeds 1-3), where ppo.py's classic-control
+# defaults end near 105. Every other default is the same for both.
 TASK_DEFAULTS = {
-    "atari": dict(env_backend="envpool", total_timesteps=10_000_000, num_envs=8, clip_coef=0.1),
-    "vector": dict(env_backend="gymnasium", total_timesteps=500_000, num_envs=4, clip_coef=0.2),
+    "atari": dict(
+        env_backend="envpool",
+        total_timesteps=10_000_000,
+        num_envs=8,
+        num_steps=128,
+        learning_rate=2.5e-4,
+        gamma=0.99,
+        gae_lambda=0.95,
+        num_minibatches=4,
+        update_epochs=4,
+        clip_coef=0.1,
+        ent_coef=0.01,
+        vf_coef=0.5,
+    ),
+    "vector": dict(
+        env_backend="gymnasium",
+        total_timesteps=500_000,
+        num_envs=8,
+        num_steps=32,
+        learning_rate=5e-4,
+        gamma=0.98,
+        gae_lambda=0.8,
+        num_minibatches=2,
+        update_epochs=10,
+        clip_coef=0.2,
+        ent_coef=0.0,
+        vf_coef=0.25,
+    ),
 }
 LSTM_SIZE = 128  # the LSTM's hidden and cell size
 
@@ -92,22 +121,22 @@ class Args:
     """Atari's sticky actions: the probability that the env repeats the previous action (Machado et al. 2018 recommend 0.25)"""
     total_timesteps: int | None = None
     """total timesteps of the experiments (None: 500000, Atari 10000000)"""
-    learning_rate: float = 2.5e-4
-    """the learning rate of the optimizer"""
+    learning_rate: float | None = None
+    """the learning rate of the optimizer (None: 5e-4, Atari 2.5e-4)"""
     num_envs: int | None = None
-    """the number of parallel game environments (None: 4, Atari 8)"""
-    num_steps: int = 128
-    """the number of steps to run in each environment per policy rollout"""
+    """the number of parallel game environments (None: 8)"""
+    num_steps: int | None = None
+    """the number of steps to run in each environment per policy rollout (None: 32, Atari 128)"""
     anneal_lr: bool = True
     """Toggle learning rate annealing for policy and value networks"""
-    gamma: float = 0.99
-    """the discount factor gamma"""
-    gae_lambda: float = 0.95
-    """the lambda for the general advantage estimation"""
-    num_minibatches: int = 4
-    """the number of mini-batches (each a set of whole env sequences: it must divide --num-envs)"""
-    update_epochs: int = 4
-    """the K epochs to update the policy"""
+    gamma: float | None = None
+    """the discount factor gamma (None: 0.98, Atari 0.99)"""
+    gae_lambda: float | None = None
+    """the lambda for the general advantage estimation (None: 0.8, Atari 0.95)"""
+    num_minibatches: int | None = None
+    """the number of mini-batches, each a set of whole env sequences: it must divide --num-envs (None: 2, Atari 4)"""
+    update_epochs: int | None = None
+    """the K epochs to update the policy (None: 10, Atari 4)"""
     norm_adv: bool = True
     """Toggles advantages normalization"""
     loss_type: Literal["clip", "kl-penalty"] = "clip"
@@ -120,10 +149,10 @@ class Args:
     """PPO-Penalty's KL target d_targ (beta halves below d_targ/1.5 and doubles above 1.5*d_targ)"""
     kl_beta: float = 1.0
     """PPO-Penalty's initial KL coefficient beta"""
-    ent_coef: float = 0.01
-    """coefficient of the entropy"""
-    vf_coef: float = 0.5
-    """coefficient of the value function"""
+    ent_coef: float | None = None
+    """coefficient of the entropy (None: 0, Atari 0.01)"""
+    vf_coef: float | None = None
+    """coefficient of the value function (None: 0.25, Atari 0.5)"""
     max_grad_norm: float = 0.5
     """the maximum norm for the gradient clipping"""
     norm_obs: bool = False
@@ -843,6 +872,9 @@ def compile_functions(args: Args, device: torch.device) -> tuple:
     call costs more than the eager forward (README: Speed); the pixel agent's is compiled everywhere."""
     if not args.compile:
         return act, minibatch_step
+    # Python floats (the loss's coefficients) are baked into the graph: left dynamic, a warm compile cache can hand a
+    # graph made with other values to a run (pytorch/pytorch#194976). kl_beta, which changes, comes as a tensor.
+    torch._dynamo.config.specialize_float = True
     torch._dynamo.config.allow_rnn = True  # trace nn.LSTM into the graph instead of breaking it there
     policy = torch.compile(act) if device.type == "cuda" or atari_game(args.env_id) else act
     return policy, functools.partial(minibatch_step, loss_fn=torch.compile(ppo_loss, dynamic=True))
@@ -857,7 +889,7 @@ def act(agent: Agent, obs: torch.Tensor, state: tuple, keep: torch.Tensor, noise
     return (logits + noise).argmax(-1), torch.log_softmax(logits, -1), agent.critic(output).squeeze(-1), state
 
 
-def ppo_loss(agent: Agent, mb: dict, args: Args, kl_beta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def ppo_loss(agent: Agent, mb: dict, args: Args, kl_beta) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """PPO's loss on one minibatch (the T steps of M envs, replayed through the LSTM from the rollout's initial state; the losses are means over the valid steps):
     L = L_clip (or PPO-Penalty's) - ent_coef * H + vf_coef * L_V (arXiv 1707.06347, eq. 9).
 
@@ -884,7 +916,7 @@ def ppo_loss(agent: Agent, mb: dict, args: Args, kl_beta: float) -> tuple[torch.
 
 
 def minibatch_step(
-    agent: Agent, optimizer: torch.optim.Adam, mb: dict, args: Args, kl_beta: float, loss_fn=ppo_loss
+    agent: Agent, optimizer: torch.optim.Adam, mb: dict, args: Args, kl_beta, loss_fn=ppo_loss
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One gradient step on one minibatch, as CleanRL: loss (`loss_fn`: ppo_loss, or its compiled version), backward,
     gradient-norm clip, Adam step.
@@ -933,6 +965,7 @@ def ppo_update(
     """
     losses, logratios = [], []
     stop = False
+    beta = torch.tensor(kl_beta, device=batch["advantages"].device)  # a tensor: no recompile when it adapts
     num_envs = batch["starts"].shape[1]
     for epoch in range(args.update_epochs):
         env_inds = torch.randperm(num_envs, device=batch["obs"].device)
@@ -942,7 +975,7 @@ def ppo_update(
             if args.target_kl is not None and minibatch_approx_kl(agent, mb) > args.target_kl:
                 stop = True
                 break
-            mb_losses, logratio = update_step(agent, optimizer, mb, args, kl_beta)
+            mb_losses, logratio = update_step(agent, optimizer, mb, args, beta)
             losses.append(mb_losses)
             logratios.append(logratio[mb["valid"]])
         if stop:

@@ -4,12 +4,15 @@ import importlib
 import os
 import signal
 import sys
+import tempfile
 from pathlib import Path
 
 # The suite runs torch.compile'd functions eagerly: TORCH_COMPILE_DISABLE is read when torch is first imported, and
 # the scripts the tests start inherit it. ppo_continuous.py compiles by default, and compiling in every test that
 # runs it would take minutes; tests/test_compile.py turns compilation back on for its own tests.
 os.environ.setdefault("TORCH_COMPILE_DISABLE", "1")
+# A compile cache of the suite's own, new each session: what the machine cached before cannot change a result.
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="inductor-cache-"))
 
 import gymnasium as gym  # noqa: E402
 import numpy as np

@@ -4,13 +4,16 @@ error_on_recompile raises on any). Compiling takes 15-60 s a script, so these te
 
 import copy
 import importlib
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import test_atari
 import test_lstm
 import torch
-from conftest import tiny
+from conftest import ROOT, tiny
 from test_scripts import rollout_batch
 from torch._dynamo.utils import counters
 
@@ -143,3 +146,35 @@ def test_a_compiled_run_learns_like_the_eager_one(ppo_discrete):
             result = P.main(P.Args(total_timesteps=20_480, compile=compile))
         returns.append(np.mean([r for _, r, _ in result["episodes"]][-20:]))
     assert returns[0] > 50 and abs(returns[1] - returns[0]) <= 0.1 * returns[0], returns
+
+
+WARM_CACHE_PROBE = """
+import sys, torch
+sys.path.insert(0, {root!r})
+import ppo_discrete as P
+torch.set_num_threads(1)
+torch.manual_seed(0)
+args = P.Args(compile=True, clip_coef={clip}, ent_coef={clip}, vf_coef=10 * {clip})
+agent = P.Agent(4, 2)
+_, step = P.compile_functions(args, torch.device("cpu"))
+g = torch.Generator().manual_seed(1)
+for n in (64, 63, 62):
+    mb = dict(obs=torch.randn(n, 4, generator=g), actions=torch.randint(0, 2, (n,), generator=g))
+    mb.update(logprobs=-0.7 + 0.3 * torch.randn(n, generator=g), logp_all=torch.full((n, 2), -0.69))
+    mb.update(values=torch.randn(n, generator=g), advantages=torch.randn(n, generator=g))
+    mb["returns"] = mb["values"] + torch.randn(n, generator=g)
+    eager = P.ppo_loss(agent, mb, args, 1.0)[1]
+    compiled = step.keywords["loss_fn"](agent, mb, args, torch.tensor(1.0))[1]
+    assert torch.allclose(eager, compiled, rtol=1e-5, atol=1e-6), (n, eager, compiled)
+"""
+
+
+@pytest.mark.slow
+def test_a_warm_compile_cache_never_hands_over_other_coefficients(tmp_path):
+    """Two processes, one compile cache: the second, with other loss coefficients, computes its own loss (pytorch
+    #194976: a dynamic Python float made the cached graph keep the first process's values, silently)."""
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path), "TORCH_COMPILE_DISABLE": "0"}
+    for clip in (0.02, 0.2):
+        code = WARM_CACHE_PROBE.format(root=str(ROOT), clip=clip)
+        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-2000:]
