@@ -1,6 +1,7 @@
 # PPO from pixels on Atari: a single file, CleanRL's ppo_atari_envpool.py flags, corrected and faster; data-parallel
 # with torchrun. Docs: README.md. Papers: Schulman et al. 2017, "Proximal Policy Optimization Algorithms",
-# arXiv 1707.06347; Mnih et al. 2015 (Nature CNN); Machado et al. 2018, arXiv 1709.06009 (Atari evaluation).
+# arXiv 1707.06347; Mnih et al. 2015 (Nature CNN); CleanRL's Atari protocol (Huang et al. 2022, JMLR 23(274)).
+import difflib
 import functools
 import netrc
 import os
@@ -13,7 +14,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Literal
 
 import gymnasium as gym
@@ -28,7 +29,9 @@ from tqdm import tqdm
 CHECKPOINT_FORMAT = "ppo_atari.py checkpoint v2"  # v2: Adam state per parameter (no flat buffer)
 # Flags a resumed run must keep: they make its environments, or change what its saved agent computes.
 RESUME_FIXED = ("env_id", "env_backend", "num_envs", "num_steps", "seed", "repeat_action_probability")
-# The standard Atari preprocessing (Machado et al. 2018; CleanRL's ppo_atari_envpool.py), the same on both backends.
+# CleanRL's Atari protocol (ppo_atari_envpool.py; Mnih et al. 2015's preprocessing): no sticky actions, and a lost
+# life ends the learner's episode. Machado et al. 2018's protocol is --repeat-action-probability 0.25 without the
+# life-loss signal (not offered). The same on both backends but for the step after a lost life (fire_after_lost_life).
 # Rewards come unclipped from the env: the script clips them to their sign for learning and sums them unclipped
 # for the real game's return.
 ATARI_PREPROCESSING = {
@@ -79,7 +82,7 @@ class Args:
     env_backend: Literal["envpool", "ale"] = "envpool"
     """vector environment implementation: envpool, or ale-py's AtariVectorEnv"""
     repeat_action_probability: float = 0.0
-    """sticky actions: the probability that the env repeats the previous action (Machado et al. 2018 recommend 0.25)"""
+    """sticky actions: the probability that the env repeats the previous action (0: CleanRL's protocol; Machado et al. 2018's is 0.25)"""
     total_timesteps: int = 10000000
     """total timesteps of the experiments"""
     learning_rate: float = 2.5e-4
@@ -244,6 +247,30 @@ def check_video(args: Args) -> None:
         raise UsageError(f"--capture-video: {args.env_id} cannot render ({reason})") from None
 
 
+def cleanrl_atari_id(args: Args) -> Args:
+    """`args` with an Atari id of CleanRL's commands put as this script's `<Game>-v5`, saying in one line what it
+    means here: `BreakoutNoFrameskip-v4` (CleanRL's ppo_atari.py) and `ALE/Breakout-v5` (gymnasium's id) are both
+    `Breakout-v5` with ATARI_PREPROCESSING and sticky actions at `--repeat-action-probability` (0 by default, as v4;
+    gymnasium's ALE/...-v5 defaults to 0.25). Other ids are returned unchanged."""
+    match = re.fullmatch(r"(?:ALE/)?([A-Z][A-Za-z0-9]*?)(?:NoFrameskip-v4|-v5)", args.env_id)
+    if match is None or args.env_id == f"{match[1]}-v5":
+        return args
+    game, sticky = f"{match[1]}-v5", args.repeat_action_probability
+    if args.env_id.endswith("-v4"):
+        means = "as v4, no sticky actions" if sticky == 0 else f"sticky actions {sticky} (v4 has none)"
+    else:
+        means = f"sticky actions {sticky} (--repeat-action-probability; gymnasium's ALE/ default is 0.25)"
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"--env-id {args.env_id}: plays {game} here, with CleanRL's Atari preprocessing and {means}", flush=True)
+    return replace(args, env_id=game)
+
+
+def did_you_mean(name: str, known) -> str:
+    """'; did you mean X?' for the closest of `known` to a mistyped `name` (difflib), or ''."""
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
 def ale_game(env_id: str) -> str:
     """The ALE ROM id of an Atari env id: `Breakout-v5` -> `breakout`, `MontezumaRevenge-v5` -> `montezuma_revenge`.
 
@@ -274,7 +301,8 @@ def env_spaces(env_id: str, backend: str) -> tuple[gym.Space, gym.Space]:
         except ImportError:
             raise UsageError("--env-backend envpool needs envpool: pip install 'ppo-single-file[envpool]'") from None
         if env_id not in envpool.list_all_envs() or "episodic_life" not in envpool.make_spec(env_id).config._fields:
-            raise UsageError(f"--env-id {env_id}: not an envpool Atari environment")
+            games = [e for e in envpool.list_all_envs() if e.endswith("-v5")]
+            raise UsageError(f"--env-id {env_id}: not an envpool Atari environment{did_you_mean(env_id, games)}")
         spec = envpool.make_spec(env_id)
         return spec.gymnasium_observation_space, spec.gymnasium_action_space
     try:
@@ -282,7 +310,8 @@ def env_spaces(env_id: str, backend: str) -> tuple[gym.Space, gym.Space]:
     except ImportError:
         raise UsageError("--env-backend ale needs ale-py: pip install 'ppo-single-file[atari]'") from None
     if game not in ale_py.roms.get_all_rom_ids():
-        raise UsageError(f"--env-id {env_id}: ale-py has no ROM {game!r}")
+        games = [f"{''.join(w.title() for w in rom.split('_'))}-v5" for rom in ale_py.roms.get_all_rom_ids()]
+        raise UsageError(f"--env-id {env_id}: ale-py has no ROM {game!r}{did_you_mean(env_id, games)}")
     envs = ale_py.AtariVectorEnv(game, 1, num_threads=1)
     envs.close()
     return envs.single_observation_space, envs.single_action_space
@@ -366,7 +395,9 @@ def fire_after_lost_life(args: Args) -> int | None:
     """The action to take on the step after a lost life: on the ale backend, FIRE (its index in the game's
     minimal action set) in games that have it, as envpool's fire reset and CleanRL's FireResetEnv press it after
     every lost life (ale-py's life_loss_info does not); that step is a reset step, left out of the batch.
-    None on envpool (it fires itself) and in games without FIRE."""
+    None on envpool (it fires itself) and in games without FIRE. The backends' one difference: ale plays that step
+    as one real 4-frame step (FIRE, or the ignored action), envpool as a hidden reset (0-29 no-op frames, FIRE; no
+    reward, no step counted)."""
     if args.env_backend != "ale":
         return None
     import ale_py
@@ -1317,6 +1348,7 @@ def main(args: Args) -> dict:
     Raises:
         UsageError: bad flags or `--resume` file, before anything is built or written.
     """
+    args = cleanrl_atari_id(args)
     validate_args(args)
     check_extras(args)
     ckpt = load_checkpoint(args.resume) if args.resume else None

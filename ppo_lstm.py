@@ -1,6 +1,7 @@
 # Recurrent PPO (LSTM) for partially observed tasks, from vectors or from pixels: a single file, CleanRL's
 # ppo_atari_lstm.py flags, corrected and faster. Docs: README.md. Papers: Schulman et al. 2017, "Proximal Policy
 # Optimization Algorithms", arXiv 1707.06347; Mnih et al. 2015 (Nature CNN); Hochreiter & Schmidhuber 1997 (LSTM).
+import difflib
 import functools
 import importlib
 import netrc
@@ -30,7 +31,9 @@ from tqdm import tqdm
 CHECKPOINT_FORMAT = "ppo_lstm.py checkpoint v3"  # v3: Adam state per parameter (no flat buffer)
 # Flags a resumed run must keep: they make its environments, or change what its saved agent computes.
 RESUME_FIXED = ("env_id", "env_backend", "num_envs", "num_steps", "seed", "repeat_action_probability", "norm_obs")
-# The standard Atari preprocessing (Machado et al. 2018; CleanRL's ppo_atari_envpool.py), the same on both backends,
+# CleanRL's Atari protocol (ppo_atari_envpool.py; Mnih et al. 2015's preprocessing): no sticky actions, and a lost
+# life ends the learner's episode. Machado et al. 2018's protocol is --repeat-action-probability 0.25 without the
+# life-loss signal (not offered). The same on both backends but for the step after a lost life (fire_after_lost_life),
 # with one frame per observation instead of four (CleanRL's ppo_atari_lstm.py): the LSTM is the memory.
 # Rewards come unclipped from the env: the script clips them to their sign for learning and sums them unclipped
 # for the real game's return.
@@ -118,7 +121,7 @@ class Args:
     env_backend: Literal["gymnasium", "envpool", "ale"] | None = None
     """vector environment implementation: gymnasium's SyncVectorEnv or envpool; Atari: envpool or ale-py's AtariVectorEnv (None: gymnasium, Atari envpool)"""
     repeat_action_probability: float = 0.0
-    """Atari's sticky actions: the probability that the env repeats the previous action (Machado et al. 2018 recommend 0.25)"""
+    """Atari's sticky actions: the probability that the env repeats the previous action (0: CleanRL's protocol; Machado et al. 2018's is 0.25)"""
     total_timesteps: int | None = None
     """total timesteps of the experiments (None: 500000, Atari 10000000)"""
     learning_rate: float | None = None
@@ -183,6 +186,39 @@ class UsageError(Exception):
 def flag(name: str) -> str:
     """The command-line spelling of an Args field: `num_envs` -> `--num-envs`."""
     return "--" + name.replace("_", "-")
+
+
+def cleanrl_atari_id(args: Args) -> Args:
+    """`args` with an Atari id of CleanRL's commands put as this script's `<Game>-v5`, saying in one line what it
+    means here: `BreakoutNoFrameskip-v4` (CleanRL's ppo_atari.py) and `ALE/Breakout-v5` (gymnasium's id) are both
+    `Breakout-v5` with ATARI_PREPROCESSING and sticky actions at `--repeat-action-probability` (0 by default, as v4;
+    gymnasium's ALE/...-v5 defaults to 0.25). Other ids are returned unchanged."""
+    match = re.fullmatch(r"(?:ALE/)?([A-Z][A-Za-z0-9]*?)(?:NoFrameskip-v4|-v5)", args.env_id)
+    if match is None or args.env_id == f"{match[1]}-v5":
+        return args
+    game, sticky = f"{match[1]}-v5", args.repeat_action_probability
+    if args.env_id.endswith("-v4"):
+        means = "as v4, no sticky actions" if sticky == 0 else f"sticky actions {sticky} (v4 has none)"
+    else:
+        means = f"sticky actions {sticky} (--repeat-action-probability; gymnasium's ALE/ default is 0.25)"
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"--env-id {args.env_id}: plays {game} here, with CleanRL's Atari preprocessing and {means}", flush=True)
+    return replace(args, env_id=game)
+
+
+def ale_roms() -> list[str]:
+    """ale-py's ROM ids (`breakout`, ...), or [] without ale-py."""
+    try:
+        import ale_py
+    except ImportError:
+        return []
+    return ale_py.roms.get_all_rom_ids()
+
+
+def did_you_mean(name: str, known) -> str:
+    """'; did you mean X?' for the closest of `known` to a mistyped `name` (difflib), or ''."""
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f"; did you mean {close[0]}?" if close else ""
 
 
 def ale_game(env_id: str) -> str:
@@ -407,6 +443,11 @@ def env_spaces(env_id: str, backend: str) -> tuple[gym.Space, gym.Space]:
             importlib.import_module(env_id.split(":")[0])
         gym.spec(env_id.split(":")[-1])
     except (ImportError, gym.error.Error) as e:
+        if re.fullmatch(r"[A-Z][A-Za-z0-9]*-v5", env_id) and ale_roms():  # a mistyped game?
+            games = [f"{''.join(w.title() for w in rom.split('_'))}-v5" for rom in ale_roms()]
+            hint = did_you_mean(env_id, games)
+            if hint:
+                raise UsageError(f"--env-id {env_id}: ale-py has no ROM {ale_game(env_id)!r}{hint}") from None
         raise UsageError(f"--env-id {env_id}: not a registered gymnasium environment ({e})") from None
     try:
         env = gym.make(env_id)
@@ -513,7 +554,9 @@ def fire_after_lost_life(args: Args) -> int | None:
     """The action to take on the step after a lost life: on the ale backend, FIRE (its index in the game's
     minimal action set) in games that have it, as envpool's fire reset and CleanRL's FireResetEnv press it after
     every lost life (ale-py's life_loss_info does not); that step is a reset step, left out of the batch.
-    None on envpool (it fires itself) and in games without FIRE."""
+    None on envpool (it fires itself) and in games without FIRE. The backends' one difference: ale plays that step
+    as one real 4-frame step (FIRE, or the ignored action), envpool as a hidden reset (0-29 no-op frames, FIRE; no
+    reward, no step counted)."""
     if args.env_backend != "ale":
         return None
     import ale_py
@@ -1558,7 +1601,7 @@ def main(args: Args) -> dict:
     Raises:
         UsageError: bad flags or `--resume` file, before anything is built or written.
     """
-    args = with_task_defaults(args)
+    args = with_task_defaults(cleanrl_atari_id(args))
     validate_args(args)
     check_extras(args)
     ckpt = load_checkpoint(args.resume) if args.resume else None

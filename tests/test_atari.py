@@ -357,3 +357,44 @@ def test_torchrun_two_processes_train_one_policy(workdir, tmp_path):
     ckpt = torch.load(glob.glob("runs/*/checkpoint.pt")[0], weights_only=True)
     assert ckpt["global_step"] == 256 and ckpt["world_size"] == 2 and len(ckpt["rng"]) == 2
     assert "global_step=256" in proc.stdout and proc.stdout.count("finished at") == 1  # rank 0 alone prints
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_step_after_a_lost_life(backend):
+    """What each backend plays on the step after a lost life, the one place they are not the same MDP (README):
+    envpool a hidden reset inside that step (no-op frames, FIRE: reward 0, its step counter does not move); ale-py
+    one real 4-frame step of the action the script sends there, FIRE in Breakout."""
+    args = P.Args(env_backend=backend)
+    envs, _ = P.make_envs(args, 1, seed=1)
+    fire, rng, lost, info_before = P.fire_after_lost_life(args), np.random.default_rng(0), False, None
+    assert fire == (1 if backend == "ale" else None)  # Breakout's minimal action set: NOOP, FIRE, RIGHT, LEFT
+    for _ in range(3000):
+        action = fire if lost and fire is not None else rng.integers(4)
+        _, reward, term, trunc, info = envs.step(np.array([action]))
+        if lost:
+            break
+        lost, info_before = bool(term[0] and not P.game_over(backend, info, term, trunc)[0]), info
+    envs.close()
+    assert lost and info["lives"][0] == info_before["lives"][0]  # the step after the lost life; no life lost in it
+    if backend == "envpool":
+        assert reward[0] == 0 and info["elapsed_step"][0] == info_before["elapsed_step"][0]
+    else:
+        assert info["frame_number"][0] == info_before["frame_number"][0] + 4
+
+
+@pytest.mark.parametrize(
+    "env_id, says",
+    [("BreakoutNoFrameskip-v4", "as v4, no sticky actions"), ("ALE/Breakout-v5", "gymnasium's ALE/ default is 0.25")],
+)
+def test_cleanrl_env_ids_play_the_same_game(env_id, says, capsys):
+    """CleanRL's ids for Breakout are Breakout-v5 here, with one line at the start saying what that means."""
+    assert P.cleanrl_atari_id(P.Args(env_id=env_id)).env_id == "Breakout-v5"
+    assert says in capsys.readouterr().out
+    assert P.cleanrl_atari_id(P.Args(env_id="Breakout-v5")).env_id == "Breakout-v5"
+    assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_mistyped_game_gets_a_suggestion(backend):
+    with pytest.raises(P.UsageError, match="--env-id Breakot-v5: .*; did you mean Breakout-v5"):
+        P.env_spaces("Breakot-v5", backend)

@@ -100,7 +100,7 @@ def test_a_truncated_episode_bootstraps_from_its_final_observation_with_its_stat
     LSTM gave it with the episode's state (no zeroing before it); the reset observation after it starts afresh."""
     calls = record_updates(monkeypatch)
     P.main(tiny(env_id="tests/StepCount-v0", num_envs=2, num_steps=16, total_timesteps=64, update_epochs=1))
-    args, checked = tiny(), 0
+    args, checked = P.with_task_defaults(tiny()), 0
     for agent, batch in calls:
         obs, starts, values, adv = batch["obs"], batch["starts"], batch["values"], batch["advantages"]
         for t, n in zip(*np.nonzero(obs[:-1, :, 0].numpy() == 4)):  # step t truncates: obs[t + 1] is the final one
@@ -347,3 +347,16 @@ def test_memory_beats_the_memoryless_policy_on_cartpole_no_velocity(ppo_discrete
     args = ppo_discrete.Args(env_id="ppo_lstm:CartPoleNoVel-v1", **flags)
     memoryless = np.mean([r for _, r, _ in ppo_discrete.main(args)["episodes"][-20:]])
     assert recurrent > 100 and recurrent > 2 * memoryless, (recurrent, memoryless)
+
+
+def test_cleanrl_atari_ids_are_atari_games_here(capsys):
+    """`ALE/Breakout-v5` (once answered with gymnasium's misleading 'Namespace ALE not found') and
+    `BreakoutNoFrameskip-v4` are Breakout-v5, with the Atari defaults; a mistyped game gets a suggestion."""
+    for env_id in ("ALE/Breakout-v5", "BreakoutNoFrameskip-v4"):
+        args = P.with_task_defaults(P.cleanrl_atari_id(P.Args(env_id=env_id)))
+        assert (args.env_id, args.num_steps, args.env_backend) == ("Breakout-v5", 128, "envpool")
+        assert "plays Breakout-v5 here" in capsys.readouterr().out
+    with pytest.raises(
+        P.UsageError, match="--env-id Breakot-v5: ale-py has no ROM 'breakot'; did you mean Breakout-v5"
+    ):
+        P.env_spaces("Breakot-v5", "gymnasium")

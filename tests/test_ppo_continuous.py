@@ -71,3 +71,9 @@ def test_dm_control_through_envpool_gets_flattened_observations(ppo_continuous):
     result = P.main(tiny(P, env_id="CheetahRun-v1", env_backend="envpool", total_timesteps=64, eval_episodes=1))
     assert result["agent"].critic[0].in_features == 17 and len(result["history"]) == 2
     assert 0 <= result["eval"]["greedy"] <= 1000  # one full 1000-step episode, reward in [0, 1] per step
+
+
+def test_cleanrl_mujoco_v4_ids_run(ppo_continuous):
+    """CleanRL's MuJoCo commands name -v4 envs; gymnasium still has them."""
+    obs_space, act_space = ppo_continuous.check_env(ppo_continuous.Args(env_id="HalfCheetah-v4"))
+    assert obs_space.shape == (17,) and act_space.shape == (6,)
