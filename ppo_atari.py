@@ -650,6 +650,19 @@ def all_reduce_gradients(module: nn.Module) -> None:
         g.copy_(average.view_as(g))
 
 
+def broadcast_parameters(module: nn.Module) -> None:
+    """Under torchrun, rank 0's parameters of `module` to every process, in one broadcast of them laid end to end
+    (each read and written back in its own layout); nothing without torchrun."""
+    if not dist.is_initialized():
+        return
+    params = list(module.parameters())
+    with torch.no_grad():
+        flat = torch.cat([p.reshape(-1) for p in params])
+        dist.broadcast(flat, src=0)
+        for p, value in zip(params, flat.split([p.numel() for p in params])):
+            p.copy_(value.view_as(p))
+
+
 def make_optimizer(agent: nn.Module, learning_rate: float) -> torch.optim.Adam:
     """torch.optim.Adam (eps 1e-5, as CleanRL) over the agent's parameters, fused (one kernel steps them all), with
     its learning rate a 0-d float64 tensor that annealing sets in place (set_learning_rate), so a compiled update
@@ -1258,16 +1271,18 @@ class StopSignals:
         )
 
 
-def share_iteration(episodes: list, stop: StopSignals) -> list:
-    """Under torchrun, every process's games of this iteration to every process (sorted by step), and a signal
-    that any process received to all of them (`stop.received`), so that all stop after the same iteration.
-    In a single process, `episodes` as they are."""
+def share_iteration(episodes: list, stop: StopSignals) -> tuple[list, str | None]:
+    """Under torchrun, every process's games of this iteration to every process (sorted by step), and the signal
+    that any process has received so far: (games, signal name or None). Every process decides whether to stop
+    after this iteration from that agreed value alone, so all checkpoint and stop together; a signal that arrives
+    later is agreed on after the next iteration. In a single process, (`episodes`, `stop.received`)."""
     if not dist.is_initialized():
-        return episodes
+        return episodes, stop.received
     gathered = [None] * world_size()
     dist.all_gather_object(gathered, (episodes, stop.received))
-    stop.received = stop.received or next((received for _, received in gathered if received), None)
-    return sorted(game for games, _ in gathered for game in games)
+    agreed = next((received for _, received in gathered if received), None)
+    stop.received = stop.received or agreed
+    return sorted(game for games, _ in gathered for game in games), agreed
 
 
 def checkpoint_state(args: Args, run_name: str, iteration: int, global_step: int, train: dict, log: RunLog) -> dict:
@@ -1399,8 +1414,7 @@ def main(args: Args) -> dict:
     envs, next_obs = make_envs(args, args.num_envs, env_seed)
     buffers = make_buffers(args, obs_space.shape, act_space.n, device)
     buffers["obs"][args.num_steps] = torch.as_tensor(next_obs, device=device)
-    if dist.is_initialized():  # the same parameters everywhere (one flat buffer holds them all)
-        dist.broadcast(optimizer.param_groups[0]["params"][0].data, src=0)
+    broadcast_parameters(agent)  # torchrun: the same parameters everywhere
 
     saved, stop = False, StopSignals(args.save_model)
     log.start()
@@ -1416,19 +1430,19 @@ def main(args: Args) -> dict:
             stats = ppo_update(agent, optimizer, batch, args, train["kl_beta"], update_step)
             if args.loss_type == "kl-penalty":
                 train["kl_beta"] = adapt_kl_beta(train["kl_beta"], stats["kl"], args.kl_target)
-            episodes = share_iteration(episodes, stop)
+            episodes, stopping = share_iteration(episodes, stop)
             log.iteration(global_step, lrnow, stats, episodes, last=iteration == args.num_iterations)
 
             if args.save_model and (
                 iteration == args.num_iterations
                 or (args.checkpoint_every and iteration % args.checkpoint_every == 0)
-                or stop.received
+                or stopping
             ):
                 state = checkpoint_state(args, run_name, iteration, global_step, train, log)  # every process
                 if rank == 0:
                     save_checkpoint(f"{run_dir}/checkpoint.pt", state)
                 saved = True
-            if stop.received:
+            if stopping:
                 if rank == 0:
                     print(
                         f"{stop.received}: stopped after iteration {iteration}; resume with --resume {run_dir}/checkpoint.pt"

@@ -328,15 +328,22 @@ torch.save({"agent": result["agent"].state_dict(), "env_seed": result["env_seed"
 """
 
 
-def torchrun(tmp_path, flags: list[str], port: int, **env) -> tuple[subprocess.CompletedProcess, dict, dict]:
+def torchrun(
+    tmp_path, flags: list[str], port: int, probe: str = PROBE, **env
+) -> tuple[subprocess.CompletedProcess, dict, dict]:
     """Run ppo_atari.main in 2 processes under torchrun (gloo, CPU) with `flags` and extra `env` variables (None
-    removes one). Returns (the finished process, rank 0's and rank 1's agent state, env_seed and history)."""
-    (tmp_path / "probe.py").write_text(PROBE)
+    removes one), through `probe`. Returns (the finished process, rank 0's and rank 1's agent state, env_seed and
+    history). A run that hangs fails after 5 minutes."""
+    (tmp_path / "probe.py").write_text(probe)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **env}
     env = {k: v for k, v in env.items() if v is not None}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
     proc = subprocess.run(
-        command + [str(tmp_path / "probe.py"), str(tmp_path), *flags], env=env, capture_output=True, text=True
+        command + [str(tmp_path / "probe.py"), str(tmp_path), *flags],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
@@ -357,6 +364,32 @@ def test_torchrun_two_processes_train_one_policy(workdir, tmp_path):
     ckpt = torch.load(glob.glob("runs/*/checkpoint.pt")[0], weights_only=True)
     assert ckpt["global_step"] == 256 and ckpt["world_size"] == 2 and len(ckpt["rng"]) == 2
     assert "global_step=256" in proc.stdout and proc.stdout.count("finished at") == 1  # rank 0 alone prints
+
+
+# Rank 1 receives SIGINT just after the processes agreed, at the end of iteration 1, that nobody had one.
+LATE_SIGNAL_PROBE = PROBE.replace(
+    "result = P.main(",
+    """real_share, shares = P.share_iteration, []
+def share(episodes, stop):
+    agreed = real_share(episodes, stop)
+    shares.append(1)
+    if os.environ["RANK"] == "1" and len(shares) == 1:
+        os.kill(os.getpid(), __import__("signal").SIGINT)
+    return agreed
+P.share_iteration = share
+result = P.main(""",
+)
+
+
+def test_torchrun_a_signal_after_the_agreement_stops_every_process_together(workdir, tmp_path):
+    """A signal that reaches one process after the processes agreed on this iteration is acted on after the next
+    one, by all of them: both checkpoint iteration 2 and exit (once, one rank went to the checkpoint's gather while
+    the other trained on: a hang, and no checkpoint)."""
+    flags = [*TORCHRUN_FLAGS, "--total-timesteps", "384", "--save-model"]
+    proc, r0, r1 = torchrun(tmp_path, flags, port=29523, probe=LATE_SIGNAL_PROBE)
+    assert len(r0["history"]) == len(r1["history"]) == 2  # of 3 iterations
+    ckpt = torch.load(glob.glob("runs/*/checkpoint.pt")[0], weights_only=True)
+    assert ckpt["iteration"] == 2 and "SIGINT: stopped after iteration 2" in proc.stdout
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
