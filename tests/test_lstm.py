@@ -20,7 +20,7 @@ P = importlib.import_module("ppo_lstm")
 def tiny(**kw):
     """4 iterations of 4 envs x 32 steps on CartPoleNoVel-v1 (episodes of ~20 random steps: several starts per
     rollout), 2 minibatches of 2 envs."""
-    defaults = dict(num_envs=4, num_steps=32, total_timesteps=512, num_minibatches=2, update_epochs=2)
+    defaults = dict(num_envs=4, num_steps=32, total_timesteps=512, num_minibatches=2, update_epochs=2, norm_obs=False)
     return P.Args(**{**defaults, **kw})
 
 
