@@ -195,6 +195,11 @@ def pyplot():
     return plt
 
 
+def seeds(n: int) -> str:
+    """'1 seed', '3 seeds'."""
+    return f"{n} seed" + ("" if n == 1 else "s")
+
+
 def plot_env(env_id: str, runs: list[Run], out_dir: str) -> list[str]:
     """Two PNGs for one env: mean return (95% interval over seeds) against steps and against wall time."""
     plt = pyplot()
@@ -206,9 +211,9 @@ def plot_env(env_id: str, runs: list[Run], out_dir: str) -> list[str]:
             end = min(r.episodes[-1, x_column] for r in group)
             grid = np.linspace(0, end, 200)
             mean, low, high = mean_and_interval(np.stack([smoothed_curve(r, grid, x_column) for r in group]))
-            ax.plot(grid, mean, label=f"{exp_name} ({len(group)} seeds)")
+            ax.plot(grid, mean, label=f"{exp_name} ({seeds(len(group))})")
             ax.fill_between(grid, low, high, alpha=0.2)
-        ax.set_title(env_id)
+        ax.set_title(env_id.split(":")[-1])
         ax.set_xlabel(xlabel)
         ax.set_ylabel("episodic return (mean of last 20 episodes)")
         ax.legend()
@@ -255,7 +260,7 @@ def results_table(runs: list[Run], last: int = 100) -> str:
         mean = mean_and_std(finals)
         mean = f"**{mean}**" if finals.mean() == best[env_id] else mean
         evaluated = [np.mean(r.eval_returns) for r in group if r.eval_returns]
-        eval_text = f"{mean_and_std(evaluated)} ({len(evaluated)} seeds)" if evaluated else "-"
+        eval_text = f"{mean_and_std(evaluated)} ({seeds(len(evaluated))})" if evaluated else "-"
         lines.append(
             f"| {env_id} | {exp_name} | {steps} | {len(group)} | {mean} | {per_seed} | {published[TRAINING]} "
             f"| {eval_text} | {published[EVALUATION]} | {wall:.1f} | {sps:,.0f} |"
@@ -330,6 +335,13 @@ def aggregate_table_and_plot(result: dict, out_dir: str) -> str:
 
 
 def main(args: Args) -> None:
+    if not args.runs_dirs:
+        raise SystemExit(
+            "benchmarks.report: error: name the runs folder(s), e.g. python -m benchmarks.report benchmarks/runs/classic"
+        )
+    for d in args.runs_dirs:
+        if not os.path.isdir(d):
+            raise SystemExit(f"benchmarks.report: error: {d}: no such directory")
     every_run = load_runs(*args.runs_dirs)
     runs = [r for r in every_run if r.complete]
     left_out = not_counted(every_run) + failed_runs(*args.runs_dirs)

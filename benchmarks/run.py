@@ -6,7 +6,7 @@
     python -m benchmarks.run --preset mujoco --slurm              # writes OUT/benchmark.sbatch instead
     python -m benchmarks.report benchmarks/runs/classic           # tables and curves afterwards
 
-Every run gets its own directory OUT/{script}/{env_id}/seed{S}/ (the script's TensorBoard logs and checkpoint
+Every run gets its own directory OUT/{script}/{env}/seed{S}/ ({env}: the env id without a `module:` prefix) (the script's TensorBoard logs and checkpoint
 land in its runs/, its stdout and stderr in run.log). Every run saves a checkpoint (--save-model), so a stopped
 run can continue. OUT/manifest.json records each run's command, status, exit status, wall time, log and
 TensorBoard directory; it is rewritten after every run. A failing run is reported and the others continue.
@@ -122,6 +122,12 @@ class Run:
         return f"{self.script}/{self.env_id}/seed{self.seed}"
 
 
+def env_folder(env_id: str) -> str:
+    """A folder name for an env id: gymnasium's `module:EnvId` form by its EnvId alone (a ":" in a path breaks scp and
+    TensorBoard's `--logdir name:path`), a namespace's "/" as "_"."""
+    return env_id.split(":")[-1].replace("/", "_")
+
+
 def plan(args: Args) -> tuple[list[Run], list[str], str]:
     """The runs of the matrix, the preset scripts skipped because they are not in the repository, and OUT.
 
@@ -149,7 +155,7 @@ def plan(args: Args) -> tuple[list[Run], list[str], str]:
                 if args.track:
                     command += ["--track", "--wandb-project-name", args.wandb_project_name]
                     command += ["--wandb-entity", args.wandb_entity] if args.wandb_entity else []
-                cwd = os.path.join(out, Path(script).stem, env_id, f"seed{seed}")
+                cwd = os.path.join(out, Path(script).stem, env_folder(env_id), f"seed{seed}")
                 runs.append(Run(script, env_id, seed, command, cwd))
     return runs, missing, out
 

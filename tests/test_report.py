@@ -180,3 +180,19 @@ def test_update_profile_minibatch_is_one_the_script_steps_on(script):
     losses, logratio = module.minibatch_step(agent, optimizer, mb, args, 0.5)
     assert logratio.shape == (args.minibatch_size,) and torch.isfinite(losses).all()
     assert all(not torch.equal(b, p) for b, p in zip(before, agent.parameters()))
+
+
+def test_harness_names_and_messages(tmp_path):
+    """Run folders without a colon (scp, TensorBoard's --logdir name:path), '1 seed', and the folder named in the
+    error when it does not exist or none is given."""
+    from benchmarks import report, run
+
+    assert (
+        run.env_folder("ppo_lstm:CartPoleNoVel-v1") == "CartPoleNoVel-v1"
+        and run.env_folder("ALE/Pong-v5") == "ALE_Pong-v5"
+    )
+    assert (report.seeds(1), report.seeds(3)) == ("1 seed", "3 seeds")
+    with pytest.raises(SystemExit, match="nowhere: no such directory"):
+        report.main(report.Args(runs_dirs=(str(tmp_path / "nowhere"),)))
+    with pytest.raises(SystemExit, match="name the runs folder"):
+        report.main(report.Args(runs_dirs=()))
