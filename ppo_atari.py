@@ -1146,7 +1146,15 @@ class RunLog:
         self.wandb_run, self.writer, self.bar, self.last_print = None, None, None, 0.0
         self.start_step, self.rank = ckpt["global_step"] if ckpt else 0, rank
         if evaluate_only or rank != 0:
+            if evaluate_only and ckpt is not None and rank == 0:  # nothing left to train
+                print(
+                    f"--resume: the checkpoint has trained {ckpt['global_step']} steps, --total-timesteps "
+                    f"{args.total_timesteps} asks no more: nothing to train (a larger --total-timesteps trains on)",
+                    flush=True,
+                )
             return
+        if ckpt is not None:
+            print(f"resumed from iteration {ckpt['iteration']} (global_step {ckpt['global_step']})", flush=True)
         global_batch = args.batch_size * world_size()  # steps per iteration, all processes together
         if args.total_timesteps % global_batch:
             print(
@@ -1222,6 +1230,12 @@ class RunLog:
         summary = f"{np.mean(recent):.2f} (last {len(recent)} episodes)" if recent else "- (no episode finished)"
         if self.rank == 0:
             print(f"finished at global_step={global_step}: mean return {summary}", flush=True)
+
+    def end_progress(self) -> None:
+        """Close the progress bar, so that a line printed now starts on a line of its own."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
     def close(self) -> None:
         if self.bar is not None:
@@ -1443,6 +1457,7 @@ def main(args: Args) -> dict:
                     save_checkpoint(f"{run_dir}/checkpoint.pt", state)
                 saved = True
             if stopping:
+                log.end_progress()
                 if rank == 0:
                     print(
                         f"{stop.received}: stopped after iteration {iteration}; resume with --resume {run_dir}/checkpoint.pt"

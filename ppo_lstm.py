@@ -1403,7 +1403,15 @@ class RunLog:
         self.wandb_run, self.writer, self.bar, self.last_print = None, None, None, 0.0
         self.start_step = ckpt["global_step"] if ckpt else 0
         if evaluate_only:
+            if ckpt is not None:  # nothing left to train
+                print(
+                    f"--resume: the checkpoint has trained {ckpt['global_step']} steps, --total-timesteps "
+                    f"{args.total_timesteps} asks no more: nothing to train (a larger --total-timesteps trains on)",
+                    flush=True,
+                )
             return
+        if ckpt is not None:
+            print(f"resumed from iteration {ckpt['iteration']} (global_step {ckpt['global_step']})", flush=True)
         if args.total_timesteps % args.batch_size:
             print(
                 f"--total-timesteps {args.total_timesteps} is not a multiple of the batch size {args.batch_size}: "
@@ -1476,6 +1484,12 @@ class RunLog:
         recent = [e[1] for e in self.episodes[-100:]]
         summary = f"{np.mean(recent):.2f} (last {len(recent)} episodes)" if recent else "- (no episode finished)"
         print(f"finished at global_step={global_step}: mean return {summary}", flush=True)
+
+    def end_progress(self) -> None:
+        """Close the progress bar, so that a line printed now starts on a line of its own."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
     def close(self) -> None:
         if self.bar is not None:
@@ -1685,6 +1699,7 @@ def main(args: Args) -> dict:
                 )
                 saved = True
             if stop.received:
+                log.end_progress()
                 print(
                     f"{stop.received}: stopped after iteration {iteration}; resume with --resume {run_dir}/checkpoint.pt"
                 )

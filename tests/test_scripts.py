@@ -477,3 +477,16 @@ def test_cuda_run(any_script):
     result = P.main(tiny(P, total_timesteps=1024, save_model=True, eval_episodes=2))
     assert next(result["agent"].parameters()).is_cuda
     assert result["episodes"] and set(result["eval"]) == {"greedy", "sampled"}
+
+
+def test_resume_says_where_it_resumed_and_when_nothing_is_left(script, capsys):
+    """A resumed run names the iteration and step it continues from; a --total-timesteps at or below what the
+    checkpoint trained says in one line that there is nothing to train."""
+    P = script
+    first = P.main(tiny(P, save_model=True))
+    ckpt = f"{first['run_dir']}/checkpoint.pt"
+    capsys.readouterr()
+    P.main(P.parse_args(["--resume", ckpt, "--total-timesteps", "192"]))
+    assert "resumed from iteration 4 (global_step 128)" in capsys.readouterr().out
+    P.main(P.parse_args(["--resume", ckpt, "--total-timesteps", "64"]))
+    assert "the checkpoint has trained 192 steps, --total-timesteps 64 asks no more" in capsys.readouterr().out
