@@ -66,8 +66,6 @@ def reference_update(P, agent, minibatches, args):
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compile"])
 @pytest.mark.parametrize("name,task", CASES, ids=[f"{n}-{t}" for n, t in CASES])
 def test_an_update_phase_equals_torchs_own(name, task, compiled, monkeypatch):
-    if compiled and name == "ppo_lstm" and task == "Breakout-v5":
-        pytest.skip("compiling the unrolled pixel LSTM takes minutes; its compiled update runs in test_compile")
     P = importlib.import_module(name)
     agent, batch, args = first_update(P, task, monkeypatch)
     agent.aux = nn.Linear(3, 1)  # a head the loss does not reach (trained elsewhere)
@@ -88,7 +86,10 @@ def test_an_update_phase_equals_torchs_own(name, task, compiled, monkeypatch):
     assert stats["minibatch_updates"] == len(minibatches) == 4
     reference_update(P, reference, minibatches, args)
     for (key, p), q in zip(agent.named_parameters(), reference.parameters()):
-        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=key)
+        # compiled kernels sum in another order: 1e-5 (measured 1.2e-6 on the pixel LSTM); the permuted-gradient bug
+        # this guards against moved conv weights by 3e-2
+        atol = 1e-5 if compiled else 1e-6
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=atol, msg=lambda m, key=key: f"{key}: {m}")
         assert not key.startswith("aux.") or torch.equal(p, before[key]), key
     moved = [k for k, p in agent.named_parameters() if not torch.equal(p, before[k])]
     assert len(moved) == len(before) - 2  # every parameter but the auxiliary head's weight and bias
