@@ -770,8 +770,8 @@ def ppo_update(
     advantages [B], returns [B]. Each epoch shuffles them into `num_minibatches` minibatches (sizes differ by at
     most one), each one `update_step` (minibatch_step, or its compiled version). Before each minibatch's step, its
     approx_kl is compared with `args.target_kl`: above it, the whole update phase ends there (the step is not taken).
-    Under torchrun each process holds its own batch; the gradient (one flat buffer) is averaged over the processes
-    with one all-reduce per minibatch, and so is approx_kl before the comparison, so all stop together and the
+    Under torchrun each process holds its own batch; the gradients (laid end to end) are averaged over the
+    processes with one all-reduce per minibatch, and so is approx_kl before the comparison, so all stop together and the
     parameters stay identical.
     Returns the losses averaged over the minibatches that were run (old_approx_kl, approx_kl and clipfrac
     over their samples, measured before each step as in CleanRL), `minibatch_updates`, `explained_variance` of the
