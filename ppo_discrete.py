@@ -1,8 +1,11 @@
-# PPO for discrete actions: a single file, CleanRL's ppo.py flags, corrected and faster.
-# Docs: README.md. Paper: Schulman et al. 2017, "Proximal Policy Optimization Algorithms", arXiv 1707.06347.
+# PPO for discrete actions: CleanRL's ppo.py (same flags, same TensorBoard tags), corrected and faster; one file of
+# the ppo-single-file project that runs on its own when copied.
+# Needs: pip install torch gymnasium numpy tyro tensorboard tqdm   (--track: wandb; --capture-video: moviepy pygame)
+# Paper: Schulman et al. 2017, "Proximal Policy Optimization Algorithms", arXiv 1707.06347.
+import contextlib
 import functools
 import importlib
-import netrc
+import importlib.util
 import os
 import random
 import shutil
@@ -11,54 +14,25 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.parse
 from dataclasses import asdict, dataclass, fields
 from typing import Literal
 
 import gymnasium as gym
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import tyro
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-CHECKPOINT_FORMAT = "ppo_discrete.py checkpoint v2"  # v2: Adam state per parameter (no flat buffer)
+CHECKPOINT_FORMAT = "ppo_discrete.py checkpoint v3"  # v3: the run plumbing's layout
 # Flags a resumed run must keep: they make its environments, or change what its saved agent computes.
 RESUME_FIXED = ("env_id", "env_backend", "num_envs", "num_steps", "seed")
 
 
 @dataclass
 class Args:
-    exp_name: str = os.path.basename(__file__)[: -len(".py")]
-    """the name of this experiment"""
-    seed: int = 1
-    """seed of the experiment"""
-    torch_deterministic: bool = True
-    """if toggled, `torch.backends.cudnn.deterministic=True`"""
-    cuda: bool = True
-    """if toggled, cuda will be enabled by default"""
-    torch_threads: int = 1
-    """torch CPU threads (1 is fastest for small networks)"""
-    compile: bool = False
-    """compile the policy step and the minibatch update with torch.compile (README: Speed)"""
-    track: bool = False
-    """if toggled, this experiment will be tracked with Weights and Biases"""
-    wandb_project_name: str = "cleanRL"
-    """the wandb's project name"""
-    wandb_entity: str | None = None
-    """the entity (team) of wandb's project"""
-    capture_video: bool = False
-    """whether to capture videos of the agent performances (check out `videos` folder)"""
-    save_model: bool = False
-    """whether to save a checkpoint to `runs/{run_name}/checkpoint.pt` at the end (and every `--checkpoint-every` iterations)"""
-    checkpoint_every: int = 0
-    """with `--save-model`, also checkpoint every this many iterations (0: only at the end)"""
-    resume: str | None = None
-    """path of a checkpoint of this script to continue from (its flags become the defaults)"""
-    eval_episodes: int = 0
-    """after training, evaluate the final policy for this many episodes, greedy and sampled (0: no evaluation)"""
-
     # Algorithm specific arguments
     env_id: str = "CartPole-v1"
     """the id of the environment"""
@@ -103,6 +77,36 @@ class Args:
     target_kl: float | None = None
     """early-stop the update phase at the first minibatch whose approx_kl exceeds this (None: never)"""
 
+    # Run options
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """if toggled, cuda will be enabled by default"""
+    torch_threads: int = 1
+    """torch CPU threads (1 is fastest for small networks)"""
+    compile: bool = False
+    """compile the minibatch update (loss, forward and backward) with torch.compile"""
+    track: bool = False
+    """if toggled, this experiment will be tracked with Weights and Biases"""
+    wandb_project_name: str = "cleanRL"
+    """the wandb's project name"""
+    wandb_entity: str | None = None
+    """the entity (team) of wandb's project"""
+    capture_video: bool = False
+    """whether to capture videos of the agent performances (check out `videos` folder)"""
+    save_model: bool = False
+    """whether to save a checkpoint to `runs/{run_name}/checkpoint.pt` at the end (and every `--checkpoint-every` iterations)"""
+    checkpoint_every: int = 0
+    """with `--save-model`, also checkpoint every this many iterations (0: only at the end)"""
+    resume: str | None = None
+    """path of a checkpoint of this script to continue from (its flags become the defaults)"""
+    eval_episodes: int = 0
+    """after training, evaluate the final policy for this many episodes, greedy and sampled (0: no evaluation)"""
+
     @property
     def batch_size(self) -> int:
         """the batch size (num_envs * num_steps)"""
@@ -117,154 +121,6 @@ class Args:
     def num_iterations(self) -> int:
         """the number of iterations (total_timesteps // batch_size)"""
         return self.total_timesteps // self.batch_size
-
-
-class UsageError(Exception):
-    """Bad flags or files: reported as one line and a non-zero exit before any work starts."""
-
-
-def flag(name: str) -> str:
-    """The command-line spelling of an Args field: `num_envs` -> `--num-envs`."""
-    return "--" + name.replace("_", "-")
-
-
-def validate_args(args: Args) -> None:
-    """Check the flags that need no environment.
-
-    Raises:
-        UsageError: naming the first bad flag.
-    """
-    for name in ("total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs", "torch_threads"):
-        if getattr(args, name) <= 0:
-            raise UsageError(f"{flag(name)} must be positive, got {getattr(args, name)}")
-    for name in ("learning_rate", "clip_coef", "kl_target", "max_grad_norm"):
-        if not getattr(args, name) > 0:
-            raise UsageError(f"{flag(name)} must be positive, got {getattr(args, name)}")
-    for name in ("gamma", "gae_lambda"):
-        if not 0 <= getattr(args, name) <= 1:
-            raise UsageError(f"{flag(name)} must be in [0, 1], got {getattr(args, name)}")
-    for name in ("ent_coef", "vf_coef", "kl_beta", "checkpoint_every", "eval_episodes"):
-        if getattr(args, name) < 0:
-            raise UsageError(f"{flag(name)} must not be negative, got {getattr(args, name)}")
-    if args.target_kl is not None and not args.target_kl > 0:
-        raise UsageError(f"--target-kl must be positive or None, got {args.target_kl}")
-    if args.batch_size % args.num_minibatches:
-        raise UsageError(
-            f"--num-minibatches {args.num_minibatches} must divide the batch size "
-            f"num_envs*num_steps = {args.batch_size}"
-        )
-    if args.total_timesteps < args.batch_size:
-        raise UsageError(
-            f"--total-timesteps {args.total_timesteps} is less than one batch (num_envs*num_steps = {args.batch_size})"
-        )
-    if args.checkpoint_every and not args.save_model:
-        raise UsageError("--checkpoint-every needs --save-model")
-    if args.capture_video and args.env_backend != "gymnasium":
-        raise UsageError("--capture-video needs --env-backend gymnasium")
-
-
-def wandb_can_log_in() -> bool:
-    """Whether wandb.init will start without asking for an API key it cannot get: offline or disabled mode
-    (WANDB_MODE), a key in WANDB_API_KEY, an entry for the W&B host in the netrc file (where `wandb login` puts
-    it), or a terminal on which wandb can ask."""
-    if os.environ.get("WANDB_MODE", "").lower() in ("offline", "disabled", "dryrun"):
-        return True
-    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE") or sys.stdin.isatty():
-        return True
-    host = urllib.parse.urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
-    try:
-        return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
-    except (OSError, netrc.NetrcParseError):
-        return False
-
-
-def check_extras(args: Args) -> None:
-    """Check that the optional packages the flags need are installed, and that W&B can log in, before anything
-    is built or written.
-
-    Raises:
-        UsageError: naming the flag and the extra to install (or how to log in).
-    """
-    if args.track:
-        try:
-            import wandb  # noqa: F401
-        except ImportError:
-            raise UsageError("--track needs wandb: pip install 'ppo-single-file[wandb]'") from None
-        if not wandb_can_log_in():
-            raise UsageError(
-                "--track: W&B has no API key here: run `wandb login` (or set WANDB_API_KEY), "
-                "or set WANDB_MODE=offline to log locally and `wandb sync` later"
-            )
-    if args.capture_video:
-        try:
-            import moviepy  # noqa: F401  (gymnasium's RecordVideo writes the .mp4 files with it)
-        except ImportError:
-            raise UsageError("--capture-video needs moviepy: pip install 'ppo-single-file[video]'") from None
-
-
-def check_video(args: Args) -> None:
-    """With `--capture-video`, render one frame before anything is written, so that a missing renderer (pygame,
-    or an OpenGL backend for MuJoCo) is a one-line error rather than a crash at the first recorded episode.
-
-    Raises:
-        UsageError: naming `--capture-video`.
-    """
-    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # pygame draws off-screen: no SDL "XDG_RUNTIME_DIR" error
-    try:
-        env = gym.make(args.env_id, render_mode="rgb_array")
-        env.reset(seed=args.seed)
-        env.render()
-        env.close()
-    except Exception as e:
-        reason = (str(e).strip() or type(e).__name__).splitlines()[0]
-        raise UsageError(
-            f"--capture-video: {args.env_id} cannot render ({reason}); the video extra: pip install 'ppo-single-file[video]'"
-        ) from None
-
-
-def env_spaces(env_id: str, backend: str) -> tuple[gym.Space, gym.Space]:
-    """The (observation, action) spaces of one environment, without building the vector env.
-
-    Raises:
-        UsageError: unknown env id, an env that cannot be made, or envpool not installed.
-    """
-    if backend == "envpool":
-        try:
-            import envpool
-        except ImportError:
-            raise UsageError("--env-backend envpool needs envpool: pip install 'ppo-single-file[envpool]'") from None
-        if env_id not in envpool.list_all_envs():
-            raise UsageError(f"--env-id {env_id}: not an envpool environment")
-        spec = envpool.make_spec(env_id)
-        return spec.gymnasium_observation_space, spec.gymnasium_action_space
-    try:
-        if ":" in env_id:  # gymnasium's "module:EnvId": importing the module registers the env (as gym.make does)
-            importlib.import_module(env_id.split(":")[0])
-        gym.spec(env_id.split(":")[-1])
-    except (ImportError, gym.error.Error) as e:
-        raise UsageError(f"--env-id {env_id}: not a registered gymnasium environment ({e})") from None
-    try:
-        env = gym.make(env_id)
-    except gym.error.Error as e:  # e.g. DependencyNotInstalled
-        raise UsageError(f"--env-id {env_id}: cannot be made ({e})") from None
-    env.close()
-    return env.observation_space, env.action_space
-
-
-def check_env(args: Args) -> tuple[gym.Space, gym.Space]:
-    """Refuse environments this script cannot learn on: it needs a Discrete action space and a flat Box observation.
-
-    Returns the (observation, action) spaces of one env.
-
-    Raises:
-        UsageError: naming `--env-id`.
-    """
-    obs_space, act_space = env_spaces(args.env_id, args.env_backend)
-    if not isinstance(act_space, gym.spaces.Discrete):
-        raise UsageError(f"--env-id {args.env_id}: action space {act_space} is not Discrete (use ppo_continuous.py)")
-    if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
-        raise UsageError(f"--env-id {args.env_id}: observation space {obs_space} is not a flat Box")
-    return obs_space, act_space
 
 
 def make_env(env_id, idx, capture_video, run_name):
@@ -298,6 +154,17 @@ def make_envs(args: Args, num_envs: int, seed: int, capture_video: bool, run_nam
     return gym.wrappers.vector.RecordEpisodeStatistics(envs)
 
 
+def start_envs(envs, args: Args, buffers: dict, actions: list, replay: bool) -> None:
+    """Reset the envs (gymnasium: seeded with `args.seed`; envpool was seeded at make) into buffers["obs"][T]. A
+    resumed run with iterations left first replays the `actions` it took ([steps, N] tensors), which brings the
+    freshly seeded envs to the exact state they were in."""
+    next_obs, _ = envs.reset(seed=args.seed if args.env_backend == "gymnasium" else None)
+    for step_actions in torch.cat(actions).long().numpy() if actions and replay else []:
+        next_obs, _, term, trunc, _ = envs.step(step_actions)
+        buffers["next_done"] = term | trunc
+    buffers["obs"][args.num_steps] = torch.as_tensor(next_obs, device=buffers["obs"].device)
+
+
 def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
     torch.nn.init.orthogonal_(layer.weight, std)
     torch.nn.init.constant_(layer.bias, bias_const)
@@ -305,6 +172,9 @@ def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
 
 
 class Agent(nn.Module):
+    """CleanRL's discrete-action agent: separate 2x64 tanh critic and actor, a Categorical policy over the actor's
+    logits. Every use of the policy goes through its methods, so a new network is an edit in this class."""
+
     def __init__(self, obs_dim: int, num_actions: int):
         super().__init__()
         self.critic = nn.Sequential(
@@ -323,7 +193,165 @@ class Agent(nn.Module):
         )
 
     def get_value(self, x):
+        """V(x): [N] for observations [N, D]."""
         return self.critic(x).squeeze(-1)
+
+    def get_action_and_value(self, x, action=None):
+        """For observations x [N, D] and their actions [N] int64 (sampled when None): (action, log pi(a|x) [N],
+        entropy [N], V(x) [N], log pi(.|x) [N, A] of every action, which PPO-Penalty's exact KL uses)."""
+        logits = self.actor(x)
+        if action is None:
+            action = torch.distributions.Categorical(logits=logits).sample()
+        logprob, entropy, logp_all = logprobs_and_entropy(logits, action)
+        return action, logprob, entropy, self.get_value(x), logp_all
+
+    def get_action(self, x, noise):
+        """The rollout's sample: actions [N] int64 from Categorical(logits=actor(x)) by the Gumbel-max trick, with
+        `noise` [N, A] from gumbel_noise (no value, no log-probability: make_batch computes them in one pass)."""
+        return (self.actor(x) + noise).argmax(-1)
+
+    def get_greedy_action(self, x):
+        """argmax_a pi(a|x): [N] int64."""
+        return self.actor(x).argmax(-1)
+
+
+def logprobs_and_entropy(logits, actions):
+    """Categorical log pi(a|s) of `actions` [B] (int64) and entropy, both [B], from logits [B, A]."""
+    logp_all = torch.log_softmax(logits, dim=-1)
+    logprob = logp_all.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    return logprob, entropy, logp_all
+
+
+def main(args: Args) -> dict:
+    """Train (and evaluate) as `args` says. Returns the run's record (Run.finish): run_name, run_dir, history,
+    episodes, eval and the trained agent.
+
+    Raises:
+        UsageError: bad flags or `--resume` file, before anything is built or written.
+    """
+    run = Run.start(args)  # checks the flags, the env and a --resume file, before anything is built or written
+    obs_space, act_space = run.spaces
+
+    # TRY NOT TO MODIFY: seeding
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    torch.set_num_threads(args.torch_threads)
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    agent = Agent(obs_space.shape[0], act_space.n).to(device)
+    optimizer = make_optimizer(agent, args.learning_rate)
+    policy, update_step = compile_functions(args, device)
+    # What a checkpoint saves besides the flags and progress. lr_schedule: where the decay starts (iteration, rate);
+    # actions: every action taken, replayed into freshly seeded envs on resume.
+    train = {"agent": agent, "optimizer": optimizer, "kl_beta": args.kl_beta, "lr_schedule": (1, args.learning_rate)}
+    train["actions"] = []
+    start_iteration, global_step = run.begin(train)  # a --resume checkpoint is loaded into `train` here
+    if run.ckpt is not None:
+        train["lr_schedule"] = resumed_lr_schedule(run.ckpt, args)
+
+    # env setup
+    envs = make_envs(args, args.num_envs, args.seed, args.capture_video, run.name)
+    buffers = make_buffers(args, obs_space.shape[0], device, action_log=train["actions"])
+    start_envs(envs, args, buffers, train["actions"], replay=start_iteration <= args.num_iterations)
+
+    with run.training(envs):  # Ctrl-C and SIGTERM checkpoint and stop; the envs and the logs close at the end
+        for iteration in range(start_iteration, args.num_iterations + 1):
+            lrnow = args.learning_rate
+            if args.anneal_lr:  # Annealing the rate if instructed to do so.
+                lrnow = annealed_lr(iteration, args.num_iterations, train["lr_schedule"][1], train["lr_schedule"][0])
+            set_learning_rate(optimizer, lrnow)
+
+            global_step, episodes = rollout(agent, envs, policy, buffers, args, global_step)
+            batch = make_batch(agent, buffers, args)
+            stats = ppo_update(agent, optimizer, batch, args, train["kl_beta"], update_step)
+            if args.loss_type == "kl-penalty":
+                train["kl_beta"] = adapt_kl_beta(train["kl_beta"], stats["kl"], args.kl_target)
+            if run.end_iteration(iteration, global_step, lrnow, stats, episodes, train):
+                break
+        run.finish(agent, global_step)
+    return run.record
+
+
+def make_buffers(args: Args, obs_dim: int, device: torch.device, action_log: list) -> dict:
+    """The rollout's preallocated storage: obs [T + 1, N, D] (obs[t] is the observation acted on at step t,
+    obs[T] the next one, where the next rollout starts) and actions [T, N] int64 on the device; rewards,
+    terminations, truncations [T, N] float32 on the host (what the env returns moves to the device once per
+    iteration); next_done [N] bool (whether the last step ended an episode), reset_first [N] bool (next_done
+    when this rollout started) and `action_log`, the list each rollout appends its actions to."""
+    shape = (args.num_steps, args.num_envs)
+    return {
+        "obs": torch.zeros((args.num_steps + 1, args.num_envs, obs_dim), device=device),
+        "actions": torch.zeros(shape, dtype=torch.long, device=device),
+        "rewards": np.zeros(shape, dtype=np.float32),
+        "terminations": np.zeros(shape, dtype=np.float32),
+        "truncations": np.zeros(shape, dtype=np.float32),
+        "next_done": np.zeros(args.num_envs, dtype=bool),
+        "reset_first": np.zeros(args.num_envs, dtype=bool),
+        "action_log": action_log,
+    }
+
+
+def rollout(agent: Agent, envs, policy, buffers: dict, args: Args, global_step: int) -> tuple[int, list]:
+    """Play `num_steps` steps of every env with `policy` (Agent.get_action, or its compiled version), into `buffers`.
+
+    Returns (global_step after the rollout, the episodes that ended: [(global_step, return, length)]).
+    """
+    obs, actions = buffers["obs"], buffers["actions"]
+    obs[0] = obs[args.num_steps]
+    buffers["reset_first"] = buffers["next_done"]
+    obs_t, actions_t = obs.unbind(0), actions.unbind(0)  # per-step views: cheaper to write than obs[step]
+    rewards, terminations, truncations = buffers["rewards"], buffers["terminations"], buffers["truncations"]
+    episodes = []
+    with torch.inference_mode():
+        # Gumbel-max sampling: argmax(logits + G) with G ~ Gumbel(0, 1) is a sample of Categorical(logits).
+        gumbel = gumbel_noise((args.num_steps, args.num_envs, envs.single_action_space.n), obs.device)
+        for step in range(0, args.num_steps):
+            global_step += args.num_envs
+            action = policy(agent, obs_t[step], gumbel[step])
+            actions_t[step].copy_(action)
+
+            # TRY NOT TO MODIFY: execute the game and log data.
+            next_obs, rewards[step], terminations[step], truncations[step], infos = envs.step(action.cpu().numpy())
+            obs_t[step + 1].copy_(torch.from_numpy(next_obs))
+            if "episode" in infos:
+                for i in np.nonzero(infos["_episode"])[0]:
+                    episodes.append((global_step, float(infos["episode"]["r"][i]), int(infos["episode"]["l"][i])))
+    buffers["next_done"] = (terminations[-1] + truncations[-1]) > 0
+    action_dtype = torch.uint8 if envs.single_action_space.n <= 256 else torch.int32
+    buffers["action_log"].append(actions.to("cpu", action_dtype, copy=True))
+    return global_step, episodes
+
+
+def make_batch(agent: Agent, buffers: dict, args: Args) -> dict:
+    """The update's batch from the rollout in `buffers`: old log-probabilities and values in one batched pass (the
+    parameters did not change during the rollout), GAE advantages and returns (compute_gae), flattened to the
+    B transitions that are no reset steps (the step after an episode ended, its action ignored, is no
+    transition). Keys and shapes: ppo_update's `batch`; a new key added here reaches ppo_loss's minibatch."""
+    obs, actions, device = buffers["obs"], buffers["actions"], buffers["obs"].device
+    terminations, truncations = buffers["terminations"], buffers["truncations"]
+    is_reset = np.concatenate([buffers["reset_first"][None], (terminations[:-1] + truncations[:-1]) > 0])
+    b_inds = torch.from_numpy(np.flatnonzero(~is_reset)).to(device)
+    with torch.inference_mode():
+        _, logprobs, _, _, logp_all = agent.get_action_and_value(obs[:-1], actions)
+        values = agent.get_value(obs)
+        t_rewards, t_terms, t_truncs = (
+            torch.from_numpy(x).to(device) for x in (buffers["rewards"], terminations, truncations)
+        )
+        advantages = compute_gae(t_rewards, values, t_terms, t_truncs, args.gamma, args.gae_lambda)
+        returns = advantages + values[:-1]
+    # flatten the batch (indexing outside inference mode gives normal tensors that autograd accepts)
+    return {
+        "obs": obs[:-1].reshape(-1, obs.shape[-1])[b_inds],
+        "actions": actions.reshape(-1)[b_inds],
+        "logprobs": logprobs.reshape(-1)[b_inds],
+        "logp_all": logp_all.reshape(-1, logp_all.shape[-1])[b_inds],
+        "values": values[:-1].reshape(-1)[b_inds],
+        "advantages": advantages.reshape(-1)[b_inds],
+        "returns": returns.reshape(-1)[b_inds],
+    }
 
 
 def compute_gae(
@@ -359,10 +387,90 @@ def compute_gae(
     return advantages
 
 
-def gumbel_noise(shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """Standard Gumbel noise G = -log(E), E ~ Exponential(1), float32 of `shape`: argmax(logits + G) over the last
-    dimension is a sample of Categorical(logits) (the Gumbel-max trick; Maddison et al. 2014, arXiv 1411.0030)."""
-    return -torch.empty(shape, device=device).exponential_().log()
+def ppo_update(
+    agent: Agent, optimizer: torch.optim.Optimizer, batch: dict, args: Args, kl_beta: float, update_step=None
+) -> dict:
+    """The update phase of one iteration: `update_epochs` passes over shuffled minibatches.
+
+    batch: flat tensors of the B transitions of the rollout (reset steps left out): obs [B, D], actions [B]
+    int64, logprobs [B], logp_all [B, A] (old log-probabilities of every action), values [B], advantages [B],
+    returns [B]. Each epoch shuffles them into `num_minibatches` minibatches (sizes differ by at most one), each
+    one `update_step` (minibatch_step, or its compiled version). Before each minibatch's step, its approx_kl is
+    compared with `args.target_kl`: above it, the whole update phase ends there (the step is not taken).
+    Returns the losses averaged over the minibatches that were run (old_approx_kl, approx_kl and clipfrac
+    over their samples, measured before each step as in CleanRL), `minibatch_updates`, `explained_variance` of the
+    batch's returns by its values, and with PPO-Penalty the mean KL to the old policy after the update (`kl`) and
+    the `kl_beta` used.
+    """
+    update_step = update_step or minibatch_step
+    losses, logratios = [], []
+    stop = False
+    beta = torch.tensor(kl_beta, device=batch["advantages"].device)  # a tensor: no recompile when it adapts
+    for epoch in range(args.update_epochs):
+        b_inds = torch.randperm(len(batch["obs"]), device=batch["obs"].device)
+        # Shuffle once per epoch; each minibatch is then a slice (a view) of every tensor.
+        minibatches = zip(*(v[b_inds].tensor_split(args.num_minibatches) for v in batch.values()))
+        for mb_values in minibatches:
+            mb = dict(zip(batch.keys(), mb_values))
+            if args.target_kl is not None and minibatch_approx_kl(agent, mb) > args.target_kl:
+                stop = True
+                break
+            mb_losses, logratio = update_step(agent, optimizer, mb, args, beta)
+            losses.append(mb_losses)
+            logratios.append(logratio)
+        if stop:
+            break
+    stats = {"minibatch_updates": len(losses)}
+    if losses:  # statistics once per iteration, not per minibatch: over the samples of the minibatches run
+        means = torch.stack([torch.stack(list(mb_losses.values())) for mb_losses in losses]).mean(0).tolist()
+        stats.update(zip(losses[0], means))  # policy_loss, value_loss, entropy, and any term ppo_loss adds
+        logratio = torch.cat(logratios)
+        clipfrac = ((logratio.exp() - 1.0).abs() > args.clip_coef).float().mean()
+        stats_t = torch.stack([(-logratio).mean(), approx_kl(logratio), clipfrac]).tolist()
+        stats.update(zip(("old_approx_kl", "approx_kl", "clipfrac"), stats_t))
+    stats["explained_variance"] = explained_variance(batch["values"], batch["returns"])
+    if args.loss_type == "kl-penalty":
+        with torch.no_grad():
+            new_logp_all = agent.get_action_and_value(batch["obs"], batch["actions"])[4]
+            stats.update(kl=categorical_kl(batch["logp_all"], new_logp_all).mean().item(), kl_beta=kl_beta)
+    return stats
+
+
+def minibatch_step(
+    agent: Agent, optimizer: torch.optim.Adam, mb: dict, args: Args, kl_beta, loss_fn=None
+) -> tuple[dict, torch.Tensor]:
+    """One gradient step on one minibatch, as CleanRL: loss (`loss_fn`: ppo_loss, or its compiled version), backward,
+    gradient-norm clip, Adam step. Returns (losses, logratio [M]) of ppo_loss, measured before the step."""
+    loss, losses, logratio = (loss_fn or ppo_loss)(agent, mb, args, kl_beta)
+    optimizer.zero_grad()
+    loss.backward()
+    nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+    optimizer.step()
+    return losses, logratio
+
+
+def ppo_loss(agent: Agent, mb: dict, args: Args, kl_beta) -> tuple[torch.Tensor, dict, torch.Tensor]:
+    """PPO's loss on one minibatch (M transitions of ppo_update's batch): L = L_clip (or PPO-Penalty's)
+    - ent_coef * H + vf_coef * L_V (arXiv 1707.06347, eq. 9).
+
+    Returns (loss: 0-d, differentiable; losses: {name: 0-d detached}, logged as losses/{name}; logratio [M]:
+    log pi(a|s) - log pi_old(a|s), detached).
+    """
+    _, newlogprob, entropy, newvalue, newlogp_all = agent.get_action_and_value(mb["obs"], mb["actions"])
+    logratio = newlogprob - mb["logprobs"]
+    mb_advantages = mb["advantages"]
+    if args.norm_adv:
+        mb_advantages = normalize_advantages(mb_advantages)
+    if args.loss_type == "clip":
+        pg_loss = clipped_policy_loss(logratio, mb_advantages, args.clip_coef)
+    else:
+        kl = categorical_kl(mb["logp_all"], newlogp_all)
+        pg_loss = kl_penalty_policy_loss(logratio, mb_advantages, kl, kl_beta)
+    v_loss = value_loss(newvalue, mb["values"], mb["returns"], args.clip_coef, args.clip_vloss)
+    entropy_loss = entropy.mean()
+    loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
+    losses = {"policy_loss": pg_loss, "value_loss": v_loss, "entropy": entropy_loss}
+    return loss, {k: v.detach() for k, v in losses.items()}, logratio.detach()
 
 
 def normalize_advantages(advantages: torch.Tensor) -> torch.Tensor:
@@ -402,6 +510,12 @@ def value_loss(newvalue, oldvalue, returns, clip_coef, clip_vloss):
     return 0.5 * torch.max(v_loss_unclipped, v_loss_clipped).mean()
 
 
+def categorical_kl(old_logp_all, new_logp_all):
+    """Exact KL(pi_old(.|s) || pi(.|s)) per state, [B], from the log-probabilities of every action, [B, A]:
+    sum_a pi_old(a|s) (log pi_old(a|s) - log pi(a|s)). PPO-Penalty's penalty term (arXiv 1707.06347, eq. 8)."""
+    return (old_logp_all.exp() * (old_logp_all - new_logp_all)).sum(-1)
+
+
 def approx_kl(logratio):
     """Schulman's low-variance estimator of KL(pi_old || pi): mean((r - 1) - log r), r = exp(logratio).
 
@@ -410,20 +524,38 @@ def approx_kl(logratio):
     return (torch.expm1(logratio) - logratio).mean()
 
 
-def categorical_kl(old_logp_all, new_logp_all):
-    """Exact KL(pi_old(.|s) || pi(.|s)) per state, [B], from the log-probabilities of every action, [B, A]:
-    sum_a pi_old(a|s) (log pi_old(a|s) - log pi(a|s)). PPO-Penalty's penalty term (arXiv 1707.06347, eq. 8)."""
-    return (old_logp_all.exp() * (old_logp_all - new_logp_all)).sum(-1)
+def minibatch_approx_kl(agent: Agent, mb: dict) -> torch.Tensor:
+    """approx_kl (0-d) of the current policy against the rollout's on minibatch `mb`, for the KL early stop."""
+    with torch.no_grad():
+        _, newlogprob, _, _, _ = agent.get_action_and_value(mb["obs"], mb["actions"])
+        return approx_kl(newlogprob - mb["logprobs"])
 
 
-def adapt_kl_beta(beta: float, kl: float, kl_target: float) -> float:
-    """PPO-Penalty's adaptive coefficient (arXiv 1707.06347, section 4): halve beta when the measured KL is
-    below kl_target / 1.5, double it when above kl_target * 1.5, keep it otherwise."""
-    if kl < kl_target / 1.5:
-        return beta / 2
-    if kl > kl_target * 1.5:
-        return beta * 2
-    return beta
+def explained_variance(y_pred: torch.Tensor, y_true: torch.Tensor) -> float:
+    """1 - Var[y_true - y_pred] / Var[y_true] for [B] tensors (NaN when y_true is constant): how much of the returns'
+    variance the value function explains (1: all, 0: no better than a constant)."""
+    var_y = y_true.var()
+    return (1 - (y_true - y_pred).var() / var_y).item() if var_y > 0 else float("nan")
+
+
+def make_optimizer(agent: nn.Module, learning_rate: float) -> torch.optim.Adam:
+    """torch.optim.Adam (eps 1e-5, as CleanRL) over the agent's parameters, fused (one kernel steps them all), with
+    its learning rate a 0-d float64 tensor that annealing sets in place (set_learning_rate), so a compiled update
+    never recompiles for it. Call it after moving the agent to its device."""
+    device = next(agent.parameters()).device
+    lr = torch.tensor(learning_rate, dtype=torch.float64, device=device)
+    return torch.optim.Adam(agent.parameters(), lr=lr, eps=1e-5, fused=True)
+
+
+def set_learning_rate(optimizer: torch.optim.Adam, lr: float) -> None:
+    """Write `lr` into the optimizer's 0-d float64 learning-rate tensor on the parameter's device, in place. What
+    `load_state_dict` put there (a float from an older checkpoint, or the checkpoint's tensor, loaded to the CPU)
+    becomes such a tensor first."""
+    group = optimizer.param_groups[0]
+    device = group["params"][0].device
+    if not isinstance(group["lr"], torch.Tensor) or group["lr"].device != device:
+        group["lr"] = torch.tensor(0.0, dtype=torch.float64, device=device)
+    group["lr"].fill_(lr)
 
 
 def annealed_lr(iteration: int, num_iterations: int, learning_rate: float, start: int = 1) -> float:
@@ -455,159 +587,20 @@ def resumed_lr_schedule(ckpt: dict, args: Args) -> tuple[int, float]:
     return k, last
 
 
-def logprobs_and_entropy(logits, actions):
-    """Categorical log pi(a|s) of `actions` [B] (int64) and entropy, both [B], from logits [B, A]."""
-    logp_all = torch.log_softmax(logits, dim=-1)
-    logprob = logp_all.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
-    entropy = -(logp_all.exp() * logp_all).sum(-1)
-    return logprob, entropy, logp_all
-
-
-def make_optimizer(agent: nn.Module, learning_rate: float) -> torch.optim.Adam:
-    """torch.optim.Adam (eps 1e-5, as CleanRL) over the agent's parameters, fused (one kernel steps them all), with
-    its learning rate a 0-d float64 tensor that annealing sets in place (set_learning_rate), so a compiled update
-    never recompiles for it. Call it after moving the agent to its device."""
-    device = next(agent.parameters()).device
-    lr = torch.tensor(learning_rate, dtype=torch.float64, device=device)
-    return torch.optim.Adam(agent.parameters(), lr=lr, eps=1e-5, fused=True)
-
-
-def set_learning_rate(optimizer: torch.optim.Adam, lr: float) -> None:
-    """Write `lr` into the optimizer's 0-d float64 learning-rate tensor on the parameter's device, in place. What
-    `load_state_dict` put there (a float from an older checkpoint, or the checkpoint's tensor, loaded to the CPU)
-    becomes such a tensor first."""
-    group = optimizer.param_groups[0]
-    device = group["params"][0].device
-    if not isinstance(group["lr"], torch.Tensor) or group["lr"].device != device:
-        group["lr"] = torch.tensor(0.0, dtype=torch.float64, device=device)
-    group["lr"].fill_(lr)
-
-
-def compile_functions(args: Args, device: torch.device) -> tuple:
-    """The policy step and the minibatch update that the rollout and ppo_update call: the plain functions, or with
-    `--compile` the minibatch update with its loss (ppo_loss: forward, and through AOTAutograd its backward) compiled
-    by torch.compile as one graph, with dynamic shapes (the minibatch size changes with the number of reset steps
-    left out of each batch); the optimizer step stays torch's fused Adam. On the CPU the policy step stays eager:
-    for this small network a compiled call costs more than the eager forward (README: Speed)."""
-    if not args.compile:
-        return act, minibatch_step
-    # Python floats (the loss's coefficients) are baked into the graph: left dynamic, a warm compile cache can hand a
-    # graph made with other values to a run (pytorch/pytorch#194976). kl_beta, which changes, comes as a tensor.
-    torch._dynamo.config.specialize_float = True
-    policy = torch.compile(act) if device.type == "cuda" else act
-    return policy, functools.partial(minibatch_step, loss_fn=torch.compile(ppo_loss, dynamic=True))
-
-
-def act(agent: Agent, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    """The policy step: actions [N] int64 sampled from Categorical(logits=actor(obs)) for obs [N, D], by the
-    Gumbel-max trick with `noise` [N, A] from gumbel_noise."""
-    return (agent.actor(obs) + noise).argmax(-1)
-
-
-def ppo_loss(agent: Agent, mb: dict, args: Args, kl_beta) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """PPO's loss on one minibatch (M transitions of ppo_update's batch): L = L_clip (or PPO-Penalty's)
-    - ent_coef * H + vf_coef * L_V (arXiv 1707.06347, eq. 9).
-
-    Returns (loss: 0-d, differentiable; losses [3]: policy loss, value loss, entropy, detached; logratio [M]:
-    log pi(a|s) - log pi_old(a|s), detached).
-    """
-    newlogprob, entropy, newlogp_all = logprobs_and_entropy(agent.actor(mb["obs"]), mb["actions"])
-    newvalue = agent.get_value(mb["obs"])
-    logratio = newlogprob - mb["logprobs"]
-    mb_advantages = mb["advantages"]
-    if args.norm_adv:
-        mb_advantages = normalize_advantages(mb_advantages)
-    if args.loss_type == "clip":
-        pg_loss = clipped_policy_loss(logratio, mb_advantages, args.clip_coef)
-    else:
-        kl = categorical_kl(mb["logp_all"], newlogp_all)
-        pg_loss = kl_penalty_policy_loss(logratio, mb_advantages, kl, kl_beta)
-    v_loss = value_loss(newvalue, mb["values"], mb["returns"], args.clip_coef, args.clip_vloss)
-    entropy_loss = entropy.mean()
-    loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
-    return loss, torch.stack([pg_loss, v_loss, entropy_loss]).detach(), logratio.detach()
-
-
-def minibatch_step(
-    agent: Agent, optimizer: torch.optim.Adam, mb: dict, args: Args, kl_beta, loss_fn=ppo_loss
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One gradient step on one minibatch, as CleanRL: loss (`loss_fn`: ppo_loss, or its compiled version), backward,
-    gradient-norm clip, Adam step.
-    Returns (losses [3], logratio [M]) of ppo_loss, measured before the step."""
-    loss, losses, logratio = loss_fn(agent, mb, args, kl_beta)
-    optimizer.zero_grad()
-    loss.backward()
-    nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
-    optimizer.step()
-    return losses, logratio
-
-
-def minibatch_approx_kl(agent: Agent, mb: dict) -> torch.Tensor:
-    """approx_kl (0-d) of the current policy against the rollout's on minibatch `mb`, for the KL early stop."""
-    with torch.no_grad():
-        newlogprob, _, _ = logprobs_and_entropy(agent.actor(mb["obs"]), mb["actions"])
-        return approx_kl(newlogprob - mb["logprobs"])
-
-
-def explained_variance(y_pred: torch.Tensor, y_true: torch.Tensor) -> float:
-    """1 - Var[y_true - y_pred] / Var[y_true] for [B] tensors (NaN when y_true is constant): how much of the returns'
-    variance the value function explains (1: all, 0: no better than a constant)."""
-    var_y = y_true.var()
-    return (1 - (y_true - y_pred).var() / var_y).item() if var_y > 0 else float("nan")
-
-
-def ppo_update(
-    agent: Agent, optimizer: torch.optim.Optimizer, batch: dict, args: Args, kl_beta: float, update_step=minibatch_step
-) -> dict:
-    """The update phase of one iteration: `update_epochs` passes over shuffled minibatches.
-
-    batch: flat tensors of the B transitions of the rollout (reset steps left out): obs [B, D], actions [B]
-    int64, logprobs [B], logp_all [B, A] (old log-probabilities of every action), values [B], advantages [B],
-    returns [B]. Each epoch shuffles them into `num_minibatches` minibatches (sizes differ by at most one), each
-    one `step` (minibatch_step, or its compiled version). Before each minibatch's step, its approx_kl is compared
-    with `args.target_kl`: above it, the whole update phase ends there (the step is not taken).
-    Returns the losses averaged over the minibatches that were run (old_approx_kl, approx_kl and clipfrac
-    over their samples, measured before each step as in CleanRL), `minibatch_updates`, `explained_variance` of the
-    batch's returns by its values, and with PPO-Penalty the mean KL to the old policy after the update (`kl`) and
-    the `kl_beta` used.
-    """
-    losses, logratios = [], []
-    stop = False
-    beta = torch.tensor(kl_beta, device=batch["advantages"].device)  # a tensor: no recompile when it adapts
-    for epoch in range(args.update_epochs):
-        b_inds = torch.randperm(len(batch["obs"]), device=batch["obs"].device)
-        # Shuffle once per epoch; each minibatch is then a slice (a view) of every tensor.
-        minibatches = zip(*(v[b_inds].tensor_split(args.num_minibatches) for v in batch.values()))
-        for mb_values in minibatches:
-            mb = dict(zip(batch.keys(), mb_values))
-            if args.target_kl is not None and minibatch_approx_kl(agent, mb) > args.target_kl:
-                stop = True
-                break
-            mb_losses, logratio = update_step(agent, optimizer, mb, args, beta)
-            losses.append(mb_losses)
-            logratios.append(logratio)
-        if stop:
-            break
-    stats = {"minibatch_updates": len(losses)}
-    if losses:  # statistics once per iteration, not per minibatch: over the samples of the minibatches run
-        pg_loss, v_loss, entropy_loss = torch.stack(losses).mean(0).tolist()
-        logratio = torch.cat(logratios)
-        clipfrac = ((logratio.exp() - 1.0).abs() > args.clip_coef).float().mean()
-        stats_t = torch.stack([(-logratio).mean(), approx_kl(logratio), clipfrac]).tolist()
-        stats.update(policy_loss=pg_loss, value_loss=v_loss, entropy=entropy_loss)
-        stats.update(zip(("old_approx_kl", "approx_kl", "clipfrac"), stats_t))
-    stats["explained_variance"] = explained_variance(batch["values"], batch["returns"])
-    if args.loss_type == "kl-penalty":
-        with torch.no_grad():
-            new_logp_all = torch.log_softmax(agent.actor(batch["obs"]), -1)
-            stats.update(kl=categorical_kl(batch["logp_all"], new_logp_all).mean().item(), kl_beta=kl_beta)
-    return stats
+def adapt_kl_beta(beta: float, kl: float, kl_target: float) -> float:
+    """PPO-Penalty's adaptive coefficient (arXiv 1707.06347, section 4): halve beta when the measured KL is
+    below kl_target / 1.5, double it when above kl_target * 1.5, keep it otherwise."""
+    if kl < kl_target / 1.5:
+        return beta / 2
+    if kl > kl_target * 1.5:
+        return beta * 2
+    return beta
 
 
 def evaluate(agent: Agent, args: Args, episodes: int, greedy: bool, device: torch.device) -> np.ndarray:
     """Run the policy for `episodes` full episodes on fresh envs (seed `args.seed + 10000`) without learning.
 
-    Greedy takes argmax pi(a|s); otherwise actions are sampled from a private generator, so evaluation
+    Greedy takes argmax pi(a|s); otherwise actions are sampled with noise from a private generator, so evaluation
     leaves the training RNG untouched. Each of the min(episodes, num_envs) envs runs a fixed share of
     the episodes, so short episodes are not over-represented. Returns [episodes] float64 returns.
     """
@@ -619,11 +612,12 @@ def evaluate(agent: Agent, args: Args, episodes: int, greedy: bool, device: torc
     next_obs, _ = envs.reset(seed=args.seed + 10000 if args.env_backend == "gymnasium" else None)
     with torch.inference_mode():
         while any(len(r) < q for r, q in zip(returns, quota)):
-            logits = agent.actor(torch.as_tensor(next_obs, dtype=torch.float32, device=device))
+            obs = torch.as_tensor(next_obs, dtype=torch.float32, device=device)
             if greedy:
-                action = logits.argmax(-1)
+                action = agent.get_greedy_action(obs)
             else:
-                action = torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+                noise = -torch.empty((num_envs, envs.single_action_space.n), device=device)
+                action = agent.get_action(obs, noise.exponential_(generator=generator).log())
             next_obs, _, _, _, infos = envs.step(action.cpu().numpy())
             if "episode" in infos:
                 for i in np.nonzero(infos["_episode"])[0]:
@@ -633,15 +627,495 @@ def evaluate(agent: Agent, args: Args, episodes: int, greedy: bool, device: torc
     return np.array([r for env_returns in returns for r in env_returns])
 
 
-def upload_new_videos(wandb_run, video_dir: str, uploaded: set) -> None:
-    """Log to W&B (key `videos`) each finished .mp4 in `video_dir` not in `uploaded`, and add it there."""
-    import wandb
+# ---- this script's checks (run by Run.start, before anything is built or written) ----
 
-    if os.path.isdir(video_dir):
-        for name in sorted(set(os.listdir(video_dir)) - uploaded):
+
+def validate_args(args: Args) -> None:
+    """Check the flags that need no environment.
+
+    Raises:
+        UsageError: naming the first bad flag.
+    """
+    for name in ("total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs", "torch_threads"):
+        if getattr(args, name) <= 0:
+            raise UsageError(f"{flag(name)} must be positive, got {getattr(args, name)}")
+    for name in ("learning_rate", "clip_coef", "kl_target", "max_grad_norm"):
+        if not getattr(args, name) > 0:
+            raise UsageError(f"{flag(name)} must be positive, got {getattr(args, name)}")
+    for name in ("gamma", "gae_lambda"):
+        if not 0 <= getattr(args, name) <= 1:
+            raise UsageError(f"{flag(name)} must be in [0, 1], got {getattr(args, name)}")
+    for name in ("ent_coef", "vf_coef", "kl_beta", "checkpoint_every", "eval_episodes"):
+        if getattr(args, name) < 0:
+            raise UsageError(f"{flag(name)} must not be negative, got {getattr(args, name)}")
+    if args.target_kl is not None and not args.target_kl > 0:
+        raise UsageError(f"--target-kl must be positive or None, got {args.target_kl}")
+    if args.batch_size % args.num_minibatches:
+        raise UsageError(
+            f"--num-minibatches {args.num_minibatches} must divide the batch size "
+            f"num_envs*num_steps = {args.batch_size}"
+        )
+    if args.total_timesteps < args.batch_size:
+        raise UsageError(
+            f"--total-timesteps {args.total_timesteps} is less than one batch (num_envs*num_steps = {args.batch_size})"
+        )
+    if args.checkpoint_every and not args.save_model:
+        raise UsageError("--checkpoint-every needs --save-model")
+    if args.capture_video and args.env_backend != "gymnasium":
+        raise UsageError("--capture-video needs --env-backend gymnasium")
+
+
+def check_env(args: Args) -> tuple[gym.Space, gym.Space]:
+    """Refuse environments this script cannot learn on: it needs a Discrete action space and a flat Box observation;
+    with --capture-video, the env must render (check_video).
+
+    Returns the (observation, action) spaces of one env.
+
+    Raises:
+        UsageError: naming `--env-id`.
+    """
+    obs_space, act_space = env_spaces(args.env_id, args.env_backend)
+    if not isinstance(act_space, gym.spaces.Discrete):
+        raise UsageError(f"--env-id {args.env_id}: action space {act_space} is not Discrete (use ppo_continuous.py)")
+    if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
+        raise UsageError(f"--env-id {args.env_id}: observation space {obs_space} is not a flat Box")
+    if args.capture_video:
+        check_video(args)
+    return obs_space, act_space
+
+
+def env_spaces(env_id: str, backend: str) -> tuple[gym.Space, gym.Space]:
+    """The (observation, action) spaces of one environment, without building the vector env.
+
+    Raises:
+        UsageError: unknown env id, an env that cannot be made, or envpool not installed.
+    """
+    if backend == "envpool":
+        try:
+            import envpool
+        except ImportError:
+            raise UsageError("--env-backend envpool needs envpool: pip install envpool") from None
+        if env_id not in envpool.list_all_envs():
+            raise UsageError(f"--env-id {env_id}: not an envpool environment")
+        spec = envpool.make_spec(env_id)
+        return spec.gymnasium_observation_space, spec.gymnasium_action_space
+    try:
+        if ":" in env_id:  # gymnasium's "module:EnvId": importing the module registers the env (as gym.make does)
+            importlib.import_module(env_id.split(":")[0])
+        gym.spec(env_id.split(":")[-1])
+    except (ImportError, gym.error.Error) as e:
+        raise UsageError(f"--env-id {env_id}: not a registered gymnasium environment ({e})") from None
+    try:
+        env = gym.make(env_id)
+    except gym.error.Error as e:  # e.g. DependencyNotInstalled
+        raise UsageError(f"--env-id {env_id}: cannot be made ({e})") from None
+    env.close()
+    return env.observation_space, env.action_space
+
+
+def check_video(args: Args) -> None:
+    """With `--capture-video`, render one frame before anything is written, so that a missing renderer (pygame,
+    or an OpenGL backend for MuJoCo) is a one-line error rather than a crash at the first recorded episode.
+
+    Raises:
+        UsageError: naming `--capture-video`.
+    """
+    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # pygame draws off-screen: no SDL "XDG_RUNTIME_DIR" error
+    try:
+        env = gym.make(args.env_id, render_mode="rgb_array")
+        env.reset(seed=args.seed)
+        env.render()
+        env.close()
+    except Exception as e:
+        reason = (str(e).strip() or type(e).__name__).splitlines()[0]
+        raise UsageError(
+            f"--capture-video: {args.env_id} cannot render ({reason}); pip install moviepy pygame"
+        ) from None
+
+
+# ---- speed ----
+
+
+def gumbel_noise(shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """Standard Gumbel noise G = -log(E), E ~ Exponential(1), float32 of `shape`: argmax(logits + G) over the last
+    dimension is a sample of Categorical(logits) (the Gumbel-max trick; Maddison et al. 2014, arXiv 1411.0030)."""
+    return -torch.empty(shape, device=device).exponential_().log()
+
+
+def compile_functions(args: Args, device: torch.device) -> tuple:
+    """The policy step and the minibatch update that the rollout and ppo_update call: Agent.get_action and
+    minibatch_step, or with `--compile` the minibatch update with its loss (ppo_loss: forward, and through
+    AOTAutograd its backward) compiled by torch.compile as one graph, with dynamic shapes (the minibatch size changes
+    with the number of reset steps left out of each batch); the optimizer step stays torch's fused Adam. On the CPU
+    the policy step stays eager: for this small network a compiled call costs more than the eager forward."""
+    if not args.compile:
+        return Agent.get_action, minibatch_step
+    # Python floats (the loss's coefficients) are baked into the graph: left dynamic, a warm compile cache can hand a
+    # graph made with other values to a run (pytorch/pytorch#194976). kl_beta, which changes, comes as a tensor.
+    torch._dynamo.config.specialize_float = True
+    print("--compile: compiling the update, about 30 s the first time", flush=True)
+    policy = torch.compile(Agent.get_action) if device.type == "cuda" else Agent.get_action
+    return policy, functools.partial(minibatch_step, loss_fn=torch.compile(ppo_loss, dynamic=True))
+
+
+# ---- run plumbing: TRY NOT TO MODIFY (checks, run folder, logging, Ctrl-C, checkpoints and resume, evaluation) ----
+# The same text in every script of ppo-single-file (a test compares them). What differs between the scripts comes
+# from the script's own part above, by name: Args, CHECKPOINT_FORMAT, RESUME_FIXED, validate_args, check_env and
+# evaluate. Under torchrun (WORLD_SIZE set) every process runs it; rank 0 alone writes and prints.
+
+
+class UsageError(Exception):
+    """Bad flags or files: reported as one line and a non-zero exit before any work starts."""
+
+
+def flag(name: str) -> str:
+    """The command-line spelling of an Args field: `num_envs` -> `--num-envs`."""
+    return "--" + name.replace("_", "-")
+
+
+def check_extras(args: Args) -> None:
+    """Check that the optional packages the flags need are installed, before anything is built or written.
+
+    Raises:
+        UsageError: naming the flag and the package to install.
+    """
+    for wanted, module, purpose in (
+        (args.track, "wandb", "--track"),
+        (args.capture_video, "moviepy", "--capture-video"),
+    ):
+        if wanted and importlib.util.find_spec(module) is None:
+            raise UsageError(f"{purpose} needs {module}: pip install {module}")
+
+
+class Run:
+    """The plumbing of one training run, reached from main() through a few calls:
+
+        run = Run.start(args)                       # checks: flags, packages, env, --resume file; writes nothing
+        start_iteration, global_step = run.begin(train)   # resume into `train`, run folder, logging
+        with run.training(envs):                    # Ctrl-C/SIGTERM checkpoint and stop; envs and logs close
+            ... if run.end_iteration(iteration, global_step, lr, stats, episodes, train): break
+            run.finish(agent, global_step)          # summary, final evaluation
+        return run.record
+
+    `train` is what a checkpoint holds besides the flags and progress: objects with a state_dict (agent,
+    optimizer) are saved and loaded through it, lists (of tensors: the actions taken) are saved concatenated, any
+    other value (floats, tuples, tensors) as it is.
+    """
+
+    def __init__(self, args: Args, ckpt: dict | None, spaces: tuple):
+        self.args, self.ckpt, self.spaces = args, ckpt, spaces
+        self.rank, self.world_size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+        self.name = self.dir = self.log = None
+        self.saved, self.stop, self.record = False, None, {}
+
+    @classmethod
+    def start(cls, args: Args) -> "Run":
+        """Check everything that can be checked before any work: the flags, the packages they need, the
+        environment (check_env: returns its spaces, `run.spaces`), and the --resume file with the flags it fixes.
+
+        Raises:
+            UsageError: naming the flag or file.
+        """
+        validate_args(args)
+        check_extras(args)
+        ckpt = load_checkpoint(args.resume) if args.resume else None
+        if ckpt is not None:
+            check_resume(args, ckpt)
+        return cls(args, ckpt, check_env(args))
+
+    def begin(self, train: dict) -> tuple[int, int]:
+        """Load a --resume checkpoint into `train` (and this process's RNG state), then claim the run folder and
+        start logging. A finished run resumed with nothing left to train is only evaluated and writes nothing.
+        Returns (first iteration to train, global_step).
+
+        Raises:
+            UsageError: naming --resume when the checkpoint does not fit what `train` holds, or the path that
+                cannot be written; nothing is written before.
+        """
+        args, ckpt = self.args, self.ckpt
+        start_iteration, global_step = 1, 0
+        if ckpt is not None:
+            for key, value in train.items():
+                if hasattr(value, "load_state_dict"):
+                    try:
+                        value.load_state_dict(ckpt[key])
+                    except (RuntimeError, ValueError, KeyError) as e:
+                        reason = [line.strip() for line in str(e).splitlines() if line.strip()][-1]
+                        raise UsageError(
+                            f"--resume {args.resume}: its {key} does not fit this run's: {reason}"
+                        ) from None
+                else:
+                    train[key] = [ckpt[key]] if isinstance(value, list) else ckpt[key]
+            rng = ckpt["rng"][self.rank]
+            torch.set_rng_state(rng["torch"])
+            if rng["cuda"] is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state(rng["cuda"])
+            start_iteration, global_step = ckpt["iteration"] + 1, ckpt["global_step"]
+        evaluate_only = ckpt is not None and ckpt["iteration"] >= args.num_iterations
+        self.name = ckpt["run_name"] if ckpt else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+        self.dir = f"runs/{self.name}"
+        if not evaluate_only:  # rank 0 claims the folder; every process learns its name, or the error
+            outcome = [None]
+            if self.rank == 0:
+                try:
+                    outcome[0] = prepare_run_dir(args, self.name, new=ckpt is None)
+                except UsageError as e:
+                    outcome[0] = str(e)
+            if dist.is_initialized():
+                dist.broadcast_object_list(outcome, src=0)
+            if isinstance(outcome[0], str):
+                raise UsageError(outcome[0])
+            self.name, self.dir = outcome[0]
+        try:
+            self.log = RunLog(args, self.name, self.dir, ckpt, evaluate_only, self.rank, self.world_size)
+        except UsageError:  # W&B cannot log in: a new run leaves no folder behind
+            if ckpt is None and self.rank == 0:
+                shutil.rmtree(self.dir, ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    os.removedirs(os.path.dirname(self.dir))
+            raise
+        return start_iteration, global_step
+
+    @contextlib.contextmanager
+    def training(self, envs):
+        """Around the training loop: with --save-model, a first Ctrl-C or SIGTERM is noted (end_iteration
+        checkpoints and stops), a second one stops at once; at the end the envs and the logs close. A run stopped at
+        once raises a one-line KeyboardInterrupt saying where it stopped and what there is to resume from."""
+        self.stop = StopSignals(self.args.save_model)
+        self.log.start()
+        self.global_step = self.log.start_step
+        try:
+            yield self
+        except KeyboardInterrupt:
+            checkpoint = f"{self.dir}/checkpoint.pt"
+            resume = f"; {checkpoint} resumes from the last one saved" if os.path.isfile(checkpoint) else ""
+            if not self.args.save_model:
+                resume = "; nothing saved (with --save-model, Ctrl-C saves a checkpoint to resume from)"
+            self.log.end_progress()
+            where = "interrupted" if not self.args.save_model else "stopped at once"
+            raise KeyboardInterrupt(f"{where} at global_step={self.global_step}{resume}") from None
+        finally:
+            self.stop.restore()
+            envs.close()
+            self.log.close()
+
+    def end_iteration(
+        self, iteration: int, global_step: int, lr: float, stats: dict, episodes: list, train: dict
+    ) -> bool:
+        """Log the iteration (the learning rate, the update's `stats`, the `episodes` that ended: [(global_step,
+        return, length)]), checkpoint with --save-model when due (the last iteration, every --checkpoint-every, a
+        signal), and say whether to stop now (a signal arrived). Under torchrun every process calls it: the episodes
+        of all go to rank 0's log and all stop together."""
+        self.global_step = global_step
+        received = self.stop.received
+        if dist.is_initialized():  # every process's episodes, and the signal any of them has received so far
+            gathered = [None] * self.world_size
+            dist.all_gather_object(gathered, (episodes, received))
+            episodes = sorted(e for process_episodes, _ in gathered for e in process_episodes)
+            received = next((r for _, r in gathered if r), None)
+            self.stop.received = self.stop.received or received
+        last = iteration == self.args.num_iterations
+        self.log.iteration(global_step, lr, stats, episodes, last)
+        every = self.args.checkpoint_every
+        if self.args.save_model and (last or (every and iteration % every == 0) or received):
+            state = checkpoint_state(self, iteration, global_step, train)  # every process: it gathers their RNGs
+            if self.rank == 0:
+                save_checkpoint(f"{self.dir}/checkpoint.pt", state)
+            self.saved = True
+        if received:
+            self.log.end_progress()
+            if self.rank == 0:
+                print(f"{received}: stopped after iteration {iteration}; resume with --resume {self.dir}/checkpoint.pt")
+        return bool(received)
+
+    def finish(self, agent: nn.Module, global_step: int) -> None:
+        """After training: print the last returns and where the checkpoint is, evaluate with --eval-episodes (not
+        after a stop), and fill `run.record`: run_name, run_dir, history (one dict of logged scalars per
+        iteration), episodes, eval (mean returns) and agent."""
+        self.stop.restore()  # training is over: a signal now stops at once
+        self.global_step = global_step
+        self.log.summary(global_step)
+        if self.saved and self.rank == 0:
+            print(f"checkpoint saved to {self.dir}/checkpoint.pt", flush=True)
+        device = next(agent.parameters()).device
+        result = {}
+        if not self.stop.received and self.rank == 0:
+            self.log.upload_videos()
+            for mode in ("sampled", "greedy") if self.args.eval_episodes else ():
+                returns = evaluate(agent, self.args, self.args.eval_episodes, greedy=mode == "greedy", device=device)
+                self.log.evaluation(mode, returns)
+                result[mode] = float(returns.mean())
+        self.record = {"run_name": self.name, "run_dir": self.dir, "history": self.log.history}
+        self.record.update(episodes=self.log.episodes, eval=result, agent=agent)
+
+
+class RunLog:
+    """What a run reports as it trains: TensorBoard scalars under CleanRL's tags (W&B syncs them with `--track`,
+    and gets the videos), a progress bar on a terminal or a line every 10 s otherwise, and the run's record
+    (`history`: one dict of scalars per iteration; `episodes`: (global_step, return, length) of each one that
+    ended). A finished run that is only evaluated writes nothing; under torchrun only rank 0 writes and prints."""
+
+    def __init__(self, args: Args, run_name: str, run_dir: str, ckpt, evaluate_only: bool, rank: int, world_size: int):
+        self.args, self.run_name, self.history, self.uploaded_videos = args, run_name, [], set()
+        self.episodes = [tuple(e) for e in ckpt["episodes"]] if ckpt else []
+        self.wandb_run, self.writer, self.bar, self.last_print, self.rank = None, None, None, 0.0, rank
+        self.start_step = ckpt["global_step"] if ckpt else 0
+        if evaluate_only or rank != 0:
+            if evaluate_only and ckpt is not None and rank == 0:  # nothing left to train
+                print(
+                    f"--resume: the checkpoint has trained {ckpt['global_step']} steps, --total-timesteps "
+                    f"{args.total_timesteps} asks no more: nothing to train (a larger --total-timesteps trains on)",
+                    flush=True,
+                )
+            return
+        if ckpt is not None:
+            print(f"resumed from iteration {ckpt['iteration']} (global_step {ckpt['global_step']})", flush=True)
+        batch = args.batch_size * world_size  # steps per iteration, all processes together
+        if args.total_timesteps % batch:
+            print(
+                f"--total-timesteps {args.total_timesteps} is not a multiple of the batch size {batch}: "
+                f"training {args.num_iterations * batch} steps ({args.num_iterations} iterations)",
+                flush=True,
+            )
+        config = {**asdict(args), "batch_size": args.batch_size, "num_iterations": args.num_iterations}
+        config.update(world_size=world_size)
+        if args.track:
+            import wandb
+
+            try:
+                self.wandb_run = wandb.init(
+                    project=args.wandb_project_name,
+                    entity=args.wandb_entity,
+                    sync_tensorboard=True,
+                    config=config,
+                    name=run_name,
+                    id=ckpt.get("wandb_id") if ckpt else None,
+                    resume="allow",
+                    save_code=True,
+                )
+            except wandb.errors.UsageError as e:  # no API key: wandb's own message says how to log in
+                raise UsageError(f"--track: {str(e).splitlines()[0]} (or set WANDB_MODE=offline)") from None
+        self.writer = SummaryWriter(run_dir, purge_step=ckpt["global_step"] + 1 if ckpt else None)
+        self.writer.add_text(
+            "hyperparameters",
+            "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in config.items()])),
+        )
+        if sys.stderr.isatty():
+            total = args.num_iterations * batch
+            self.bar = tqdm(total=total, initial=self.start_step, unit="step", dynamic_ncols=True)
+
+    def start(self) -> None:
+        """Start the clock of the SPS figure just before the training loop: SPS counts the loop only, as CleanRL's."""
+        self.start_time = time.time()
+
+    def iteration(self, global_step: int, lr: float, stats: dict, episodes: list, last: bool) -> None:
+        """Record one iteration: the episodes that ended in it, the learning rate, SPS and the update's `stats`
+        (the key minibatch_updates as charts/, the others as losses/)."""
+        self.episodes.extend(episodes)
+        sps = int((global_step - self.start_step) / (time.time() - self.start_time))
+        scalars = {"charts/learning_rate": lr, "charts/SPS": sps}
+        scalars.update({("charts/" if k == "minibatch_updates" else "losses/") + k: v for k, v in stats.items()})
+        self.history.append(scalars)
+        if self.writer is not None:
+            for step_, episodic_return, episodic_length in episodes:
+                self.writer.add_scalar("charts/episodic_return", episodic_return, step_)
+                self.writer.add_scalar("charts/episodic_length", episodic_length, step_)
+            for tag, value in scalars.items():
+                self.writer.add_scalar(tag, value, global_step)
+            self.upload_videos()
+
+        recent = [e[1] for e in self.episodes[-20:]]
+        if self.bar is not None:
+            self.bar.update(global_step - self.bar.n)
+            self.bar.set_postfix(SPS=sps, ret=f"{np.mean(recent):.1f}" if recent else "-", refresh=False)
+        elif self.rank == 0 and (time.time() - self.last_print > 10 or last):
+            self.last_print = time.time()
+            mean_return = f"{np.mean(recent):.1f}" if recent else "-"
+            print(f"global_step={global_step} SPS={sps} return(last {len(recent)} episodes)={mean_return}", flush=True)
+
+    def upload_videos(self) -> None:
+        """With --track and --capture-video, log each new .mp4 of videos/{run_name} to W&B (key `videos`): wandb's
+        own monitor_gym fails on gymnasium 1.x."""
+        video_dir = f"videos/{self.run_name}"
+        if self.wandb_run is None or not self.args.capture_video or not os.path.isdir(video_dir):
+            return
+        import wandb
+
+        for name in sorted(set(os.listdir(video_dir)) - self.uploaded_videos):
             if name.endswith(".mp4"):
-                wandb_run.log({"videos": wandb.Video(os.path.join(video_dir, name), format="mp4")})
-                uploaded.add(name)
+                self.wandb_run.log({"videos": wandb.Video(os.path.join(video_dir, name), format="mp4")})
+                self.uploaded_videos.add(name)
+
+    def evaluation(self, mode: str, returns: np.ndarray) -> None:
+        """Print and log (eval/episodic_return, or eval/episodic_return_greedy) one evaluation's returns."""
+        tag = "eval/episodic_return" + ("_greedy" if mode == "greedy" else "")
+        for idx, episodic_return in enumerate(returns if self.writer is not None else []):
+            self.writer.add_scalar(tag, episodic_return, idx)
+        print(f"eval ({mode}, {len(returns)} episodes): mean return {returns.mean():.2f} +- {returns.std():.2f}")
+
+    def summary(self, global_step: int) -> None:
+        """Close the progress bar (the lines below start on a line of their own) and print the last 100 returns."""
+        self.end_progress()
+        recent = [e[1] for e in self.episodes[-100:]]
+        summary = f"{np.mean(recent):.2f} (last {len(recent)} episodes)" if recent else "- (no episode finished)"
+        if self.rank == 0:
+            print(f"finished at global_step={global_step}: mean return {summary}", flush=True)
+
+    def end_progress(self) -> None:
+        """Close the progress bar, so that a line printed now starts on a line of its own."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def close(self) -> None:
+        self.end_progress()
+        if self.writer is not None:
+            self.writer.close()
+        if self.wandb_run is not None:
+            self.wandb_run.finish()
+
+
+class StopSignals:
+    """Ctrl-C (SIGINT) and SIGTERM (a cluster's preemption notice) during training, with `--save-model`: the first
+    one is noted in `received` (the loop finishes the iteration, checkpoints and stops; --resume continues exactly),
+    a second one stops at once (KeyboardInterrupt). Without --save-model, or outside the main thread, Python's
+    handlers stay: Ctrl-C stops at once."""
+
+    def __init__(self, enabled: bool):
+        self.received, self.previous = None, {}
+        if enabled and threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self.previous[signum] = signal.signal(signum, self.request_stop)
+
+    def request_stop(self, signum, frame):
+        if self.received:
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+        tqdm.write(f"{self.received}: stopping after this iteration to save a checkpoint (again: stop at once)")
+
+    def restore(self) -> None:
+        """Put the previous handlers back: after training a signal stops at once."""
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        self.previous = {}
+
+
+def checkpoint_state(run: Run, iteration: int, global_step: int, train: dict) -> dict:
+    """What --save-model saves after `iteration`: the format, flags, progress, every process's RNG states (gathered
+    under torchrun, so that each resumes its own), the episodes, the W&B run id, and `train` (see Run)."""
+    rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
+    rngs = [rng]
+    if dist.is_initialized():
+        rngs = [None] * run.world_size
+        dist.all_gather_object(rngs, rng)
+    state = {"format": CHECKPOINT_FORMAT, "args": asdict(run.args), "run_name": run.name, "iteration": iteration}
+    state.update(global_step=global_step, world_size=run.world_size, rng=rngs)
+    state.update(episodes=[list(e) for e in run.log.episodes], wandb_id=run.log.wandb_run and run.log.wandb_run.id)
+    for key, value in train.items():
+        state[key] = value.state_dict() if hasattr(value, "state_dict") else value
+        if isinstance(value, list):
+            state[key] = torch.cat(value)
+    return state
 
 
 def save_checkpoint(path: str, state: dict) -> None:
@@ -664,7 +1138,7 @@ def load_checkpoint(path: str) -> dict:
 
     Raises:
         UsageError: naming `--resume` and the file when it is missing, a directory, corrupt or truncated, holds
-            objects no checkpoint holds, or is not this script's.
+            objects no checkpoint holds, or is not this script's (or of an older version of it).
     """
     if os.path.isdir(path):
         raise UsageError(f"--resume {path}: is a directory, not a checkpoint file")
@@ -685,34 +1159,9 @@ def load_checkpoint(path: str) -> dict:
     return ckpt
 
 
-def check_agent_state(path: str, state: dict, agent: nn.Module) -> None:
-    """Refuse a checkpoint whose saved agent does not fit the network this run builds (another observation or
-    action size, another architecture), before anything is written: compares every tensor's shape.
-
-    Raises:
-        UsageError: naming `--resume` and the first tensor that differs.
-    """
-
-    def shapes(tensors: dict, prefix: str = "") -> dict:
-        out = {}
-        for key, value in tensors.items():
-            if isinstance(value, dict):  # extra state (observation statistics)
-                out.update(shapes(value, f"{prefix}{key}."))
-            elif isinstance(value, torch.Tensor):
-                out[prefix + key] = list(value.shape)
-        return out
-
-    saved, built = shapes(state), shapes(agent.state_dict())
-    for key in sorted(saved.keys() | built.keys()):
-        if saved.get(key) != built.get(key):
-            raise UsageError(
-                f"--resume {path}: its agent does not fit this run's network: {key} is "
-                f"{saved.get(key, 'missing')} in the checkpoint and {built.get(key, 'missing')} here"
-            )
-
-
 def check_resume(args: Args, ckpt: dict) -> None:
-    """A resumed run keeps the flags in RESUME_FIXED (they make its environment and agent) as the checkpoint has them.
+    """A resumed run keeps the flags in RESUME_FIXED (they make its environment and agent) as the checkpoint has
+    them, and its number of torchrun processes.
 
     Raises:
         UsageError: naming the first flag that differs.
@@ -723,6 +1172,11 @@ def check_resume(args: Args, ckpt: dict) -> None:
                 f"{flag(name)} {getattr(args, name)} differs from the checkpoint's {ckpt['args'][name]}: "
                 "a resumed run keeps the environment and agent it was built with"
             )
+    if ckpt["world_size"] != int(os.environ.get("WORLD_SIZE", "1")):
+        raise UsageError(
+            f"--resume {args.resume}: saved by {ckpt['world_size']} process(es), resumed by "
+            f"{os.environ.get('WORLD_SIZE', '1')}: a resumed run keeps its number of torchrun processes"
+        )
 
 
 def prepare_run_dir(args: Args, run_name: str, new: bool) -> tuple[str, str]:
@@ -770,278 +1224,6 @@ def prepare_run_dir(args: Args, run_name: str, new: bool) -> tuple[str, str]:
     return run_name, run_dir
 
 
-def make_buffers(args: Args, obs_dim: int, device: torch.device) -> dict:
-    """The rollout's preallocated storage: obs [T + 1, N, D] (obs[t] is the observation acted on at step t,
-    obs[T] the next one, where the next rollout starts) and actions [T, N] int64 on the device; rewards,
-    terminations, truncations [T, N] float32 on the host (what the env returns moves to the device once per
-    iteration); next_done [N] bool (whether the last step ended an episode), reset_first [N] bool (next_done
-    when this rollout started) and action_log (every action taken, for an exact resume by replay)."""
-    shape = (args.num_steps, args.num_envs)
-    return {
-        "obs": torch.zeros((args.num_steps + 1, args.num_envs, obs_dim), device=device),
-        "actions": torch.zeros(shape, dtype=torch.long, device=device),
-        "rewards": np.zeros(shape, dtype=np.float32),
-        "terminations": np.zeros(shape, dtype=np.float32),
-        "truncations": np.zeros(shape, dtype=np.float32),
-        "next_done": np.zeros(args.num_envs, dtype=bool),
-        "reset_first": np.zeros(args.num_envs, dtype=bool),
-        "action_log": [],
-    }
-
-
-def rollout(agent: Agent, envs, policy, buffers: dict, args: Args, global_step: int) -> tuple[int, list]:
-    """Play `num_steps` steps of every env with `policy` (act, or its compiled version), into `buffers`.
-
-    Returns (global_step after the rollout, the episodes that ended: [(global_step, return, length)]).
-    """
-    obs, actions = buffers["obs"], buffers["actions"]
-    obs[0] = obs[args.num_steps]
-    buffers["reset_first"] = buffers["next_done"]
-    obs_t, actions_t = obs.unbind(0), actions.unbind(0)  # per-step views: cheaper to write than obs[step]
-    rewards, terminations, truncations = buffers["rewards"], buffers["terminations"], buffers["truncations"]
-    episodes = []
-    with torch.inference_mode():
-        # Gumbel-max sampling: argmax(logits + G) with G ~ Gumbel(0, 1) is a sample of Categorical(logits).
-        gumbel = gumbel_noise((args.num_steps, args.num_envs, envs.single_action_space.n), obs.device)
-        for step in range(0, args.num_steps):
-            global_step += args.num_envs
-            action = policy(agent, obs_t[step], gumbel[step])
-            actions_t[step].copy_(action)
-
-            # TRY NOT TO MODIFY: execute the game and log data.
-            next_obs, rewards[step], terminations[step], truncations[step], infos = envs.step(action.cpu().numpy())
-            obs_t[step + 1].copy_(torch.from_numpy(next_obs))
-            if "episode" in infos:
-                for i in np.nonzero(infos["_episode"])[0]:
-                    episodes.append((global_step, float(infos["episode"]["r"][i]), int(infos["episode"]["l"][i])))
-    buffers["next_done"] = (terminations[-1] + truncations[-1]) > 0
-    action_dtype = torch.uint8 if envs.single_action_space.n <= 256 else torch.int32
-    buffers["action_log"].append(actions.to("cpu", action_dtype, copy=True))
-    return global_step, episodes
-
-
-def make_batch(agent: Agent, buffers: dict, args: Args) -> dict:
-    """The update's batch from the rollout in `buffers`: old log-probabilities and values in one batched pass (the
-    parameters did not change during the rollout), GAE advantages and returns (compute_gae), flattened to the
-    B transitions that are no reset steps (the step after an episode ended, its action ignored, is no
-    transition). Keys and shapes: ppo_update's `batch`."""
-    obs, actions, device = buffers["obs"], buffers["actions"], buffers["obs"].device
-    terminations, truncations = buffers["terminations"], buffers["truncations"]
-    is_reset = np.concatenate([buffers["reset_first"][None], (terminations[:-1] + truncations[:-1]) > 0])
-    b_inds = torch.from_numpy(np.flatnonzero(~is_reset)).to(device)
-    with torch.inference_mode():
-        logprobs, _, logp_all = logprobs_and_entropy(agent.actor(obs[:-1]), actions)
-        values = agent.get_value(obs)
-        t_rewards, t_terms, t_truncs = (
-            torch.from_numpy(x).to(device) for x in (buffers["rewards"], terminations, truncations)
-        )
-        advantages = compute_gae(t_rewards, values, t_terms, t_truncs, args.gamma, args.gae_lambda)
-        returns = advantages + values[:-1]
-    # flatten the batch (indexing outside inference mode gives normal tensors that autograd accepts)
-    return {
-        "obs": obs[:-1].reshape(-1, obs.shape[-1])[b_inds],
-        "actions": actions.reshape(-1)[b_inds],
-        "logprobs": logprobs.reshape(-1)[b_inds],
-        "logp_all": logp_all.reshape(-1, logp_all.shape[-1])[b_inds],
-        "values": values[:-1].reshape(-1)[b_inds],
-        "advantages": advantages.reshape(-1)[b_inds],
-        "returns": returns.reshape(-1)[b_inds],
-    }
-
-
-class RunLog:
-    """What a run reports as it trains: TensorBoard scalars under CleanRL's tags (W&B syncs them with `--track`,
-    and gets the videos), a progress bar on a terminal or a line every 10 s otherwise, and the run's record
-    (`history`: one dict of scalars per iteration; `episodes`: (global_step, return, length) of each one that
-    ended). A finished run that is only evaluated writes nothing."""
-
-    def __init__(self, args: Args, run_name: str, run_dir: str, ckpt: dict | None, evaluate_only: bool):
-        self.args, self.run_name, self.history, self.uploaded_videos = args, run_name, [], set()
-        self.episodes = [tuple(e) for e in ckpt["episodes"]] if ckpt else []
-        self.wandb_run, self.writer, self.bar, self.last_print = None, None, None, 0.0
-        self.start_step = ckpt["global_step"] if ckpt else 0
-        if evaluate_only:
-            if ckpt is not None:  # nothing left to train
-                print(
-                    f"--resume: the checkpoint has trained {ckpt['global_step']} steps, --total-timesteps "
-                    f"{args.total_timesteps} asks no more: nothing to train (a larger --total-timesteps trains on)",
-                    flush=True,
-                )
-            return
-        if ckpt is not None:
-            print(f"resumed from iteration {ckpt['iteration']} (global_step {ckpt['global_step']})", flush=True)
-        if args.total_timesteps % args.batch_size:
-            print(
-                f"--total-timesteps {args.total_timesteps} is not a multiple of the batch size {args.batch_size}: "
-                f"training {args.num_iterations * args.batch_size} steps ({args.num_iterations} iterations)",
-                flush=True,
-            )
-        config = {
-            **asdict(args),
-            "batch_size": args.batch_size,
-            "minibatch_size": args.minibatch_size,
-            "num_iterations": args.num_iterations,
-        }
-        if args.track:
-            import wandb
-
-            self.wandb_run = wandb.init(
-                project=args.wandb_project_name,
-                entity=args.wandb_entity,
-                sync_tensorboard=True,
-                config=config,
-                name=run_name,
-                id=ckpt.get("wandb_id") if ckpt else None,
-                resume="allow",
-                save_code=True,
-            )
-        self.writer = SummaryWriter(run_dir, purge_step=ckpt["global_step"] + 1 if ckpt else None)
-        self.writer.add_text(
-            "hyperparameters",
-            "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in config.items()])),
-        )
-        if sys.stderr.isatty():
-            total = args.num_iterations * args.batch_size
-            self.bar = tqdm(total=total, initial=self.start_step, unit="step", dynamic_ncols=True)
-
-    def start(self) -> None:
-        """Start the clock of the SPS figure just before the training loop: SPS counts the loop only, as CleanRL's."""
-        self.start_time = time.time()
-
-    def iteration(self, global_step: int, lr: float, stats: dict, episodes: list, last: bool) -> None:
-        """Record one iteration: the episodes that ended in it, the learning rate, SPS and ppo_update's `stats`."""
-        # TRY NOT TO MODIFY: record rewards for plotting purposes
-        self.episodes.extend(episodes)
-        for step_, episodic_return, episodic_length in episodes:
-            self.writer.add_scalar("charts/episodic_return", episodic_return, step_)
-            self.writer.add_scalar("charts/episodic_length", episodic_length, step_)
-        sps = int((global_step - self.start_step) / (time.time() - self.start_time))
-        scalars = {
-            "charts/learning_rate": lr,
-            "charts/SPS": sps,
-            "charts/minibatch_updates": stats["minibatch_updates"],
-        }
-        scalars.update({f"losses/{k}": v for k, v in stats.items() if k != "minibatch_updates"})
-        for tag, value in scalars.items():
-            self.writer.add_scalar(tag, value, global_step)
-        self.history.append(scalars)
-        if self.wandb_run is not None and self.args.capture_video:  # wandb's monitor_gym fails on gymnasium 1.x
-            upload_new_videos(self.wandb_run, f"videos/{self.run_name}", self.uploaded_videos)
-
-        recent = [e[1] for e in self.episodes[-20:]]
-        if self.bar is not None:
-            self.bar.update(global_step - self.bar.n)
-            self.bar.set_postfix(SPS=sps, ret=f"{np.mean(recent):.1f}" if recent else "-", refresh=False)
-        elif time.time() - self.last_print > 10 or last:
-            self.last_print = time.time()
-            mean_return = f"{np.mean(recent):.1f}" if recent else "-"
-            print(f"global_step={global_step} SPS={sps} return(last {len(recent)} episodes)={mean_return}", flush=True)
-
-    def summary(self, global_step: int) -> None:
-        """Close the progress bar (the lines below start on a line of their own) and print the last 100 returns."""
-        if self.bar is not None:
-            self.bar.close()
-        recent = [e[1] for e in self.episodes[-100:]]
-        summary = f"{np.mean(recent):.2f} (last {len(recent)} episodes)" if recent else "- (no episode finished)"
-        print(f"finished at global_step={global_step}: mean return {summary}", flush=True)
-
-    def end_progress(self) -> None:
-        """Close the progress bar, so that a line printed now starts on a line of its own."""
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-        if self.writer is not None:
-            self.writer.close()
-        if self.wandb_run is not None:
-            self.wandb_run.finish()
-
-
-class StopSignals:
-    """Ctrl-C (SIGINT) and SIGTERM (a cluster's preemption notice) during training, with `--save-model`: the first
-    one is noted in `received` (the loop finishes the iteration, checkpoints and stops; --resume continues exactly),
-    a second one stops at once (KeyboardInterrupt). Without --save-model, or outside the main thread, Python's
-    handlers stay: Ctrl-C stops at once."""
-
-    def __init__(self, enabled: bool):
-        self.received, self.previous, self.enabled = None, {}, enabled
-        if enabled and threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                self.previous[signum] = signal.signal(signum, self.request_stop)
-
-    def request_stop(self, signum, frame):
-        if self.received:
-            raise KeyboardInterrupt
-        self.received = signal.Signals(signum).name
-        tqdm.write(f"{self.received}: stopping after this iteration to save a checkpoint (again: stop at once)")
-
-    def restore(self) -> None:
-        """Put the previous handlers back: after training a signal stops at once."""
-        for signum, handler in self.previous.items():
-            signal.signal(signum, handler)
-
-    def interrupted(self, global_step: int, run_dir: str, saved: bool) -> KeyboardInterrupt:
-        """The one-line KeyboardInterrupt for a run stopped at once (Ctrl-C without --save-model, or a second signal):
-        where it stopped and what there is to resume from."""
-        if not self.enabled:
-            return KeyboardInterrupt(
-                f"interrupted at global_step={global_step}; nothing saved (with --save-model, Ctrl-C saves a "
-                "checkpoint to resume from)"
-            )
-        earlier = os.path.isfile(f"{run_dir}/checkpoint.pt")
-        return KeyboardInterrupt(
-            f"stopped at once at global_step={global_step}"
-            + ("" if saved else ", without saving this iteration")
-            + (f"; {run_dir}/checkpoint.pt resumes from the last one saved" if earlier else "")
-        )
-
-
-def checkpoint_state(args: Args, run_name: str, iteration: int, global_step: int, train: dict, log: RunLog) -> dict:
-    """What `--save-model` saves after `iteration`: flags, progress, agent, optimizer, RNG, the actions taken (replayed
-    into freshly seeded envs on resume), episodes and the W&B run id. `train`: main's agent, optimizer, lr_schedule,
-    kl_beta and buffers."""
-    device = next(train["agent"].parameters()).device
-    return {
-        "format": CHECKPOINT_FORMAT,
-        "args": asdict(args),
-        "run_name": run_name,
-        "iteration": iteration,
-        "global_step": global_step,
-        "lr_schedule": list(train["lr_schedule"]),
-        "kl_beta": train["kl_beta"],
-        "agent": train["agent"].state_dict(),
-        "optimizer": train["optimizer"].state_dict(),
-        "rng": {
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None,
-        },
-        "actions": torch.cat(train["buffers"]["action_log"]),
-        "episodes": [list(e) for e in log.episodes],
-        "wandb_id": log.wandb_run.id if log.wandb_run else None,
-    }
-
-
-def final_evaluation(agent: Agent, args: Args, writer, device: torch.device) -> dict:
-    """With `--eval-episodes`, evaluate the trained policy sampled and greedy, print and log (eval/ tags) the
-    returns. Returns {"sampled": mean return, "greedy": mean return}, or {} without evaluation."""
-    eval_result = {}
-    for mode, tag in (("sampled", "eval/episodic_return"), ("greedy", "eval/episodic_return_greedy")):
-        if not args.eval_episodes:
-            break
-        eval_returns = evaluate(agent, args, args.eval_episodes, greedy=mode == "greedy", device=device)
-        if writer is not None:  # a finished run that is only evaluated writes nothing
-            for idx, episodic_return in enumerate(eval_returns):
-                writer.add_scalar(tag, episodic_return, idx)
-        eval_result[mode] = float(eval_returns.mean())
-        print(
-            f"eval ({mode}, {args.eval_episodes} episodes): mean return {eval_returns.mean():.2f} +- {eval_returns.std():.2f}"
-        )
-    return eval_result
-
-
 def parse_args(argv: list[str]) -> Args:
     """tyro CLI; with `--resume PATH`, the checkpoint's flags are the defaults that the command line overrides."""
     resume = None
@@ -1055,121 +1237,6 @@ def parse_args(argv: list[str]) -> Args:
         saved = load_checkpoint(resume)["args"]
         default = Args(**{f.name: saved[f.name] for f in fields(Args) if f.name in saved})
     return tyro.cli(Args, args=argv, default=default)
-
-
-def main(args: Args) -> dict:
-    """Train (and evaluate) as `args` says. Returns the run's record: `run_name`, `run_dir`, `history`
-    (one dict of logged scalars per iteration), `episodes` ((global_step, return, length) of every finished
-    episode), `eval` (mean returns, when `--eval-episodes`) and the trained `agent`.
-
-    Raises:
-        UsageError: bad flags or `--resume` file, before anything is built or written.
-    """
-    validate_args(args)
-    check_extras(args)
-    ckpt = load_checkpoint(args.resume) if args.resume else None
-    if ckpt is not None:
-        check_resume(args, ckpt)
-    obs_space, act_space = check_env(args)
-    if args.capture_video:
-        check_video(args)
-    if ckpt is not None:
-        check_agent_state(args.resume, ckpt["agent"], Agent(obs_space.shape[0], act_space.n))
-    # A finished run resumed with nothing left to train is only evaluated, and writes nothing (its folder may be
-    # read-only); otherwise every path the run writes is checked here, before training.
-    evaluate_only = ckpt is not None and ckpt["iteration"] >= args.num_iterations
-    run_name = ckpt["run_name"] if ckpt else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    run_dir = f"runs/{run_name}"
-    if not evaluate_only:
-        run_name, run_dir = prepare_run_dir(args, run_name, new=ckpt is None)
-    log = RunLog(args, run_name, run_dir, ckpt, evaluate_only)
-
-    # TRY NOT TO MODIFY: seeding
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    torch.backends.cudnn.deterministic = args.torch_deterministic
-    torch.set_num_threads(args.torch_threads)
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-
-    # env setup
-    envs = make_envs(args, args.num_envs, args.seed, args.capture_video, run_name)
-    agent = Agent(obs_space.shape[0], act_space.n).to(device)
-    optimizer = make_optimizer(agent, args.learning_rate)
-    buffers = make_buffers(args, obs_space.shape[0], device)
-    policy, update_step = compile_functions(args, device)
-    # train: what a checkpoint saves besides the flags and progress. lr_schedule: where the decay starts (iteration, rate).
-    train = {"agent": agent, "optimizer": optimizer, "buffers": buffers, "kl_beta": args.kl_beta}
-    train["lr_schedule"] = (1, args.learning_rate)
-
-    # TRY NOT TO MODIFY: start the game
-    global_step, start_iteration = 0, 1
-    next_obs, _ = envs.reset(seed=args.seed if args.env_backend == "gymnasium" else None)  # envpool: seeded at make
-    if ckpt is not None:
-        agent.load_state_dict(ckpt["agent"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        if device.type == "cuda" and ckpt["rng"]["cuda"] is not None:
-            torch.cuda.set_rng_state(ckpt["rng"]["cuda"])
-        global_step, start_iteration, train["kl_beta"] = ckpt["global_step"], ckpt["iteration"] + 1, ckpt["kl_beta"]
-        train["lr_schedule"] = resumed_lr_schedule(ckpt, args)
-        buffers["action_log"].append(ckpt["actions"])
-        # Replaying the actions into the freshly seeded envs restores their exact state.
-        for step_actions in ckpt["actions"].long().numpy() if start_iteration <= args.num_iterations else []:
-            next_obs, _, term, trunc, _ = envs.step(step_actions)
-            buffers["next_done"] = term | trunc
-    buffers["obs"][args.num_steps] = torch.as_tensor(next_obs, device=device)
-
-    saved, stop = False, StopSignals(args.save_model)
-    log.start()
-    try:
-        for iteration in range(start_iteration, args.num_iterations + 1):
-            lrnow = args.learning_rate
-            if args.anneal_lr:  # Annealing the rate if instructed to do so.
-                lrnow = annealed_lr(iteration, args.num_iterations, train["lr_schedule"][1], train["lr_schedule"][0])
-            set_learning_rate(optimizer, lrnow)
-
-            global_step, episodes = rollout(agent, envs, policy, buffers, args, global_step)
-            batch = make_batch(agent, buffers, args)
-            stats = ppo_update(agent, optimizer, batch, args, train["kl_beta"], update_step)
-            if args.loss_type == "kl-penalty":
-                train["kl_beta"] = adapt_kl_beta(train["kl_beta"], stats["kl"], args.kl_target)
-            log.iteration(global_step, lrnow, stats, episodes, last=iteration == args.num_iterations)
-
-            if args.save_model and (
-                iteration == args.num_iterations
-                or (args.checkpoint_every and iteration % args.checkpoint_every == 0)
-                or stop.received
-            ):
-                save_checkpoint(
-                    f"{run_dir}/checkpoint.pt", checkpoint_state(args, run_name, iteration, global_step, train, log)
-                )
-                saved = True
-            if stop.received:
-                log.end_progress()
-                print(
-                    f"{stop.received}: stopped after iteration {iteration}; resume with --resume {run_dir}/checkpoint.pt"
-                )
-                break
-        stop.restore()  # training is over: a signal now stops at once
-        log.summary(global_step)
-        if saved:
-            print(f"checkpoint saved to {run_dir}/checkpoint.pt", flush=True)
-        eval_result = final_evaluation(agent, args, log.writer, device) if not stop.received else {}
-    except KeyboardInterrupt:
-        raise stop.interrupted(global_step, run_dir, saved) from None
-    finally:
-        stop.restore()
-        envs.close()
-        log.close()
-    return {
-        "run_name": run_name,
-        "run_dir": run_dir,
-        "history": log.history,
-        "episodes": log.episodes,
-        "eval": eval_result,
-        "agent": agent,
-    }
 
 
 if __name__ == "__main__":

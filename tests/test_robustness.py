@@ -219,11 +219,11 @@ def test_evaluating_a_checkpoint_writes_nothing(any_script, workdir):
 @pytest.mark.parametrize(
     "module, kw, message",
     [
-        ("wandb", dict(track=True), "--track needs wandb: pip install 'ppo-single-file\\[wandb\\]'"),
+        ("wandb", dict(track=True), "--track needs wandb: pip install wandb$"),
         (
             "moviepy",
             dict(capture_video=True),
-            "--capture-video needs moviepy: pip install 'ppo-single-file\\[video\\]'",
+            "--capture-video needs moviepy: pip install moviepy$",
         ),
         ("pygame", dict(capture_video=True), "--capture-video: CartPole-v1 cannot render \\(pygame is not installed"),
     ],
@@ -241,11 +241,10 @@ def test_track_without_a_wandb_login_is_one_line(any_script, workdir, monkeypatc
         monkeypatch.delenv(name, raising=False)
     (workdir.parent / f"netrc-{P.__name__}").write_text("machine example.com login x password y\n")
     monkeypatch.setenv("NETRC", str(workdir.parent / f"netrc-{P.__name__}"))
-    with pytest.raises(P.UsageError, match="run `wandb login` .*or set WANDB_MODE=offline"):
+    monkeypatch.setenv("HOME", str(workdir.parent))  # no ~/.netrc of this machine's
+    with pytest.raises(P.UsageError, match="^--track: .*`wandb login`.*or set WANDB_MODE=offline"):
         P.main(tiny(P, track=True))
     assert os.listdir(workdir) == []
-    (workdir.parent / f"netrc-{P.__name__}").write_text("machine api.wandb.ai login user password k3y\n")
-    assert P.wandb_can_log_in()
 
 
 # --- 7. corrupt or mismatched checkpoints --------------------------------------------------------------------------
@@ -278,7 +277,8 @@ def test_checkpoint_of_another_network_is_refused_before_anything_is_written(any
     before = {p: os.path.getmtime(p) for p in glob.glob("runs/**", recursive=True)}
     with pytest.raises(
         P.UsageError,
-        match=r"its agent does not fit this run's network: critic.0.weight is \[128, \d+\] in the checkpoint and \[64, \d+\] here$",
+        match=r"its agent does not fit this run's: size mismatch for critic.0.weight: copying a param with shape "
+        r"torch.Size\(\[128, \d+\]\) from checkpoint, the shape in current model is torch.Size\(\[64, \d+\]\)\.$",
     ):
         P.main(P.parse_args(["--resume", path, "--total-timesteps", "256"]))
     assert {p: os.path.getmtime(p) for p in glob.glob("runs/**", recursive=True)} == before
