@@ -243,7 +243,6 @@ def main(args: Args) -> dict:
 
     agent = Agent(obs_space.shape[0], act_space.n).to(device)
     optimizer = make_optimizer(agent, args.learning_rate)
-    policy, update_step = compile_functions(args, device)
     # What a checkpoint saves besides the flags and progress. lr_schedule: where the decay starts (iteration, rate);
     # actions: every action taken, replayed into freshly seeded envs on resume.
     train = {"agent": agent, "optimizer": optimizer, "kl_beta": args.kl_beta, "lr_schedule": (1, args.learning_rate)}
@@ -251,6 +250,8 @@ def main(args: Args) -> dict:
     start_iteration, global_step = run.begin(train)  # a --resume checkpoint is loaded into `train` here
     if run.ckpt is not None:
         train["lr_schedule"] = resumed_lr_schedule(run.ckpt, args)
+
+    policy, update_step = compile_functions(args, device)
 
     # env setup
     envs = make_envs(args, args.num_envs, args.seed, args.capture_video, run.name)

@@ -49,9 +49,10 @@ def test_checkpoint_keeps_reward_scaling_state(ppo_continuous):
     P = ppo_continuous
     result = P.main(tiny(P, save_model=True))
     ckpt = P.load_checkpoint(f"{result['run_dir']}/checkpoint.pt")
-    mean, var, count = ckpt["return_rms"].tolist()
+    scaling = ckpt["reward_scaling"]
+    mean, var, count = scaling["return_rms"].tolist()
     assert count > 100 and var > 0
-    assert ckpt["discounted_return"].shape == (2,) and ckpt["discounted_return"].dtype == torch.float64
+    assert scaling["discounted_return"].shape == (2,) and scaling["discounted_return"].dtype == torch.float64
     assert ckpt["actions"].shape == (64, 2, 1) and ckpt["actions"].dtype == torch.float32
 
 
@@ -60,7 +61,7 @@ def test_checkpoint_and_resume_with_reward_scaling_off(ppo_continuous):
     P = ppo_continuous
     result = P.main(tiny(P, save_model=True, norm_reward=False, total_timesteps=64))
     ckpt = f"{result['run_dir']}/checkpoint.pt"
-    assert P.load_checkpoint(ckpt)["return_rms"].tolist() == [0.0, 1.0, 1e-4]
+    assert P.load_checkpoint(ckpt)["reward_scaling"]["return_rms"].tolist() == [0.0, 1.0, 1e-4]
     resumed = P.main(P.parse_args(["--resume", ckpt, "--total-timesteps", "96"]))
     assert len(resumed["history"]) == 1
 
