@@ -1,9 +1,14 @@
 # PPO from pixels on Atari: a single file, CleanRL's ppo_atari_envpool.py flags, corrected and faster; data-parallel
-# with torchrun. Docs: README.md. Papers: Schulman et al. 2017, "Proximal Policy Optimization Algorithms",
+# with torchrun; one file of the ppo-single-file project that runs on its own when copied.
+# Needs: pip install torch gymnasium numpy tyro tensorboard tqdm envpool ale-py opencv-python   (--track: wandb;
+# --capture-video: moviepy)
+# Papers: Schulman et al. 2017, "Proximal Policy Optimization Algorithms",
 # arXiv 1707.06347; Mnih et al. 2015 (Nature CNN); CleanRL's Atari protocol (Huang et al. 2022, JMLR 23(274)).
+import contextlib
 import difflib
 import functools
-import netrc
+import importlib
+import importlib.util
 import os
 import random
 import re
@@ -13,7 +18,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.parse
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Literal
 
@@ -26,7 +30,7 @@ import tyro
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-CHECKPOINT_FORMAT = "ppo_atari.py checkpoint v2"  # v2: Adam state per parameter (no flat buffer)
+CHECKPOINT_FORMAT = "ppo_atari.py checkpoint v3"  # v3: the run plumbing's layout
 # Flags a resumed run must keep: they make its environments, or change what its saved agent computes.
 RESUME_FIXED = ("env_id", "env_backend", "num_envs", "num_steps", "seed", "repeat_action_probability")
 # CleanRL's Atari protocol (ppo_atari_envpool.py; Mnih et al. 2015's preprocessing): no sticky actions, and a lost
@@ -47,35 +51,6 @@ ATARI_PREPROCESSING = {
 
 @dataclass
 class Args:
-    exp_name: str = os.path.basename(__file__)[: -len(".py")]
-    """the name of this experiment"""
-    seed: int = 1
-    """seed of the experiment"""
-    torch_deterministic: bool = True
-    """if toggled, `torch.backends.cudnn.deterministic=True`"""
-    cuda: bool = True
-    """if toggled, cuda will be enabled by default"""
-    torch_threads: int = 0
-    """torch CPU threads (0: the cores this process may use, shared among the processes torchrun starts on a node)"""
-    compile: bool = False
-    """compile the policy step and the minibatch update with torch.compile (README: Speed)"""
-    track: bool = False
-    """if toggled, this experiment will be tracked with Weights and Biases"""
-    wandb_project_name: str = "cleanRL"
-    """the wandb's project name"""
-    wandb_entity: str | None = None
-    """the entity (team) of wandb's project"""
-    capture_video: bool = False
-    """after training, record one game of the final policy to `videos/{run_name}` (gymnasium's ALE env, same preprocessing)"""
-    save_model: bool = False
-    """whether to save a checkpoint to `runs/{run_name}/checkpoint.pt` at the end (and every `--checkpoint-every` iterations)"""
-    checkpoint_every: int = 0
-    """with `--save-model`, also checkpoint every this many iterations (0: only at the end)"""
-    resume: str | None = None
-    """path of a checkpoint of this script to continue from (its flags become the defaults; games restart)"""
-    eval_episodes: int = 0
-    """after training, evaluate the final policy for this many games, greedy and sampled (0: no evaluation)"""
-
     # Algorithm specific arguments
     env_id: str = "Breakout-v5"
     """the id of the environment (an Atari game, `<Game>-v5`)"""
@@ -122,6 +97,36 @@ class Args:
     target_kl: float | None = None
     """early-stop the update phase at the first minibatch whose approx_kl exceeds this (None: never)"""
 
+    # Run options
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """if toggled, cuda will be enabled by default"""
+    torch_threads: int = 0
+    """torch CPU threads (0: the cores this process may use, shared among the processes torchrun starts on a node)"""
+    compile: bool = False
+    """compile the policy step and the minibatch update (loss, forward and backward) with torch.compile"""
+    track: bool = False
+    """if toggled, this experiment will be tracked with Weights and Biases"""
+    wandb_project_name: str = "cleanRL"
+    """the wandb's project name"""
+    wandb_entity: str | None = None
+    """the entity (team) of wandb's project"""
+    capture_video: bool = False
+    """after training, record one game of the final policy to `videos/{run_name}` (gymnasium's ALE env, same preprocessing)"""
+    save_model: bool = False
+    """whether to save a checkpoint to `runs/{run_name}/checkpoint.pt` at the end (and every `--checkpoint-every` iterations)"""
+    checkpoint_every: int = 0
+    """with `--save-model`, also checkpoint every this many iterations (0: only at the end)"""
+    resume: str | None = None
+    """path of a checkpoint of this script to continue from (its flags become the defaults; games restart)"""
+    eval_episodes: int = 0
+    """after training, evaluate the final policy for this many games, greedy and sampled (0: no evaluation)"""
+
     @property
     def batch_size(self) -> int:
         """the batch size (num_envs * num_steps; per process under torchrun)"""
@@ -138,113 +143,9 @@ class Args:
         return self.total_timesteps // (self.batch_size * world_size())
 
 
-class UsageError(Exception):
-    """Bad flags or files: reported as one line and a non-zero exit before any work starts."""
-
-
-def flag(name: str) -> str:
-    """The command-line spelling of an Args field: `num_envs` -> `--num-envs`."""
-    return "--" + name.replace("_", "-")
-
-
 def world_size() -> int:
     """The number of processes training together: torchrun's WORLD_SIZE, 1 without torchrun."""
     return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def validate_args(args: Args) -> None:
-    """Check the flags that need no environment.
-
-    Raises:
-        UsageError: naming the first bad flag.
-    """
-    for name in ("total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs"):
-        if getattr(args, name) <= 0:
-            raise UsageError(f"{flag(name)} must be positive, got {getattr(args, name)}")
-    for name in ("learning_rate", "clip_coef", "kl_target", "max_grad_norm"):
-        if not getattr(args, name) > 0:
-            raise UsageError(f"{flag(name)} must be positive, got {getattr(args, name)}")
-    for name in ("gamma", "gae_lambda", "repeat_action_probability"):
-        if not 0 <= getattr(args, name) <= 1:
-            raise UsageError(f"{flag(name)} must be in [0, 1], got {getattr(args, name)}")
-    for name in ("ent_coef", "vf_coef", "kl_beta", "checkpoint_every", "eval_episodes", "torch_threads"):
-        if getattr(args, name) < 0:
-            raise UsageError(f"{flag(name)} must not be negative, got {getattr(args, name)}")
-    if args.target_kl is not None and not args.target_kl > 0:
-        raise UsageError(f"--target-kl must be positive or None, got {args.target_kl}")
-    if args.batch_size % args.num_minibatches:
-        raise UsageError(
-            f"--num-minibatches {args.num_minibatches} must divide the batch size "
-            f"num_envs*num_steps = {args.batch_size}"
-        )
-    if args.total_timesteps < args.batch_size * world_size():
-        raise UsageError(
-            f"--total-timesteps {args.total_timesteps} is less than one batch "
-            f"(num_envs*num_steps*processes = {args.batch_size * world_size()})"
-        )
-    if args.checkpoint_every and not args.save_model:
-        raise UsageError("--checkpoint-every needs --save-model")
-
-
-def wandb_can_log_in() -> bool:
-    """Whether wandb.init will start without asking for an API key it cannot get: offline or disabled mode
-    (WANDB_MODE), a key in WANDB_API_KEY, an entry for the W&B host in the netrc file (where `wandb login` puts
-    it), or a terminal on which wandb can ask."""
-    if os.environ.get("WANDB_MODE", "").lower() in ("offline", "disabled", "dryrun"):
-        return True
-    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE") or sys.stdin.isatty():
-        return True
-    host = urllib.parse.urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
-    try:
-        return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
-    except (OSError, netrc.NetrcParseError):
-        return False
-
-
-def check_extras(args: Args) -> None:
-    """Check that the optional packages the flags need are installed, and that W&B can log in, before anything
-    is built or written.
-
-    Raises:
-        UsageError: naming the flag and the extra to install (or how to log in).
-    """
-    if args.track:
-        try:
-            import wandb  # noqa: F401
-        except ImportError:
-            raise UsageError("--track needs wandb: pip install 'ppo-single-file[wandb]'") from None
-        if not wandb_can_log_in():
-            raise UsageError(
-                "--track: W&B has no API key here: run `wandb login` (or set WANDB_API_KEY), "
-                "or set WANDB_MODE=offline to log locally and `wandb sync` later"
-            )
-    if args.capture_video:
-        try:
-            import moviepy  # noqa: F401  (gymnasium's RecordVideo writes the .mp4 files with it)
-        except ImportError:
-            raise UsageError("--capture-video needs moviepy: pip install 'ppo-single-file[video]'") from None
-        try:
-            import ale_py  # noqa: F401  (the video is played in gymnasium's ALE env)
-            import cv2  # noqa: F401  (by gymnasium's AtariPreprocessing)
-        except ImportError as e:
-            raise UsageError(f"--capture-video needs {e.name}: pip install 'ppo-single-file[atari]'") from None
-
-
-def check_video(args: Args) -> None:
-    """With `--capture-video`, render one frame before anything is written, so that a missing renderer is a
-    one-line error rather than a crash after training.
-
-    Raises:
-        UsageError: naming `--capture-video`.
-    """
-    try:
-        env = make_video_env(args, None)
-        env.reset(seed=args.seed)
-        env.render()
-        env.close()
-    except Exception as e:
-        reason = (str(e).strip() or type(e).__name__).splitlines()[0]
-        raise UsageError(f"--capture-video: {args.env_id} cannot render ({reason})") from None
 
 
 def cleanrl_atari_id(args: Args) -> Args:
@@ -281,56 +182,6 @@ def ale_game(env_id: str) -> str:
     if match is None:
         raise UsageError(f"--env-id {env_id}: not an Atari game id of the form <Game>-v5 (e.g. Breakout-v5)")
     return re.sub(r"(?<!^)(?=[A-Z])", "_", match[1]).lower()
-
-
-def cpu_share() -> int:
-    """The cores this process may use, divided among the processes torchrun starts on this node (at least 1)."""
-    return max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-
-
-def env_spaces(env_id: str, backend: str) -> tuple[gym.Space, gym.Space]:
-    """The (observation, action) spaces of one environment, without building the vector env.
-
-    Raises:
-        UsageError: unknown env id, or the backend's package not installed.
-    """
-    game = ale_game(env_id)
-    if backend == "envpool":
-        try:
-            import envpool
-        except ImportError:
-            raise UsageError("--env-backend envpool needs envpool: pip install 'ppo-single-file[envpool]'") from None
-        if env_id not in envpool.list_all_envs() or "episodic_life" not in envpool.make_spec(env_id).config._fields:
-            games = [e for e in envpool.list_all_envs() if e.endswith("-v5")]
-            raise UsageError(f"--env-id {env_id}: not an envpool Atari environment{did_you_mean(env_id, games)}")
-        spec = envpool.make_spec(env_id)
-        return spec.gymnasium_observation_space, spec.gymnasium_action_space
-    try:
-        import ale_py
-    except ImportError:
-        raise UsageError("--env-backend ale needs ale-py: pip install 'ppo-single-file[atari]'") from None
-    if game not in ale_py.roms.get_all_rom_ids():
-        games = [f"{''.join(w.title() for w in rom.split('_'))}-v5" for rom in ale_py.roms.get_all_rom_ids()]
-        raise UsageError(f"--env-id {env_id}: ale-py has no ROM {game!r}{did_you_mean(env_id, games)}")
-    envs = ale_py.AtariVectorEnv(game, 1, num_threads=1)
-    envs.close()
-    return envs.single_observation_space, envs.single_action_space
-
-
-def check_env(args: Args) -> tuple[gym.Space, gym.Space]:
-    """Refuse environments this script cannot learn on: it needs Atari's stacked frames and a Discrete action space.
-
-    Returns the (observation, action) spaces of one env.
-
-    Raises:
-        UsageError: naming `--env-id`.
-    """
-    obs_space, act_space = env_spaces(args.env_id, args.env_backend)
-    if not isinstance(act_space, gym.spaces.Discrete):
-        raise UsageError(f"--env-id {args.env_id}: action space {act_space} is not Discrete")
-    if obs_space.shape != (4, 84, 84) or obs_space.dtype != np.uint8:
-        raise UsageError(f"--env-id {args.env_id}: observation space {obs_space} is not uint8 [4, 84, 84] frames")
-    return obs_space, act_space
 
 
 def make_envs(args: Args, num_envs: int, seed: int) -> tuple[gym.vector.VectorEnv, np.ndarray]:
@@ -467,7 +318,8 @@ def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
 
 
 class Agent(nn.Module):
-    """CleanRL's Atari network: the Nature CNN (Mnih et al. 2015) shared by a policy head and a value head."""
+    """CleanRL's Atari network: the Nature CNN (Mnih et al. 2015) shared by a policy head and a value head. Every use
+    of the policy goes through its methods, so a new network is an edit in this class."""
 
     def __init__(self, num_actions: int):
         super().__init__()
@@ -491,7 +343,194 @@ class Agent(nn.Module):
         return self.network(x.to(memory_format=torch.channels_last).float() / 255.0)
 
     def get_value(self, x):
+        """V(x): [N] for uint8 frames [N, 4, 84, 84]."""
         return self.critic(self.hidden(x)).squeeze(-1)
+
+    def get_action_and_value(self, x, action=None):
+        """For frames x [N, 4, 84, 84] uint8 and their actions [N] int64 (sampled when None), one pass of the CNN:
+        (action, log pi(a|x) [N], entropy [N], V(x) [N], log pi(.|x) [N, A] of every action)."""
+        hidden = self.hidden(x)
+        logits = self.actor(hidden)
+        if action is None:
+            action = torch.distributions.Categorical(logits=logits).sample()
+        logprob, entropy, logp_all = logprobs_and_entropy(logits, action)
+        return action, logprob, entropy, self.critic(hidden).squeeze(-1), logp_all
+
+    def get_action(self, x, noise):
+        """The rollout's policy step, one pass of the CNN: actions [N] int64 sampled from Categorical(logits) by the
+        Gumbel-max trick with `noise` [N, A] from gumbel_noise, with the log-probabilities of every action [N, A]
+        and the values [N] stored with them."""
+        hidden = self.hidden(x)
+        logits = self.actor(hidden)
+        return (logits + noise).argmax(-1), torch.log_softmax(logits, -1), self.critic(hidden).squeeze(-1)
+
+    def get_greedy_action(self, x):
+        """argmax_a pi(a|x): [N] int64."""
+        return self.actor(self.hidden(x)).argmax(-1)
+
+
+def logprobs_and_entropy(logits, actions):
+    """Categorical log pi(a|s) of `actions` [B] (int64) and entropy, both [B], from logits [B, A]."""
+    logp_all = torch.log_softmax(logits, dim=-1)
+    logprob = logp_all.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    return logprob, entropy, logp_all
+
+
+def main(args: Args) -> dict:
+    """Train (and evaluate) as `args` says. Returns the run's record (Run.finish): run_name, run_dir, history,
+    episodes (games), eval and the trained agent, and this process's env_seed.
+
+    Under torchrun (WORLD_SIZE set) every process calls it: each steps its own `num_envs` games (env seeds offset
+    by rank * num_envs) and the gradients are averaged (minibatch_step); rank 0 alone logs, evaluates, records
+    video and writes checkpoints.
+
+    Raises:
+        UsageError: bad flags or `--resume` file, before anything is built or written.
+    """
+    args = cleanrl_atari_id(args)
+    run = Run.start(args)  # checks the flags, the env and a --resume file, before anything is built or written
+    obs_space, act_space = run.spaces
+    rank, device = start_process(args)  # torchrun: this process's rank and device
+
+    # TRY NOT TO MODIFY: seeding
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)  # the same initial parameters in every process
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    torch.set_num_threads(args.torch_threads or cpu_share())
+
+    agent = Agent(act_space.n).to(device)
+    optimizer = make_optimizer(agent, args.learning_rate)
+    torch.manual_seed(args.seed + rank)  # each process samples its own actions and minibatches
+    # What a checkpoint saves besides the flags and progress. lr_schedule: where the decay starts (iteration, rate).
+    train = {"agent": agent, "optimizer": optimizer, "kl_beta": args.kl_beta, "lr_schedule": (1, args.learning_rate)}
+    start_iteration, global_step = run.begin(train)  # a --resume checkpoint is loaded into `train` here
+    if run.ckpt is not None:
+        train["lr_schedule"] = resumed_lr_schedule(run.ckpt, args)
+
+    policy, update_step = compile_functions(args, device)
+
+    # env setup. A resumed run restores the learner, not the games: its envs start new games, seeded anew.
+    run.record["env_seed"] = env_seed = args.seed + rank * args.num_envs + (start_iteration - 1) * 1_000_003
+    envs, next_obs = make_envs(args, args.num_envs, env_seed)
+    buffers = make_buffers(args, obs_space.shape, act_space.n, device)
+    buffers["obs"][args.num_steps] = torch.as_tensor(next_obs, device=device)
+    broadcast_parameters(agent)  # torchrun: the same parameters everywhere
+
+    with run.training(envs):  # Ctrl-C and SIGTERM checkpoint and stop; the envs and the logs close at the end
+        for iteration in range(start_iteration, args.num_iterations + 1):
+            lrnow = args.learning_rate
+            if args.anneal_lr:  # Annealing the rate if instructed to do so.
+                lrnow = annealed_lr(iteration, args.num_iterations, train["lr_schedule"][1], train["lr_schedule"][0])
+            set_learning_rate(optimizer, lrnow)
+
+            global_step, episodes = rollout(agent, envs, policy, buffers, args, global_step)
+            batch = make_batch(agent, buffers, args)
+            stats = ppo_update(agent, optimizer, batch, args, train["kl_beta"], update_step)
+            if args.loss_type == "kl-penalty":
+                train["kl_beta"] = adapt_kl_beta(train["kl_beta"], stats["kl"], args.kl_target)
+            if run.end_iteration(iteration, global_step, lrnow, stats, episodes, train):
+                break
+        if args.capture_video and not run.stop.received and rank == 0:  # one game of the final policy
+            video_return = record_video(agent, args, f"videos/{run.name}", device)
+            print(f"video of one game (return {video_return:.0f}) saved to videos/{run.name}", flush=True)
+        run.finish(agent, global_step)
+    return run.record
+
+
+def make_buffers(args: Args, obs_shape: tuple[int, ...], num_actions: int, device: torch.device) -> dict:
+    """The rollout's preallocated storage: on the device, obs [T + 1, N, 4, 84, 84] uint8 (frames stay uint8 until
+    the network; obs[t] is the observation acted on at step t, obs[T] the next one, where the next rollout starts),
+    actions [T, N] int64, logp_all [T, N, A] and values [T + 1, N] (what the policy step stored with each action);
+    on the host, rewards (clipped to their sign), terminations, truncations [T, N] float32 (what the env returns
+    moves to the device once per iteration), next_done [N] bool (whether the last step ended an episode, a life),
+    reset_first [N] bool (next_done when this rollout started), the real games' statistics (GameStatistics) and
+    the action pressed after a lost life (fire_after_lost_life)."""
+    shape = (args.num_steps, args.num_envs)
+    return {
+        "obs": torch.zeros((args.num_steps + 1, args.num_envs, *obs_shape), dtype=torch.uint8, device=device),
+        "actions": torch.zeros(shape, dtype=torch.long, device=device),
+        "logp_all": torch.zeros((*shape, num_actions), device=device),
+        "values": torch.zeros((args.num_steps + 1, args.num_envs), device=device),
+        "rewards": np.zeros(shape, dtype=np.float32),
+        "terminations": np.zeros(shape, dtype=np.float32),
+        "truncations": np.zeros(shape, dtype=np.float32),
+        "next_done": np.zeros(args.num_envs, dtype=bool),
+        "reset_first": np.zeros(args.num_envs, dtype=bool),
+        "games": GameStatistics(args.num_envs),
+        "fire": fire_after_lost_life(args),
+    }
+
+
+def rollout(agent: Agent, envs, policy, buffers: dict, args: Args, global_step: int) -> tuple[int, list]:
+    """Play `num_steps` steps of every env with `policy` (Agent.get_action, or its compiled version), into `buffers`.
+
+    Returns (global_step after the rollout, counting every process's steps; the games that ended in this process:
+    [(global_step, return, length)]).
+    """
+    obs, actions, logp_all, values = buffers["obs"], buffers["actions"], buffers["logp_all"], buffers["values"]
+    obs[0] = obs[args.num_steps]
+    buffers["reset_first"] = buffers["next_done"]
+    obs_t, actions_t = obs.unbind(0), actions.unbind(0)  # per-step views: cheaper to write than obs[step]
+    logp_all_t, values_t = logp_all.unbind(0), values.unbind(0)
+    rewards, terminations, truncations = buffers["rewards"], buffers["terminations"], buffers["truncations"]
+    games, fire, episodes = buffers["games"], buffers["fire"], []
+    steps_per_step = args.num_envs * world_size()  # every process's envs step together
+    with torch.inference_mode():
+        # Gumbel-max sampling: argmax(logits + G) with G ~ Gumbel(0, 1) is a sample of Categorical(logits).
+        gumbel = gumbel_noise((args.num_steps, args.num_envs, logp_all.shape[-1]), obs.device)
+        for step in range(0, args.num_steps):
+            global_step += steps_per_step
+            # One pass of the CNN gives the action and the old log-probabilities and value stored with it.
+            action, step_logp_all, step_values = policy(agent, obs_t[step], gumbel[step])
+            actions_t[step].copy_(action)
+            logp_all_t[step].copy_(step_logp_all)
+            values_t[step].copy_(step_values)
+
+            # TRY NOT TO MODIFY: execute the game and log data.
+            ended_before = buffers["reset_first"] if step == 0 else (terminations[step - 1] + truncations[step - 1]) > 0
+            acted = ~ended_before  # the step after an episode ended is a reset step: the env ignores its action
+            action = action.cpu().numpy()
+            if fire is not None:
+                action = np.where(acted, action, fire)
+            next_obs, reward, terminations[step], truncations[step], infos = envs.step(action)
+            obs_t[step + 1].copy_(torch.from_numpy(next_obs))
+            rewards[step] = np.sign(reward)  # the learner's reward: clipped to its sign
+            ended = game_over(args.env_backend, infos, terminations[step], truncations[step])
+            for _, game_return, game_length in games.update(reward, acted, ended):
+                episodes.append((global_step, game_return, game_length))
+    buffers["next_done"] = (terminations[-1] + truncations[-1]) > 0
+    return global_step, episodes
+
+
+def make_batch(agent: Agent, buffers: dict, args: Args) -> dict:
+    """The update's batch from the rollout in `buffers`: the value of the observation after the rollout, GAE
+    advantages and returns (compute_gae), and the old log-probabilities and values the policy step stored,
+    flattened to the B transitions that are no reset steps (the step after an episode ended, its action ignored,
+    is no transition). Keys and shapes: ppo_update's `batch`; a new key added here reaches ppo_loss's minibatch."""
+    obs, actions, logp_all, values = buffers["obs"], buffers["actions"], buffers["logp_all"], buffers["values"]
+    terminations, truncations, device = buffers["terminations"], buffers["truncations"], obs.device
+    is_reset = np.concatenate([buffers["reset_first"][None], (terminations[:-1] + truncations[:-1]) > 0])
+    b_inds = torch.from_numpy(np.flatnonzero(~is_reset)).to(device)
+    with torch.inference_mode():
+        values[args.num_steps] = agent.get_value(obs[args.num_steps])
+        logprobs = logp_all.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+        t_rewards, t_terms, t_truncs = (
+            torch.from_numpy(x).to(device) for x in (buffers["rewards"], terminations, truncations)
+        )
+        advantages = compute_gae(t_rewards, values, t_terms, t_truncs, args.gamma, args.gae_lambda)
+        returns = advantages + values[:-1]
+    # flatten the batch (indexing outside inference mode gives normal tensors that autograd accepts)
+    return {
+        "obs": obs[:-1].reshape(-1, *obs.shape[2:])[b_inds],
+        "actions": actions.reshape(-1)[b_inds],
+        "logprobs": logprobs.reshape(-1)[b_inds],
+        "logp_all": logp_all.reshape(-1, logp_all.shape[-1])[b_inds],
+        "values": values[:-1].reshape(-1)[b_inds],
+        "advantages": advantages.reshape(-1)[b_inds],
+        "returns": returns.reshape(-1)[b_inds],
+    }
 
 
 def compute_gae(
@@ -527,10 +566,95 @@ def compute_gae(
     return advantages
 
 
-def gumbel_noise(shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """Standard Gumbel noise G = -log(E), E ~ Exponential(1), float32 of `shape`: argmax(logits + G) over the last
-    dimension is a sample of Categorical(logits) (the Gumbel-max trick; Maddison et al. 2014, arXiv 1411.0030)."""
-    return -torch.empty(shape, device=device).exponential_().log()
+def ppo_update(
+    agent: Agent, optimizer: torch.optim.Optimizer, batch: dict, args: Args, kl_beta: float, update_step=None
+) -> dict:
+    """The update phase of one iteration: `update_epochs` passes over shuffled minibatches.
+
+    batch: flat tensors of the B transitions of the rollout (reset steps left out): obs [B, 4, 84, 84] uint8,
+    actions [B] int64, logprobs [B], logp_all [B, A] (old log-probabilities of every action), values [B],
+    advantages [B], returns [B]. Each epoch shuffles them into `num_minibatches` minibatches (sizes differ by at
+    most one), each one `update_step` (minibatch_step, or its compiled version). Before each minibatch's step, its
+    approx_kl is compared with `args.target_kl`: above it, the whole update phase ends there (the step is not taken).
+    Under torchrun each process holds its own batch; the gradients are averaged over the processes with one
+    all-reduce per minibatch, and so is approx_kl before the comparison, so all stop together and the parameters
+    stay identical.
+    Returns the losses averaged over the minibatches that were run (old_approx_kl, approx_kl and clipfrac
+    over their samples, measured before each step as in CleanRL), `minibatch_updates`, `explained_variance` of the
+    batch's returns by its values, and with PPO-Penalty the mean KL to the old policy after the update (`kl`) and
+    the `kl_beta` used.
+    """
+    update_step = update_step or minibatch_step
+    losses, logratios = [], []
+    stop = False
+    beta = torch.tensor(kl_beta, device=batch["advantages"].device)  # a tensor: no recompile when it adapts
+    for epoch in range(args.update_epochs):
+        b_inds = torch.randperm(len(batch["obs"]), device=batch["obs"].device)
+        # Shuffle once per epoch; each minibatch is then a slice (a view) of every tensor.
+        minibatches = zip(*(v[b_inds].tensor_split(args.num_minibatches) for v in batch.values()))
+        for mb_values in minibatches:
+            mb = dict(zip(batch.keys(), mb_values))
+            if args.target_kl is not None and all_reduce_mean(minibatch_approx_kl(agent, mb)) > args.target_kl:
+                stop = True
+                break
+            mb_losses, logratio = update_step(agent, optimizer, mb, args, beta)
+            losses.append(mb_losses)
+            logratios.append(logratio)
+        if stop:
+            break
+    stats = {"minibatch_updates": len(losses)}
+    if losses:  # statistics once per iteration, not per minibatch: over the samples of the minibatches run
+        means = torch.stack([torch.stack(list(mb_losses.values())) for mb_losses in losses]).mean(0).tolist()
+        stats.update(zip(losses[0], means))  # policy_loss, value_loss, entropy, and any term ppo_loss adds
+        logratio = torch.cat(logratios)
+        clipfrac = ((logratio.exp() - 1.0).abs() > args.clip_coef).float().mean()
+        stats_t = torch.stack([(-logratio).mean(), approx_kl(logratio), clipfrac]).tolist()
+        stats.update(zip(("old_approx_kl", "approx_kl", "clipfrac"), stats_t))
+    stats["explained_variance"] = explained_variance(batch["values"], batch["returns"])
+    if args.loss_type == "kl-penalty":
+        with torch.no_grad():
+            new_logp_all = agent.get_action_and_value(batch["obs"], batch["actions"])[4]
+            kl = all_reduce_mean(categorical_kl(batch["logp_all"], new_logp_all).mean()).item()
+            stats.update(kl=kl, kl_beta=kl_beta)
+    return stats
+
+
+def minibatch_step(
+    agent: Agent, optimizer: torch.optim.Adam, mb: dict, args: Args, kl_beta, loss_fn=None
+) -> tuple[dict, torch.Tensor]:
+    """One gradient step on one minibatch, as CleanRL: loss (`loss_fn`: ppo_loss, or its compiled version), backward,
+    gradient average over the torchrun processes, gradient-norm clip, Adam step. Returns (losses, logratio [M]) of ppo_loss, measured before the step."""
+    loss, losses, logratio = (loss_fn or ppo_loss)(agent, mb, args, kl_beta)
+    optimizer.zero_grad()
+    loss.backward()
+    all_reduce_gradients(agent)
+    nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+    optimizer.step()
+    return losses, logratio
+
+
+def ppo_loss(agent: Agent, mb: dict, args: Args, kl_beta) -> tuple[torch.Tensor, dict, torch.Tensor]:
+    """PPO's loss on one minibatch (M transitions of ppo_update's batch): L = L_clip (or PPO-Penalty's)
+    - ent_coef * H + vf_coef * L_V (arXiv 1707.06347, eq. 9).
+
+    Returns (loss: 0-d, differentiable; losses: {name: 0-d detached}, logged as losses/{name}; logratio [M]:
+    log pi(a|s) - log pi_old(a|s), detached).
+    """
+    _, newlogprob, entropy, newvalue, newlogp_all = agent.get_action_and_value(mb["obs"], mb["actions"])
+    logratio = newlogprob - mb["logprobs"]
+    mb_advantages = mb["advantages"]
+    if args.norm_adv:
+        mb_advantages = normalize_advantages(mb_advantages)
+    if args.loss_type == "clip":
+        pg_loss = clipped_policy_loss(logratio, mb_advantages, args.clip_coef)
+    else:
+        kl = categorical_kl(mb["logp_all"], newlogp_all)
+        pg_loss = kl_penalty_policy_loss(logratio, mb_advantages, kl, kl_beta)
+    v_loss = value_loss(newvalue, mb["values"], mb["returns"], args.clip_coef, args.clip_vloss)
+    entropy_loss = entropy.mean()
+    loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
+    losses = {"policy_loss": pg_loss, "value_loss": v_loss, "entropy": entropy_loss}
+    return loss, {k: v.detach() for k, v in losses.items()}, logratio.detach()
 
 
 def normalize_advantages(advantages: torch.Tensor) -> torch.Tensor:
@@ -570,6 +694,12 @@ def value_loss(newvalue, oldvalue, returns, clip_coef, clip_vloss):
     return 0.5 * torch.max(v_loss_unclipped, v_loss_clipped).mean()
 
 
+def categorical_kl(old_logp_all, new_logp_all):
+    """Exact KL(pi_old(.|s) || pi(.|s)) per state, [B], from the log-probabilities of every action, [B, A]:
+    sum_a pi_old(a|s) (log pi_old(a|s) - log pi(a|s)). PPO-Penalty's penalty term (arXiv 1707.06347, eq. 8)."""
+    return (old_logp_all.exp() * (old_logp_all - new_logp_all)).sum(-1)
+
+
 def approx_kl(logratio):
     """Schulman's low-variance estimator of KL(pi_old || pi): mean((r - 1) - log r), r = exp(logratio).
 
@@ -578,20 +708,38 @@ def approx_kl(logratio):
     return (torch.expm1(logratio) - logratio).mean()
 
 
-def categorical_kl(old_logp_all, new_logp_all):
-    """Exact KL(pi_old(.|s) || pi(.|s)) per state, [B], from the log-probabilities of every action, [B, A]:
-    sum_a pi_old(a|s) (log pi_old(a|s) - log pi(a|s)). PPO-Penalty's penalty term (arXiv 1707.06347, eq. 8)."""
-    return (old_logp_all.exp() * (old_logp_all - new_logp_all)).sum(-1)
+def minibatch_approx_kl(agent: Agent, mb: dict) -> torch.Tensor:
+    """approx_kl (0-d) of the current policy against the rollout's on minibatch `mb`, for the KL early stop."""
+    with torch.no_grad():
+        _, newlogprob, _, _, _ = agent.get_action_and_value(mb["obs"], mb["actions"])
+        return approx_kl(newlogprob - mb["logprobs"])
 
 
-def adapt_kl_beta(beta: float, kl: float, kl_target: float) -> float:
-    """PPO-Penalty's adaptive coefficient (arXiv 1707.06347, section 4): halve beta when the measured KL is
-    below kl_target / 1.5, double it when above kl_target * 1.5, keep it otherwise."""
-    if kl < kl_target / 1.5:
-        return beta / 2
-    if kl > kl_target * 1.5:
-        return beta * 2
-    return beta
+def explained_variance(y_pred: torch.Tensor, y_true: torch.Tensor) -> float:
+    """1 - Var[y_true - y_pred] / Var[y_true] for [B] tensors (NaN when y_true is constant): how much of the returns'
+    variance the value function explains (1: all, 0: no better than a constant)."""
+    var_y = y_true.var()
+    return (1 - (y_true - y_pred).var() / var_y).item() if var_y > 0 else float("nan")
+
+
+def make_optimizer(agent: nn.Module, learning_rate: float) -> torch.optim.Adam:
+    """torch.optim.Adam (eps 1e-5, as CleanRL) over the agent's parameters, fused (one kernel steps them all), with
+    its learning rate a 0-d float64 tensor that annealing sets in place (set_learning_rate), so a compiled update
+    never recompiles for it. Call it after moving the agent to its device."""
+    device = next(agent.parameters()).device
+    lr = torch.tensor(learning_rate, dtype=torch.float64, device=device)
+    return torch.optim.Adam(agent.parameters(), lr=lr, eps=1e-5, fused=True)
+
+
+def set_learning_rate(optimizer: torch.optim.Adam, lr: float) -> None:
+    """Write `lr` into the optimizer's 0-d float64 learning-rate tensor on the parameter's device, in place. What
+    `load_state_dict` put there (a float from an older checkpoint, or the checkpoint's tensor, loaded to the CPU)
+    becomes such a tensor first."""
+    group = optimizer.param_groups[0]
+    device = group["params"][0].device
+    if not isinstance(group["lr"], torch.Tensor) or group["lr"].device != device:
+        group["lr"] = torch.tensor(0.0, dtype=torch.float64, device=device)
+    group["lr"].fill_(lr)
 
 
 def annealed_lr(iteration: int, num_iterations: int, learning_rate: float, start: int = 1) -> float:
@@ -616,19 +764,222 @@ def resumed_lr_schedule(ckpt: dict, args: Args) -> tuple[int, float]:
     start, rate = ckpt.get("lr_schedule", (1, saved["learning_rate"]))  # checkpoints of the first format
     if args.learning_rate != saved["learning_rate"]:
         return k + 1, args.learning_rate
-    saved_iterations = saved["total_timesteps"] // (saved["num_envs"] * saved["num_steps"] * world_size())
+    saved_iterations = saved["total_timesteps"] // (saved["num_envs"] * saved["num_steps"])
     if args.num_iterations == saved_iterations and args.anneal_lr == saved["anneal_lr"]:
         return start, rate
     last = annealed_lr(k, saved_iterations, rate, start) if saved["anneal_lr"] else saved["learning_rate"]
     return k, last
 
 
-def logprobs_and_entropy(logits, actions):
-    """Categorical log pi(a|s) of `actions` [B] (int64) and entropy, both [B], from logits [B, A]."""
-    logp_all = torch.log_softmax(logits, dim=-1)
-    logprob = logp_all.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
-    entropy = -(logp_all.exp() * logp_all).sum(-1)
-    return logprob, entropy, logp_all
+def adapt_kl_beta(beta: float, kl: float, kl_target: float) -> float:
+    """PPO-Penalty's adaptive coefficient (arXiv 1707.06347, section 4): halve beta when the measured KL is
+    below kl_target / 1.5, double it when above kl_target * 1.5, keep it otherwise."""
+    if kl < kl_target / 1.5:
+        return beta / 2
+    if kl > kl_target * 1.5:
+        return beta * 2
+    return beta
+
+
+def evaluate(agent: Agent, args: Args, episodes: int, greedy: bool, device: torch.device) -> np.ndarray:
+    """Run the policy for `episodes` full games on fresh envs (seed `args.seed + 10000`) without learning.
+
+    Greedy takes argmax pi(a|s); otherwise actions are sampled from a private generator, so evaluation
+    leaves the training RNG untouched. Each of the min(episodes, num_envs) envs runs a fixed share of
+    the games, so short games are not over-represented. Returns [episodes] float64 real-game returns
+    (unclipped, all lives). A greedy policy that never presses FIRE plays until the 108,000-frame limit.
+    """
+    num_envs = min(episodes, args.num_envs)
+    quota = np.array([episodes // num_envs + (i < episodes % num_envs) for i in range(num_envs)])
+    envs, next_obs = make_envs(args, num_envs, args.seed + 10000)
+    games, acted, fire = GameStatistics(num_envs), np.ones(num_envs, dtype=bool), fire_after_lost_life(args)
+    generator = torch.Generator(device=device).manual_seed(args.seed + 10000)
+    returns = [[] for _ in range(num_envs)]
+    with torch.inference_mode():
+        while any(len(r) < q for r, q in zip(returns, quota)):
+            obs = torch.as_tensor(next_obs, device=device)
+            if greedy:
+                action = agent.get_greedy_action(obs)
+            else:
+                noise = -torch.empty((num_envs, envs.single_action_space.n), device=device)
+                action = agent.get_action(obs, noise.exponential_(generator=generator).log())[0]
+            action = action.cpu().numpy()
+            next_obs, reward, term, trunc, infos = envs.step(action if fire is None else np.where(acted, action, fire))
+            for i, game_return, _ in games.update(reward, acted, game_over(args.env_backend, infos, term, trunc)):
+                if len(returns[i]) < quota[i]:
+                    returns[i].append(game_return)
+            acted = ~(term | trunc)
+    envs.close()
+    return np.array([r for env_returns in returns for r in env_returns])
+
+
+def record_video(agent: Agent, args: Args, video_dir: str, device: torch.device) -> float:
+    """Play one game with the sampled policy in `make_video_env`, recorded to `video_dir`; FIRE is pressed after
+    the reset and after each lost life in games that have it (as the training envs' fire reset). Returns the
+    game's return."""
+    env = make_video_env(args, video_dir)
+    fire = env.unwrapped.get_action_meanings().index("FIRE") if "FIRE" in env.unwrapped.get_action_meanings() else None
+    generator = torch.Generator(device=device).manual_seed(args.seed + 20000)
+    obs, info = env.reset(seed=args.seed + 20000)
+    lives, total, done, press_fire = info["lives"], 0.0, False, fire is not None
+    with torch.inference_mode():
+        while not done:
+            if press_fire:
+                action = fire
+            else:
+                noise = -torch.empty((1, env.action_space.n), device=device).exponential_(generator=generator).log()
+                action = int(agent.get_action(torch.as_tensor(np.asarray(obs)[None], device=device), noise)[0])
+            obs, reward, terminated, truncated, info = env.step(action)
+            total, done = total + float(reward), terminated or truncated
+            press_fire, lives = fire is not None and info["lives"] < lives, info["lives"]
+    env.close()
+    return total
+
+
+# ---- this script's checks (run by Run.start, before anything is built or written) ----
+
+
+def validate_args(args: Args) -> None:
+    """Check the flags that need no environment.
+
+    Raises:
+        UsageError: naming the first bad flag.
+    """
+    for name in ("total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs"):
+        if getattr(args, name) <= 0:
+            raise UsageError(f"{flag(name)} must be positive, got {getattr(args, name)}")
+    for name in ("learning_rate", "clip_coef", "kl_target", "max_grad_norm"):
+        if not getattr(args, name) > 0:
+            raise UsageError(f"{flag(name)} must be positive, got {getattr(args, name)}")
+    for name in ("gamma", "gae_lambda", "repeat_action_probability"):
+        if not 0 <= getattr(args, name) <= 1:
+            raise UsageError(f"{flag(name)} must be in [0, 1], got {getattr(args, name)}")
+    for name in ("ent_coef", "vf_coef", "kl_beta", "checkpoint_every", "eval_episodes", "torch_threads"):
+        if getattr(args, name) < 0:
+            raise UsageError(f"{flag(name)} must not be negative, got {getattr(args, name)}")
+    if args.target_kl is not None and not args.target_kl > 0:
+        raise UsageError(f"--target-kl must be positive or None, got {args.target_kl}")
+    if args.batch_size % args.num_minibatches:
+        raise UsageError(
+            f"--num-minibatches {args.num_minibatches} must divide the batch size "
+            f"num_envs*num_steps = {args.batch_size}"
+        )
+    if args.total_timesteps < args.batch_size * world_size():
+        raise UsageError(
+            f"--total-timesteps {args.total_timesteps} is less than one batch "
+            f"(num_envs*num_steps*processes = {args.batch_size * world_size()})"
+        )
+    if args.checkpoint_every and not args.save_model:
+        raise UsageError("--checkpoint-every needs --save-model")
+
+
+def check_env(args: Args) -> tuple[gym.Space, gym.Space]:
+    """Refuse environments this script cannot learn on: it needs Atari's stacked frames and a Discrete action space;
+    with --capture-video, the game must render (check_video).
+
+    Returns the (observation, action) spaces of one env.
+
+    Raises:
+        UsageError: naming `--env-id`.
+    """
+    obs_space, act_space = env_spaces(args.env_id, args.env_backend)
+    if not isinstance(act_space, gym.spaces.Discrete):
+        raise UsageError(f"--env-id {args.env_id}: action space {act_space} is not Discrete")
+    if obs_space.shape != (4, 84, 84) or obs_space.dtype != np.uint8:
+        raise UsageError(f"--env-id {args.env_id}: observation space {obs_space} is not uint8 [4, 84, 84] frames")
+    if args.capture_video:
+        for module in ("ale_py", "cv2"):  # the video is played in gymnasium's ALE env, with AtariPreprocessing
+            if importlib.util.find_spec(module) is None:
+                raise UsageError(f"--capture-video needs {module}: pip install ale-py opencv-python")
+        check_video(args)
+    return obs_space, act_space
+
+
+def env_spaces(env_id: str, backend: str) -> tuple[gym.Space, gym.Space]:
+    """The (observation, action) spaces of one environment, without building the vector env.
+
+    Raises:
+        UsageError: unknown env id, or the backend's package not installed.
+    """
+    game = ale_game(env_id)
+    if backend == "envpool":
+        try:
+            import envpool
+        except ImportError:
+            raise UsageError("--env-backend envpool needs envpool: pip install envpool") from None
+        if env_id not in envpool.list_all_envs() or "episodic_life" not in envpool.make_spec(env_id).config._fields:
+            games = [e for e in envpool.list_all_envs() if e.endswith("-v5")]
+            raise UsageError(f"--env-id {env_id}: not an envpool Atari environment{did_you_mean(env_id, games)}")
+        spec = envpool.make_spec(env_id)
+        return spec.gymnasium_observation_space, spec.gymnasium_action_space
+    try:
+        import ale_py
+    except ImportError:
+        raise UsageError("--env-backend ale needs ale-py: pip install ale-py") from None
+    if game not in ale_py.roms.get_all_rom_ids():
+        games = [f"{''.join(w.title() for w in rom.split('_'))}-v5" for rom in ale_py.roms.get_all_rom_ids()]
+        raise UsageError(f"--env-id {env_id}: ale-py has no ROM {game!r}{did_you_mean(env_id, games)}")
+    envs = ale_py.AtariVectorEnv(game, 1, num_threads=1)
+    envs.close()
+    return envs.single_observation_space, envs.single_action_space
+
+
+def check_video(args: Args) -> None:
+    """With `--capture-video`, render one frame before anything is written, so that a missing renderer is a
+    one-line error rather than a crash after training.
+
+    Raises:
+        UsageError: naming `--capture-video`.
+    """
+    try:
+        env = make_video_env(args, None)
+        env.reset(seed=args.seed)
+        env.render()
+        env.close()
+    except Exception as e:
+        reason = (str(e).strip() or type(e).__name__).splitlines()[0]
+        raise UsageError(f"--capture-video: {args.env_id} cannot render ({reason})") from None
+
+
+def cpu_share() -> int:
+    """The cores this process may use, divided among the processes torchrun starts on this node (at least 1)."""
+    return max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
+def start_process(args: Args) -> tuple[int, torch.device]:
+    """This process's rank and device: cuda:LOCAL_RANK with `--cuda` where CUDA is present, else the CPU. Under
+    torchrun (WORLD_SIZE set) the process group starts here: NCCL between GPUs, gloo between CPU processes."""
+    use_cuda = torch.cuda.is_available() and args.cuda
+    device = torch.device(f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if use_cuda else "cpu")
+    if "WORLD_SIZE" in os.environ and not dist.is_initialized():
+        if use_cuda:
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return int(os.environ.get("RANK", "0")), device
+
+
+# ---- speed ----
+
+
+def gumbel_noise(shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """Standard Gumbel noise G = -log(E), E ~ Exponential(1), float32 of `shape`: argmax(logits + G) over the last
+    dimension is a sample of Categorical(logits) (the Gumbel-max trick; Maddison et al. 2014, arXiv 1411.0030)."""
+    return -torch.empty(shape, device=device).exponential_().log()
+
+
+def compile_functions(args: Args, device: torch.device) -> tuple:
+    """The policy step and the minibatch update that the rollout and ppo_update call: Agent.get_action and
+    minibatch_step, or with `--compile` the minibatch update with its loss (ppo_loss: forward, and through
+    AOTAutograd its backward) compiled by torch.compile as one graph, with dynamic shapes (the minibatch size changes
+    with the number of reset steps left out of each batch); the optimizer step stays torch's fused Adam. The policy step is compiled too: one CNN pass per step, where fusing its element-wise work pays."""
+    if not args.compile:
+        return Agent.get_action, minibatch_step
+    # Python floats (the loss's coefficients) are baked into the graph: left dynamic, a warm compile cache can hand a
+    # graph made with other values to a run (pytorch/pytorch#194976). kl_beta, which changes, comes as a tensor.
+    torch._dynamo.config.specialize_float = True
+    print("--compile: compiling the update, about 30 s the first time", flush=True)
+    policy = torch.compile(Agent.get_action)
+    return policy, functools.partial(minibatch_step, loss_fn=torch.compile(ppo_loss, dynamic=True))
 
 
 def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
@@ -663,218 +1014,366 @@ def broadcast_parameters(module: nn.Module) -> None:
             p.copy_(value.view_as(p))
 
 
-def make_optimizer(agent: nn.Module, learning_rate: float) -> torch.optim.Adam:
-    """torch.optim.Adam (eps 1e-5, as CleanRL) over the agent's parameters, fused (one kernel steps them all), with
-    its learning rate a 0-d float64 tensor that annealing sets in place (set_learning_rate), so a compiled update
-    never recompiles for it. Call it after moving the agent to its device."""
-    device = next(agent.parameters()).device
-    lr = torch.tensor(learning_rate, dtype=torch.float64, device=device)
-    return torch.optim.Adam(agent.parameters(), lr=lr, eps=1e-5, fused=True)
+# ---- run plumbing: TRY NOT TO MODIFY (checks, run folder, logging, Ctrl-C, checkpoints and resume, evaluation) ----
+# The same text in every script of ppo-single-file (a test compares them). What differs between the scripts comes
+# from the script's own part above, by name: Args, CHECKPOINT_FORMAT, RESUME_FIXED, validate_args, check_env and
+# evaluate. Under torchrun (WORLD_SIZE set) every process runs it; rank 0 alone writes and prints.
 
 
-def set_learning_rate(optimizer: torch.optim.Adam, lr: float) -> None:
-    """Write `lr` into the optimizer's 0-d float64 learning-rate tensor on the parameter's device, in place. What
-    `load_state_dict` put there (a float from an older checkpoint, or the checkpoint's tensor, loaded to the CPU)
-    becomes such a tensor first."""
-    group = optimizer.param_groups[0]
-    device = group["params"][0].device
-    if not isinstance(group["lr"], torch.Tensor) or group["lr"].device != device:
-        group["lr"] = torch.tensor(0.0, dtype=torch.float64, device=device)
-    group["lr"].fill_(lr)
+class UsageError(Exception):
+    """Bad flags or files: reported as one line and a non-zero exit before any work starts."""
 
 
-def compile_functions(args: Args, device: torch.device) -> tuple:
-    """The policy step and the minibatch update that the rollout and ppo_update call: the plain functions, or with
-    `--compile` the same functions compiled by torch.compile, each as one graph (the update with dynamic shapes:
-    its minibatch size changes with the number of reset steps left out of each batch). On the CPU the policy step
-    is compiled too: one CNN pass per step, where fusing its element-wise work pays (README: Speed)."""
-    if not args.compile:
-        return act, minibatch_step
-    # Python floats (the loss's coefficients) are baked into the graph: left dynamic, a warm compile cache can hand a
-    # graph made with other values to a run (pytorch/pytorch#194976). kl_beta, which changes, comes as a tensor.
-    torch._dynamo.config.specialize_float = True
-    policy = torch.compile(act)
-    return policy, functools.partial(minibatch_step, loss_fn=torch.compile(ppo_loss, dynamic=True))
+def flag(name: str) -> str:
+    """The command-line spelling of an Args field: `num_envs` -> `--num-envs`."""
+    return "--" + name.replace("_", "-")
 
 
-def act(agent: Agent, obs: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The policy step, one pass of the CNN for frames obs [N, 4, 84, 84] uint8: actions [N] int64 sampled from
-    Categorical(logits=actor(hidden)) by the Gumbel-max trick with `noise` [N, A] from gumbel_noise, the
-    log-probabilities of every action [N, A] and the values [N] stored with them."""
-    hidden = agent.hidden(obs)
-    logits = agent.actor(hidden)
-    return (logits + noise).argmax(-1), torch.log_softmax(logits, -1), agent.critic(hidden).squeeze(-1)
+def check_extras(args: Args) -> None:
+    """Check that the optional packages the flags need are installed, before anything is built or written.
 
-
-def ppo_loss(agent: Agent, mb: dict, args: Args, kl_beta) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """PPO's loss on one minibatch (M transitions of ppo_update's batch):
-    L = L_clip (or PPO-Penalty's) - ent_coef * H + vf_coef * L_V (arXiv 1707.06347, eq. 9).
-
-    Returns (loss: 0-d, differentiable; losses [3]: policy loss, value loss, entropy, detached; logratio [M]:
-    log pi(a|s) - log pi_old(a|s), detached).
+    Raises:
+        UsageError: naming the flag and the package to install.
     """
-    hidden = agent.hidden(mb["obs"])
-    newlogprob, entropy, newlogp_all = logprobs_and_entropy(agent.actor(hidden), mb["actions"])
-    newvalue = agent.critic(hidden).squeeze(-1)
-    logratio = newlogprob - mb["logprobs"]
-    mb_advantages = mb["advantages"]
-    if args.norm_adv:
-        mb_advantages = normalize_advantages(mb_advantages)
-    if args.loss_type == "clip":
-        pg_loss = clipped_policy_loss(logratio, mb_advantages, args.clip_coef)
-    else:
-        kl = categorical_kl(mb["logp_all"], newlogp_all)
-        pg_loss = kl_penalty_policy_loss(logratio, mb_advantages, kl, kl_beta)
-    v_loss = value_loss(newvalue, mb["values"], mb["returns"], args.clip_coef, args.clip_vloss)
-    entropy_loss = entropy.mean()
-    loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
-    return loss, torch.stack([pg_loss, v_loss, entropy_loss]).detach(), logratio.detach()
+    for wanted, module, purpose in (
+        (args.track, "wandb", "--track"),
+        (args.capture_video, "moviepy", "--capture-video"),
+    ):
+        if wanted and importlib.util.find_spec(module) is None:
+            raise UsageError(f"{purpose} needs {module}: pip install {module}")
 
 
-def minibatch_step(
-    agent: Agent, optimizer: torch.optim.Adam, mb: dict, args: Args, kl_beta, loss_fn=ppo_loss
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One gradient step on one minibatch, as CleanRL: loss (`loss_fn`: ppo_loss, or its compiled version), backward,
-    gradient average over the torchrun processes, gradient-norm clip, Adam step.
-    Returns (losses [3], logratio [M]) of ppo_loss, measured before the step."""
-    loss, losses, logratio = loss_fn(agent, mb, args, kl_beta)
-    optimizer.zero_grad()
-    loss.backward()
-    all_reduce_gradients(agent)
-    nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
-    optimizer.step()
-    return losses, logratio
+class Run:
+    """The plumbing of one training run, reached from main() through a few calls:
 
+        run = Run.start(args)                       # checks: flags, packages, env, --resume file; writes nothing
+        start_iteration, global_step = run.begin(train)   # resume into `train`, run folder, logging
+        with run.training(envs):                    # Ctrl-C/SIGTERM checkpoint and stop; envs and logs close
+            ... if run.end_iteration(iteration, global_step, lr, stats, episodes, train): break
+            run.finish(agent, global_step)          # summary, final evaluation
+        return run.record
 
-def minibatch_approx_kl(agent: Agent, mb: dict) -> torch.Tensor:
-    """approx_kl (0-d) of the current policy against the rollout's on minibatch `mb`, for the KL early stop."""
-    with torch.no_grad():
-        newlogprob, _, _ = logprobs_and_entropy(agent.actor(agent.hidden(mb["obs"])), mb["actions"])
-        return approx_kl(newlogprob - mb["logprobs"])
-
-
-def explained_variance(y_pred: torch.Tensor, y_true: torch.Tensor) -> float:
-    """1 - Var[y_true - y_pred] / Var[y_true] for [B] tensors (NaN when y_true is constant): how much of the returns'
-    variance the value function explains (1: all, 0: no better than a constant)."""
-    var_y = y_true.var()
-    return (1 - (y_true - y_pred).var() / var_y).item() if var_y > 0 else float("nan")
-
-
-def ppo_update(
-    agent: Agent, optimizer: torch.optim.Optimizer, batch: dict, args: Args, kl_beta: float, update_step=minibatch_step
-) -> dict:
-    """The update phase of one iteration: `update_epochs` passes over shuffled minibatches.
-
-    batch: flat tensors of the B transitions of the rollout (reset steps left out): obs [B, 4, 84, 84] uint8,
-    actions [B] int64, logprobs [B], logp_all [B, A] (old log-probabilities of every action), values [B],
-    advantages [B], returns [B]. Each epoch shuffles them into `num_minibatches` minibatches (sizes differ by at
-    most one), each one `update_step` (minibatch_step, or its compiled version). Before each minibatch's step, its
-    approx_kl is compared with `args.target_kl`: above it, the whole update phase ends there (the step is not taken).
-    Under torchrun each process holds its own batch; the gradients (laid end to end) are averaged over the
-    processes with one all-reduce per minibatch, and so is approx_kl before the comparison, so all stop together and the
-    parameters stay identical.
-    Returns the losses averaged over the minibatches that were run (old_approx_kl, approx_kl and clipfrac
-    over their samples, measured before each step as in CleanRL), `minibatch_updates`, `explained_variance` of the
-    batch's returns by its values, and with PPO-Penalty the mean KL to the old policy after the update (`kl`) and
-    the `kl_beta` used.
+    `train` is what a checkpoint holds besides the flags and progress: objects with a state_dict (agent,
+    optimizer) are saved and loaded through it, lists (of tensors: the actions taken) are saved concatenated, any
+    other value (floats, tuples, tensors) as it is.
     """
-    losses, logratios = [], []
-    stop = False
-    beta = torch.tensor(kl_beta, device=batch["advantages"].device)  # a tensor: no recompile when it adapts
-    for epoch in range(args.update_epochs):
-        b_inds = torch.randperm(len(batch["obs"]), device=batch["obs"].device)
-        # Shuffle once per epoch; each minibatch is then a slice (a view) of every tensor.
-        minibatches = zip(*(v[b_inds].tensor_split(args.num_minibatches) for v in batch.values()))
-        for mb_values in minibatches:
-            mb = dict(zip(batch.keys(), mb_values))
-            if args.target_kl is not None and all_reduce_mean(minibatch_approx_kl(agent, mb)) > args.target_kl:
-                stop = True
-                break
-            mb_losses, logratio = update_step(agent, optimizer, mb, args, beta)
-            losses.append(mb_losses)
-            logratios.append(logratio)
-        if stop:
-            break
-    stats = {"minibatch_updates": len(losses)}
-    if losses:  # statistics once per iteration, not per minibatch: over the samples of the minibatches run
-        pg_loss, v_loss, entropy_loss = torch.stack(losses).mean(0).tolist()
-        logratio = torch.cat(logratios)
-        clipfrac = ((logratio.exp() - 1.0).abs() > args.clip_coef).float().mean()
-        stats_t = torch.stack([(-logratio).mean(), approx_kl(logratio), clipfrac]).tolist()
-        stats.update(policy_loss=pg_loss, value_loss=v_loss, entropy=entropy_loss)
-        stats.update(zip(("old_approx_kl", "approx_kl", "clipfrac"), stats_t))
-    stats["explained_variance"] = explained_variance(batch["values"], batch["returns"])
-    if args.loss_type == "kl-penalty":
-        with torch.no_grad():
-            new_logp_all = torch.log_softmax(agent.actor(agent.hidden(batch["obs"])), -1)
-            kl = all_reduce_mean(categorical_kl(batch["logp_all"], new_logp_all).mean()).item()
-            stats.update(kl=kl, kl_beta=kl_beta)
-    return stats
+
+    def __init__(self, args: Args, ckpt: dict | None, spaces: tuple):
+        self.args, self.ckpt, self.spaces = args, ckpt, spaces
+        self.rank, self.world_size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+        self.name = self.dir = self.log = None
+        self.saved, self.stop, self.record = False, None, {}
+
+    @classmethod
+    def start(cls, args: Args) -> "Run":
+        """Check everything that can be checked before any work: the flags, the packages they need, the
+        environment (check_env: returns its spaces, `run.spaces`), and the --resume file with the flags it fixes.
+
+        Raises:
+            UsageError: naming the flag or file.
+        """
+        validate_args(args)
+        check_extras(args)
+        ckpt = load_checkpoint(args.resume) if args.resume else None
+        if ckpt is not None:
+            check_resume(args, ckpt)
+        return cls(args, ckpt, check_env(args))
+
+    def begin(self, train: dict) -> tuple[int, int]:
+        """Load a --resume checkpoint into `train` (and this process's RNG state), then claim the run folder and
+        start logging. A finished run resumed with nothing left to train is only evaluated and writes nothing.
+        Returns (first iteration to train, global_step).
+
+        Raises:
+            UsageError: naming --resume when the checkpoint does not fit what `train` holds, or the path that
+                cannot be written; nothing is written before.
+        """
+        args, ckpt = self.args, self.ckpt
+        start_iteration, global_step = 1, 0
+        if ckpt is not None:
+            for key, value in train.items():
+                if hasattr(value, "load_state_dict"):
+                    try:
+                        value.load_state_dict(ckpt[key])
+                    except (RuntimeError, ValueError, KeyError) as e:
+                        reason = [line.strip() for line in str(e).splitlines() if line.strip()][-1]
+                        raise UsageError(
+                            f"--resume {args.resume}: its {key} does not fit this run's: {reason}"
+                        ) from None
+                else:
+                    train[key] = [ckpt[key]] if isinstance(value, list) else ckpt[key]
+            rng = ckpt["rng"][self.rank]
+            torch.set_rng_state(rng["torch"])
+            if rng["cuda"] is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state(rng["cuda"])
+            start_iteration, global_step = ckpt["iteration"] + 1, ckpt["global_step"]
+        evaluate_only = ckpt is not None and ckpt["iteration"] >= args.num_iterations
+        self.name = ckpt["run_name"] if ckpt else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+        self.dir = f"runs/{self.name}"
+        if not evaluate_only:  # rank 0 claims the folder; every process learns its name, or the error
+            outcome = [None]
+            if self.rank == 0:
+                try:
+                    outcome[0] = prepare_run_dir(args, self.name, new=ckpt is None)
+                except UsageError as e:
+                    outcome[0] = str(e)
+            if dist.is_initialized():
+                dist.broadcast_object_list(outcome, src=0)
+            if isinstance(outcome[0], str):
+                raise UsageError(outcome[0])
+            self.name, self.dir = outcome[0]
+        try:
+            self.log = RunLog(args, self.name, self.dir, ckpt, evaluate_only, self.rank, self.world_size)
+        except UsageError:  # W&B cannot log in: a new run leaves no folder behind
+            if ckpt is None and self.rank == 0:
+                shutil.rmtree(self.dir, ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    os.removedirs(os.path.dirname(self.dir))
+            raise
+        return start_iteration, global_step
+
+    @contextlib.contextmanager
+    def training(self, envs):
+        """Around the training loop: with --save-model, a first Ctrl-C or SIGTERM is noted (end_iteration
+        checkpoints and stops), a second one stops at once; at the end the envs and the logs close. A run stopped at
+        once raises a one-line KeyboardInterrupt saying where it stopped and what there is to resume from."""
+        self.stop = StopSignals(self.args.save_model)
+        self.log.start()
+        self.global_step = self.log.start_step
+        try:
+            yield self
+        except KeyboardInterrupt:
+            checkpoint = f"{self.dir}/checkpoint.pt"
+            resume = f"; {checkpoint} resumes from the last one saved" if os.path.isfile(checkpoint) else ""
+            if not self.args.save_model:
+                resume = "; nothing saved (with --save-model, Ctrl-C saves a checkpoint to resume from)"
+            self.log.end_progress()
+            where = "interrupted" if not self.args.save_model else "stopped at once"
+            raise KeyboardInterrupt(f"{where} at global_step={self.global_step}{resume}") from None
+        finally:
+            self.stop.restore()
+            envs.close()
+            self.log.close()
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+    def end_iteration(
+        self, iteration: int, global_step: int, lr: float, stats: dict, episodes: list, train: dict
+    ) -> bool:
+        """Log the iteration (the learning rate, the update's `stats`, the `episodes` that ended: [(global_step,
+        return, length)]), checkpoint with --save-model when due (the last iteration, every --checkpoint-every, a
+        signal), and say whether to stop now (a signal arrived). Under torchrun every process calls it: the episodes
+        of all go to rank 0's log and all stop together."""
+        self.global_step = global_step
+        received = self.stop.received
+        if dist.is_initialized():  # every process's episodes, and the signal any of them has received so far
+            gathered = [None] * self.world_size
+            dist.all_gather_object(gathered, (episodes, received))
+            episodes = sorted(e for process_episodes, _ in gathered for e in process_episodes)
+            received = next((r for _, r in gathered if r), None)
+            self.stop.received = self.stop.received or received
+        last = iteration == self.args.num_iterations
+        self.log.iteration(global_step, lr, stats, episodes, last)
+        every = self.args.checkpoint_every
+        if self.args.save_model and (last or (every and iteration % every == 0) or received):
+            state = checkpoint_state(self, iteration, global_step, train)  # every process: it gathers their RNGs
+            if self.rank == 0:
+                save_checkpoint(f"{self.dir}/checkpoint.pt", state)
+            self.saved = True
+        if received:
+            self.log.end_progress()
+            if self.rank == 0:
+                print(f"{received}: stopped after iteration {iteration}; resume with --resume {self.dir}/checkpoint.pt")
+        return bool(received)
+
+    def finish(self, agent: nn.Module, global_step: int) -> None:
+        """After training: print the last returns and where the checkpoint is, evaluate with --eval-episodes (not
+        after a stop), and fill `run.record`: run_name, run_dir, history (one dict of logged scalars per
+        iteration), episodes, eval (mean returns) and agent."""
+        self.stop.restore()  # training is over: a signal now stops at once
+        self.global_step = global_step
+        self.log.summary(global_step)
+        if self.saved and self.rank == 0:
+            print(f"checkpoint saved to {self.dir}/checkpoint.pt", flush=True)
+        device = next(agent.parameters()).device
+        result = {}
+        if not self.stop.received and self.rank == 0:
+            self.log.upload_videos()
+            for mode in ("sampled", "greedy") if self.args.eval_episodes else ():
+                returns = evaluate(agent, self.args, self.args.eval_episodes, greedy=mode == "greedy", device=device)
+                self.log.evaluation(mode, returns)
+                result[mode] = float(returns.mean())
+        self.record.update(run_name=self.name, run_dir=self.dir, history=self.log.history)
+        self.record.update(episodes=self.log.episodes, eval=result, agent=agent)
 
 
-def evaluate(agent: Agent, args: Args, episodes: int, greedy: bool, device: torch.device) -> np.ndarray:
-    """Run the policy for `episodes` full games on fresh envs (seed `args.seed + 10000`) without learning.
+class RunLog:
+    """What a run reports as it trains: TensorBoard scalars under CleanRL's tags (W&B syncs them with `--track`,
+    and gets the videos), a progress bar on a terminal or a line every 10 s otherwise, and the run's record
+    (`history`: one dict of scalars per iteration; `episodes`: (global_step, return, length) of each one that
+    ended). A finished run that is only evaluated writes nothing; under torchrun only rank 0 writes and prints."""
 
-    Greedy takes argmax pi(a|s); otherwise actions are sampled from a private generator, so evaluation
-    leaves the training RNG untouched. Each of the min(episodes, num_envs) envs runs a fixed share of
-    the games, so short games are not over-represented. Returns [episodes] float64 real-game returns
-    (unclipped, all lives). A greedy policy that never presses FIRE plays until the 108,000-frame limit.
-    """
-    num_envs = min(episodes, args.num_envs)
-    quota = np.array([episodes // num_envs + (i < episodes % num_envs) for i in range(num_envs)])
-    envs, next_obs = make_envs(args, num_envs, args.seed + 10000)
-    games, acted, fire = GameStatistics(num_envs), np.ones(num_envs, dtype=bool), fire_after_lost_life(args)
-    generator = torch.Generator(device=device).manual_seed(args.seed + 10000)
-    returns = [[] for _ in range(num_envs)]
-    with torch.inference_mode():
-        while any(len(r) < q for r, q in zip(returns, quota)):
-            logits = agent.actor(agent.hidden(torch.as_tensor(next_obs, device=device)))
-            if greedy:
-                action = logits.argmax(-1)
-            else:
-                action = torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
-            action = action.cpu().numpy()
-            next_obs, reward, term, trunc, infos = envs.step(action if fire is None else np.where(acted, action, fire))
-            for i, game_return, _ in games.update(reward, acted, game_over(args.env_backend, infos, term, trunc)):
-                if len(returns[i]) < quota[i]:
-                    returns[i].append(game_return)
-            acted = ~(term | trunc)
-    envs.close()
-    return np.array([r for env_returns in returns for r in env_returns])
+    def __init__(self, args: Args, run_name: str, run_dir: str, ckpt, evaluate_only: bool, rank: int, world_size: int):
+        self.args, self.run_name, self.history, self.uploaded_videos = args, run_name, [], set()
+        self.episodes = [tuple(e) for e in ckpt["episodes"]] if ckpt else []
+        self.wandb_run, self.writer, self.bar, self.last_print, self.rank = None, None, None, 0.0, rank
+        self.start_step = ckpt["global_step"] if ckpt else 0
+        if evaluate_only or rank != 0:
+            if evaluate_only and ckpt is not None and rank == 0:  # nothing left to train
+                print(
+                    f"--resume: the checkpoint has trained {ckpt['global_step']} steps, --total-timesteps "
+                    f"{args.total_timesteps} asks no more: nothing to train (a larger --total-timesteps trains on)",
+                    flush=True,
+                )
+            return
+        if ckpt is not None:
+            print(f"resumed from iteration {ckpt['iteration']} (global_step {ckpt['global_step']})", flush=True)
+        batch = args.batch_size * world_size  # steps per iteration, all processes together
+        if args.total_timesteps % batch:
+            print(
+                f"--total-timesteps {args.total_timesteps} is not a multiple of the batch size {batch}: "
+                f"training {args.num_iterations * batch} steps ({args.num_iterations} iterations)",
+                flush=True,
+            )
+        config = {**asdict(args), "batch_size": args.batch_size, "num_iterations": args.num_iterations}
+        config.update(world_size=world_size)
+        if args.track:
+            import wandb
 
+            try:
+                self.wandb_run = wandb.init(
+                    project=args.wandb_project_name,
+                    entity=args.wandb_entity,
+                    sync_tensorboard=True,
+                    config=config,
+                    name=run_name,
+                    id=ckpt.get("wandb_id") if ckpt else None,
+                    resume="allow",
+                    save_code=True,
+                )
+            except wandb.errors.UsageError as e:  # no API key: wandb's own message says how to log in
+                raise UsageError(f"--track: {str(e).splitlines()[0]} (or set WANDB_MODE=offline)") from None
+        self.writer = SummaryWriter(run_dir, purge_step=ckpt["global_step"] + 1 if ckpt else None)
+        self.writer.add_text(
+            "hyperparameters",
+            "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in config.items()])),
+        )
+        if sys.stderr.isatty():
+            total = args.num_iterations * batch
+            self.bar = tqdm(total=total, initial=self.start_step, unit="step", dynamic_ncols=True)
 
-def record_video(agent: Agent, args: Args, video_dir: str, device: torch.device) -> float:
-    """Play one game with the sampled policy in `make_video_env`, recorded to `video_dir`; FIRE is pressed after
-    the reset and after each lost life in games that have it (as the training envs' fire reset). Returns the
-    game's return."""
-    env = make_video_env(args, video_dir)
-    fire = env.unwrapped.get_action_meanings().index("FIRE") if "FIRE" in env.unwrapped.get_action_meanings() else None
-    generator = torch.Generator(device=device).manual_seed(args.seed + 20000)
-    obs, info = env.reset(seed=args.seed + 20000)
-    lives, total, done, press_fire = info["lives"], 0.0, False, fire is not None
-    with torch.inference_mode():
-        while not done:
-            if press_fire:
-                action = fire
-            else:
-                logits = agent.actor(agent.hidden(torch.as_tensor(np.asarray(obs)[None], device=device)))
-                action = int(torch.multinomial(logits.softmax(-1), 1, generator=generator))
-            obs, reward, terminated, truncated, info = env.step(action)
-            total, done = total + float(reward), terminated or truncated
-            press_fire, lives = fire is not None and info["lives"] < lives, info["lives"]
-    env.close()
-    return total
+    def start(self) -> None:
+        """Start the clock of the SPS figure just before the training loop: SPS counts the loop only, as CleanRL's."""
+        self.start_time = time.time()
 
+    def iteration(self, global_step: int, lr: float, stats: dict, episodes: list, last: bool) -> None:
+        """Record one iteration: the episodes that ended in it, the learning rate, SPS and the update's `stats`
+        (the key minibatch_updates as charts/, the others as losses/)."""
+        self.episodes.extend(episodes)
+        sps = int((global_step - self.start_step) / (time.time() - self.start_time))
+        scalars = {"charts/learning_rate": lr, "charts/SPS": sps}
+        scalars.update({("charts/" if k == "minibatch_updates" else "losses/") + k: v for k, v in stats.items()})
+        self.history.append(scalars)
+        if self.writer is not None:
+            for step_, episodic_return, episodic_length in episodes:
+                self.writer.add_scalar("charts/episodic_return", episodic_return, step_)
+                self.writer.add_scalar("charts/episodic_length", episodic_length, step_)
+            for tag, value in scalars.items():
+                self.writer.add_scalar(tag, value, global_step)
+            self.upload_videos()
 
-def upload_new_videos(wandb_run, video_dir: str, uploaded: set) -> None:
-    """Log to W&B (key `videos`) each finished .mp4 in `video_dir` not in `uploaded`, and add it there."""
-    import wandb
+        recent = [e[1] for e in self.episodes[-20:]]
+        if self.bar is not None:
+            self.bar.update(global_step - self.bar.n)
+            self.bar.set_postfix(SPS=sps, ret=f"{np.mean(recent):.1f}" if recent else "-", refresh=False)
+        elif self.rank == 0 and (time.time() - self.last_print > 10 or last):
+            self.last_print = time.time()
+            mean_return = f"{np.mean(recent):.1f}" if recent else "-"
+            print(f"global_step={global_step} SPS={sps} return(last {len(recent)} episodes)={mean_return}", flush=True)
 
-    if os.path.isdir(video_dir):
-        for name in sorted(set(os.listdir(video_dir)) - uploaded):
+    def upload_videos(self) -> None:
+        """With --track and --capture-video, log each new .mp4 of videos/{run_name} to W&B (key `videos`): wandb's
+        own monitor_gym fails on gymnasium 1.x."""
+        video_dir = f"videos/{self.run_name}"
+        if self.wandb_run is None or not self.args.capture_video or not os.path.isdir(video_dir):
+            return
+        import wandb
+
+        for name in sorted(set(os.listdir(video_dir)) - self.uploaded_videos):
             if name.endswith(".mp4"):
-                wandb_run.log({"videos": wandb.Video(os.path.join(video_dir, name), format="mp4")})
-                uploaded.add(name)
+                self.wandb_run.log({"videos": wandb.Video(os.path.join(video_dir, name), format="mp4")})
+                self.uploaded_videos.add(name)
+
+    def evaluation(self, mode: str, returns: np.ndarray) -> None:
+        """Print and log (eval/episodic_return, or eval/episodic_return_greedy) one evaluation's returns."""
+        tag = "eval/episodic_return" + ("_greedy" if mode == "greedy" else "")
+        for idx, episodic_return in enumerate(returns if self.writer is not None else []):
+            self.writer.add_scalar(tag, episodic_return, idx)
+        print(f"eval ({mode}, {len(returns)} episodes): mean return {returns.mean():.2f} +- {returns.std():.2f}")
+
+    def summary(self, global_step: int) -> None:
+        """Close the progress bar (the lines below start on a line of their own) and print the last 100 returns."""
+        self.end_progress()
+        recent = [e[1] for e in self.episodes[-100:]]
+        summary = f"{np.mean(recent):.2f} (last {len(recent)} episodes)" if recent else "- (no episode finished)"
+        if self.rank == 0:
+            print(f"finished at global_step={global_step}: mean return {summary}", flush=True)
+
+    def end_progress(self) -> None:
+        """Close the progress bar, so that a line printed now starts on a line of its own."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def close(self) -> None:
+        self.end_progress()
+        if self.writer is not None:
+            self.writer.close()
+        if self.wandb_run is not None:
+            self.wandb_run.finish()
+
+
+class StopSignals:
+    """Ctrl-C (SIGINT) and SIGTERM (a cluster's preemption notice) during training, with `--save-model`: the first
+    one is noted in `received` (the loop finishes the iteration, checkpoints and stops; --resume continues exactly),
+    a second one stops at once (KeyboardInterrupt). Without --save-model, or outside the main thread, Python's
+    handlers stay: Ctrl-C stops at once."""
+
+    def __init__(self, enabled: bool):
+        self.received, self.previous = None, {}
+        if enabled and threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self.previous[signum] = signal.signal(signum, self.request_stop)
+
+    def request_stop(self, signum, frame):
+        if self.received:
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+        tqdm.write(f"{self.received}: stopping after this iteration to save a checkpoint (again: stop at once)")
+
+    def restore(self) -> None:
+        """Put the previous handlers back: after training a signal stops at once."""
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        self.previous = {}
+
+
+def checkpoint_state(run: Run, iteration: int, global_step: int, train: dict) -> dict:
+    """What --save-model saves after `iteration`: the format, flags, progress, every process's RNG states (gathered
+    under torchrun, so that each resumes its own), the episodes, the W&B run id, and `train` (see Run)."""
+    rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
+    rngs = [rng]
+    if dist.is_initialized():
+        rngs = [None] * run.world_size
+        dist.all_gather_object(rngs, rng)
+    state = {"format": CHECKPOINT_FORMAT, "args": asdict(run.args), "run_name": run.name, "iteration": iteration}
+    state.update(global_step=global_step, world_size=run.world_size, rng=rngs)
+    state.update(episodes=[list(e) for e in run.log.episodes], wandb_id=run.log.wandb_run and run.log.wandb_run.id)
+    for key, value in train.items():
+        state[key] = value.state_dict() if hasattr(value, "state_dict") else value
+        if isinstance(value, list):
+            state[key] = torch.cat(value)
+    return state
 
 
 def save_checkpoint(path: str, state: dict) -> None:
@@ -897,7 +1396,7 @@ def load_checkpoint(path: str) -> dict:
 
     Raises:
         UsageError: naming `--resume` and the file when it is missing, a directory, corrupt or truncated, holds
-            objects no checkpoint holds, or is not this script's.
+            objects no checkpoint holds, or is not this script's (or of an older version of it).
     """
     if os.path.isdir(path):
         raise UsageError(f"--resume {path}: is a directory, not a checkpoint file")
@@ -918,37 +1417,12 @@ def load_checkpoint(path: str) -> dict:
     return ckpt
 
 
-def check_agent_state(path: str, state: dict, agent: nn.Module) -> None:
-    """Refuse a checkpoint whose saved agent does not fit the network this run builds (another observation or
-    action size, another architecture), before anything is written: compares every tensor's shape.
-
-    Raises:
-        UsageError: naming `--resume` and the first tensor that differs.
-    """
-
-    def shapes(tensors: dict, prefix: str = "") -> dict:
-        out = {}
-        for key, value in tensors.items():
-            if isinstance(value, dict):  # extra state (observation statistics)
-                out.update(shapes(value, f"{prefix}{key}."))
-            elif isinstance(value, torch.Tensor):
-                out[prefix + key] = list(value.shape)
-        return out
-
-    saved, built = shapes(state), shapes(agent.state_dict())
-    for key in sorted(saved.keys() | built.keys()):
-        if saved.get(key) != built.get(key):
-            raise UsageError(
-                f"--resume {path}: its agent does not fit this run's network: {key} is "
-                f"{saved.get(key, 'missing')} in the checkpoint and {built.get(key, 'missing')} here"
-            )
-
-
 def check_resume(args: Args, ckpt: dict) -> None:
-    """A resumed run keeps the flags in RESUME_FIXED (they make its environment and agent) as the checkpoint has them.
+    """A resumed run keeps the flags in RESUME_FIXED (they make its environment and agent) as the checkpoint has
+    them, and its number of torchrun processes.
 
     Raises:
-        UsageError: naming the first flag that differs, or when the number of torchrun processes differs.
+        UsageError: naming the first flag that differs.
     """
     for name in RESUME_FIXED:
         if getattr(args, name) != ckpt["args"][name]:
@@ -956,10 +1430,10 @@ def check_resume(args: Args, ckpt: dict) -> None:
                 f"{flag(name)} {getattr(args, name)} differs from the checkpoint's {ckpt['args'][name]}: "
                 "a resumed run keeps the environment and agent it was built with"
             )
-    if ckpt["world_size"] != world_size():
+    if ckpt["world_size"] != int(os.environ.get("WORLD_SIZE", "1")):
         raise UsageError(
-            f"--resume {args.resume}: saved by {ckpt['world_size']} process(es), resumed by {world_size()}: "
-            "a resumed run keeps its number of torchrun processes"
+            f"--resume {args.resume}: saved by {ckpt['world_size']} process(es), resumed by "
+            f"{os.environ.get('WORLD_SIZE', '1')}: a resumed run keeps its number of torchrun processes"
         )
 
 
@@ -1008,348 +1482,6 @@ def prepare_run_dir(args: Args, run_name: str, new: bool) -> tuple[str, str]:
     return run_name, run_dir
 
 
-def start_process(args: Args) -> tuple[int, torch.device]:
-    """This process's rank and device: cuda:LOCAL_RANK with `--cuda` where CUDA is present, else the CPU. Under
-    torchrun (WORLD_SIZE set) the process group starts here: NCCL between GPUs, gloo between CPU processes."""
-    use_cuda = torch.cuda.is_available() and args.cuda
-    device = torch.device(f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if use_cuda else "cpu")
-    if "WORLD_SIZE" in os.environ and not dist.is_initialized():
-        if use_cuda:
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    return int(os.environ.get("RANK", "0")), device
-
-
-def shared_run_dir(args: Args, run_name: str, new: bool, rank: int) -> tuple[str, str]:
-    """prepare_run_dir on rank 0, its outcome (the folder, or the error) passed to every process under torchrun.
-
-    Raises:
-        UsageError: on every process, when rank 0's prepare_run_dir raised it.
-    """
-    outcome = [None]
-    if rank == 0:
-        try:
-            outcome[0] = prepare_run_dir(args, run_name, new)
-        except UsageError as e:
-            outcome[0] = str(e)
-    if dist.is_initialized():
-        dist.broadcast_object_list(outcome, src=0)
-    if isinstance(outcome[0], str):
-        raise UsageError(outcome[0])
-    return tuple(outcome[0])
-
-
-def make_buffers(args: Args, obs_shape: tuple[int, ...], num_actions: int, device: torch.device) -> dict:
-    """The rollout's preallocated storage: on the device, obs [T + 1, N, 4, 84, 84] uint8 (frames stay uint8 until
-    the network; obs[t] is the observation acted on at step t, obs[T] the next one, where the next rollout starts),
-    actions [T, N] int64, logp_all [T, N, A] and values [T + 1, N] (what the policy step stored with each action);
-    on the host, rewards (clipped to their sign), terminations, truncations [T, N] float32 (what the env returns
-    moves to the device once per iteration), next_done [N] bool (whether the last step ended an episode, a life),
-    reset_first [N] bool (next_done when this rollout started), the real games' statistics (GameStatistics) and
-    the action pressed after a lost life (fire_after_lost_life)."""
-    shape = (args.num_steps, args.num_envs)
-    return {
-        "obs": torch.zeros((args.num_steps + 1, args.num_envs, *obs_shape), dtype=torch.uint8, device=device),
-        "actions": torch.zeros(shape, dtype=torch.long, device=device),
-        "logp_all": torch.zeros((*shape, num_actions), device=device),
-        "values": torch.zeros((args.num_steps + 1, args.num_envs), device=device),
-        "rewards": np.zeros(shape, dtype=np.float32),
-        "terminations": np.zeros(shape, dtype=np.float32),
-        "truncations": np.zeros(shape, dtype=np.float32),
-        "next_done": np.zeros(args.num_envs, dtype=bool),
-        "reset_first": np.zeros(args.num_envs, dtype=bool),
-        "games": GameStatistics(args.num_envs),
-        "fire": fire_after_lost_life(args),
-    }
-
-
-def rollout(agent: Agent, envs, policy, buffers: dict, args: Args, global_step: int) -> tuple[int, list]:
-    """Play `num_steps` steps of every env with `policy` (act, or its compiled version), into `buffers`.
-
-    Returns (global_step after the rollout, counting every process's steps; the games that ended in this process:
-    [(global_step, return, length)]).
-    """
-    obs, actions, logp_all, values = buffers["obs"], buffers["actions"], buffers["logp_all"], buffers["values"]
-    obs[0] = obs[args.num_steps]
-    buffers["reset_first"] = buffers["next_done"]
-    obs_t, actions_t = obs.unbind(0), actions.unbind(0)  # per-step views: cheaper to write than obs[step]
-    logp_all_t, values_t = logp_all.unbind(0), values.unbind(0)
-    rewards, terminations, truncations = buffers["rewards"], buffers["terminations"], buffers["truncations"]
-    games, fire, episodes = buffers["games"], buffers["fire"], []
-    steps_per_step = args.num_envs * world_size()  # every process's envs step together
-    with torch.inference_mode():
-        # Gumbel-max sampling: argmax(logits + G) with G ~ Gumbel(0, 1) is a sample of Categorical(logits).
-        gumbel = gumbel_noise((args.num_steps, args.num_envs, logp_all.shape[-1]), obs.device)
-        for step in range(0, args.num_steps):
-            global_step += steps_per_step
-            # One pass of the CNN gives the action and the old log-probabilities and value stored with it.
-            action, step_logp_all, step_values = policy(agent, obs_t[step], gumbel[step])
-            actions_t[step].copy_(action)
-            logp_all_t[step].copy_(step_logp_all)
-            values_t[step].copy_(step_values)
-
-            # TRY NOT TO MODIFY: execute the game and log data.
-            ended_before = buffers["reset_first"] if step == 0 else (terminations[step - 1] + truncations[step - 1]) > 0
-            acted = ~ended_before  # the step after an episode ended is a reset step: the env ignores its action
-            action = action.cpu().numpy()
-            if fire is not None:
-                action = np.where(acted, action, fire)
-            next_obs, reward, terminations[step], truncations[step], infos = envs.step(action)
-            obs_t[step + 1].copy_(torch.from_numpy(next_obs))
-            rewards[step] = np.sign(reward)  # the learner's reward: clipped to its sign
-            ended = game_over(args.env_backend, infos, terminations[step], truncations[step])
-            for _, game_return, game_length in games.update(reward, acted, ended):
-                episodes.append((global_step, game_return, game_length))
-    buffers["next_done"] = (terminations[-1] + truncations[-1]) > 0
-    return global_step, episodes
-
-
-def make_batch(agent: Agent, buffers: dict, args: Args) -> dict:
-    """The update's batch from the rollout in `buffers`: the value of the observation after the rollout, GAE
-    advantages and returns (compute_gae), and the old log-probabilities and values the policy step stored,
-    flattened to the B transitions that are no reset steps (the step after an episode ended, its action ignored,
-    is no transition). Keys and shapes: ppo_update's `batch`."""
-    obs, actions, logp_all, values = buffers["obs"], buffers["actions"], buffers["logp_all"], buffers["values"]
-    terminations, truncations, device = buffers["terminations"], buffers["truncations"], obs.device
-    is_reset = np.concatenate([buffers["reset_first"][None], (terminations[:-1] + truncations[:-1]) > 0])
-    b_inds = torch.from_numpy(np.flatnonzero(~is_reset)).to(device)
-    with torch.inference_mode():
-        values[args.num_steps] = agent.get_value(obs[args.num_steps])
-        logprobs = logp_all.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
-        t_rewards, t_terms, t_truncs = (
-            torch.from_numpy(x).to(device) for x in (buffers["rewards"], terminations, truncations)
-        )
-        advantages = compute_gae(t_rewards, values, t_terms, t_truncs, args.gamma, args.gae_lambda)
-        returns = advantages + values[:-1]
-    # flatten the batch (indexing outside inference mode gives normal tensors that autograd accepts)
-    return {
-        "obs": obs[:-1].reshape(-1, *obs.shape[2:])[b_inds],
-        "actions": actions.reshape(-1)[b_inds],
-        "logprobs": logprobs.reshape(-1)[b_inds],
-        "logp_all": logp_all.reshape(-1, logp_all.shape[-1])[b_inds],
-        "values": values[:-1].reshape(-1)[b_inds],
-        "advantages": advantages.reshape(-1)[b_inds],
-        "returns": returns.reshape(-1)[b_inds],
-    }
-
-
-class RunLog:
-    """What a run reports as it trains: TensorBoard scalars under CleanRL's tags (W&B syncs them with `--track`,
-    and gets the videos), a progress bar on a terminal or a line every 10 s otherwise, and the run's record
-    (`history`: one dict of scalars per iteration; `episodes`: (global_step, return, length) of each one that
-    ended). A finished run that is only evaluated writes nothing. Under torchrun only rank 0 writes and prints;
-    every process keeps the record."""
-
-    def __init__(self, args: Args, run_name: str, run_dir: str, ckpt: dict | None, evaluate_only: bool, rank: int):
-        self.args, self.run_name, self.history, self.uploaded_videos = args, run_name, [], set()
-        self.episodes = [tuple(e) for e in ckpt["episodes"]] if ckpt else []
-        self.wandb_run, self.writer, self.bar, self.last_print = None, None, None, 0.0
-        self.start_step, self.rank = ckpt["global_step"] if ckpt else 0, rank
-        if evaluate_only or rank != 0:
-            if evaluate_only and ckpt is not None and rank == 0:  # nothing left to train
-                print(
-                    f"--resume: the checkpoint has trained {ckpt['global_step']} steps, --total-timesteps "
-                    f"{args.total_timesteps} asks no more: nothing to train (a larger --total-timesteps trains on)",
-                    flush=True,
-                )
-            return
-        if ckpt is not None:
-            print(f"resumed from iteration {ckpt['iteration']} (global_step {ckpt['global_step']})", flush=True)
-        global_batch = args.batch_size * world_size()  # steps per iteration, all processes together
-        if args.total_timesteps % global_batch:
-            print(
-                f"--total-timesteps {args.total_timesteps} is not a multiple of the batch size {global_batch}: "
-                f"training {args.num_iterations * global_batch} steps ({args.num_iterations} iterations)",
-                flush=True,
-            )
-        config = {
-            **asdict(args),
-            "batch_size": args.batch_size,
-            "minibatch_size": args.minibatch_size,
-            "num_iterations": args.num_iterations,
-            "world_size": world_size(),
-        }
-        if args.track:
-            import wandb
-
-            self.wandb_run = wandb.init(
-                project=args.wandb_project_name,
-                entity=args.wandb_entity,
-                sync_tensorboard=True,
-                config=config,
-                name=run_name,
-                id=ckpt.get("wandb_id") if ckpt else None,
-                resume="allow",
-                save_code=True,
-            )
-        self.writer = SummaryWriter(run_dir, purge_step=ckpt["global_step"] + 1 if ckpt else None)
-        self.writer.add_text(
-            "hyperparameters",
-            "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in config.items()])),
-        )
-        if sys.stderr.isatty():
-            total = args.num_iterations * args.batch_size * world_size()
-            self.bar = tqdm(total=total, initial=self.start_step, unit="step", dynamic_ncols=True)
-
-    def start(self) -> None:
-        """Start the clock of the SPS figure just before the training loop: SPS counts the loop only, as CleanRL's."""
-        self.start_time = time.time()
-
-    def iteration(self, global_step: int, lr: float, stats: dict, episodes: list, last: bool) -> None:
-        """Record one iteration: the episodes that ended in it, the learning rate, SPS and ppo_update's `stats`."""
-        # TRY NOT TO MODIFY: record rewards for plotting purposes
-        self.episodes.extend(episodes)
-        for step_, episodic_return, episodic_length in episodes if self.writer is not None else []:
-            self.writer.add_scalar("charts/episodic_return", episodic_return, step_)
-            self.writer.add_scalar("charts/episodic_length", episodic_length, step_)
-        sps = int((global_step - self.start_step) / (time.time() - self.start_time))
-        scalars = {
-            "charts/learning_rate": lr,
-            "charts/SPS": sps,
-            "charts/minibatch_updates": stats["minibatch_updates"],
-        }
-        scalars.update({f"losses/{k}": v for k, v in stats.items() if k != "minibatch_updates"})
-        for tag, value in scalars.items() if self.writer is not None else []:
-            self.writer.add_scalar(tag, value, global_step)
-        self.history.append(scalars)
-
-        recent = [e[1] for e in self.episodes[-20:]]
-        if self.bar is not None:
-            self.bar.update(global_step - self.bar.n)
-            self.bar.set_postfix(SPS=sps, ret=f"{np.mean(recent):.1f}" if recent else "-", refresh=False)
-        elif self.rank == 0 and (time.time() - self.last_print > 10 or last):
-            self.last_print = time.time()
-            mean_return = f"{np.mean(recent):.1f}" if recent else "-"
-            print(f"global_step={global_step} SPS={sps} return(last {len(recent)} episodes)={mean_return}", flush=True)
-
-    def summary(self, global_step: int) -> None:
-        """Close the progress bar (the lines below start on a line of their own) and print the last 100 returns."""
-        if self.bar is not None:
-            self.bar.close()
-        recent = [e[1] for e in self.episodes[-100:]]
-        summary = f"{np.mean(recent):.2f} (last {len(recent)} episodes)" if recent else "- (no episode finished)"
-        if self.rank == 0:
-            print(f"finished at global_step={global_step}: mean return {summary}", flush=True)
-
-    def end_progress(self) -> None:
-        """Close the progress bar, so that a line printed now starts on a line of its own."""
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-        if self.writer is not None:
-            self.writer.close()
-        if self.wandb_run is not None:
-            self.wandb_run.finish()
-
-
-class StopSignals:
-    """Ctrl-C (SIGINT) and SIGTERM (a cluster's preemption notice) during training, with `--save-model`: the first
-    one is noted in `received` (the loop finishes the iteration, checkpoints and stops; --resume continues exactly),
-    a second one stops at once (KeyboardInterrupt). Without --save-model, or outside the main thread, Python's
-    handlers stay: Ctrl-C stops at once."""
-
-    def __init__(self, enabled: bool):
-        self.received, self.previous, self.enabled = None, {}, enabled
-        if enabled and threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                self.previous[signum] = signal.signal(signum, self.request_stop)
-
-    def request_stop(self, signum, frame):
-        if self.received:
-            raise KeyboardInterrupt
-        self.received = signal.Signals(signum).name
-        tqdm.write(f"{self.received}: stopping after this iteration to save a checkpoint (again: stop at once)")
-
-    def restore(self) -> None:
-        """Put the previous handlers back: after training a signal stops at once."""
-        for signum, handler in self.previous.items():
-            signal.signal(signum, handler)
-
-    def interrupted(self, global_step: int, run_dir: str, saved: bool) -> KeyboardInterrupt:
-        """The one-line KeyboardInterrupt for a run stopped at once (Ctrl-C without --save-model, or a second signal):
-        where it stopped and what there is to resume from."""
-        if not self.enabled:
-            return KeyboardInterrupt(
-                f"interrupted at global_step={global_step}; nothing saved (with --save-model, Ctrl-C saves a "
-                "checkpoint to resume from)"
-            )
-        earlier = os.path.isfile(f"{run_dir}/checkpoint.pt")
-        return KeyboardInterrupt(
-            f"stopped at once at global_step={global_step}"
-            + ("" if saved else ", without saving this iteration")
-            + (f"; {run_dir}/checkpoint.pt resumes from the last one saved" if earlier else "")
-        )
-
-
-def share_iteration(episodes: list, stop: StopSignals) -> tuple[list, str | None]:
-    """Under torchrun, every process's games of this iteration to every process (sorted by step), and the signal
-    that any process has received so far: (games, signal name or None). Every process decides whether to stop
-    after this iteration from that agreed value alone, so all checkpoint and stop together; a signal that arrives
-    later is agreed on after the next iteration. In a single process, (`episodes`, `stop.received`)."""
-    if not dist.is_initialized():
-        return episodes, stop.received
-    gathered = [None] * world_size()
-    dist.all_gather_object(gathered, (episodes, stop.received))
-    agreed = next((received for _, received in gathered if received), None)
-    stop.received = stop.received or agreed
-    return sorted(game for games, _ in gathered for game in games), agreed
-
-
-def checkpoint_state(args: Args, run_name: str, iteration: int, global_step: int, train: dict, log: RunLog) -> dict:
-    """What `--save-model` saves after `iteration`: flags, progress, agent, optimizer, every process's RNG states
-    (gathered under torchrun, so that each resumes its own: every process calls this), episodes and the W&B run id.
-    No env state: a resumed run starts new games. `train`: main's agent, optimizer, lr_schedule and kl_beta."""
-    device = next(train["agent"].parameters()).device
-    rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
-    rngs = [rng]
-    if dist.is_initialized():
-        rngs = [None] * world_size()
-        dist.all_gather_object(rngs, rng)
-    return {
-        "format": CHECKPOINT_FORMAT,
-        "args": asdict(args),
-        "run_name": run_name,
-        "world_size": world_size(),
-        "iteration": iteration,
-        "global_step": global_step,
-        "lr_schedule": list(train["lr_schedule"]),
-        "kl_beta": train["kl_beta"],
-        "agent": train["agent"].state_dict(),
-        "optimizer": train["optimizer"].state_dict(),
-        "rng": rngs,
-        "episodes": [list(e) for e in log.episodes],
-        "wandb_id": log.wandb_run.id if log.wandb_run else None,
-    }
-
-
-def final_evaluation(agent: Agent, args: Args, log: RunLog, device: torch.device) -> dict:
-    """With `--capture-video`, record one game to videos/{run_name} (uploaded to W&B with `--track`); with
-    `--eval-episodes`, evaluate the trained policy sampled and greedy, print and log (eval/ tags) the returns.
-    Returns {"sampled": mean return, "greedy": mean return}, or {} without evaluation."""
-    if args.capture_video:
-        video_return = record_video(agent, args, f"videos/{log.run_name}", device)
-        print(f"video of one game (return {video_return:.0f}) saved to videos/{log.run_name}", flush=True)
-        if log.wandb_run is not None:  # wandb's monitor_gym fails on gymnasium 1.x
-            upload_new_videos(log.wandb_run, f"videos/{log.run_name}", log.uploaded_videos)
-    eval_result = {}
-    for mode, tag in (("sampled", "eval/episodic_return"), ("greedy", "eval/episodic_return_greedy")):
-        if not args.eval_episodes:
-            break
-        eval_returns = evaluate(agent, args, args.eval_episodes, greedy=mode == "greedy", device=device)
-        if log.writer is not None:  # a finished run that is only evaluated writes nothing
-            for idx, episodic_return in enumerate(eval_returns):
-                log.writer.add_scalar(tag, episodic_return, idx)
-        eval_result[mode] = float(eval_returns.mean())
-        print(
-            f"eval ({mode}, {args.eval_episodes} episodes): mean return {eval_returns.mean():.2f} +- {eval_returns.std():.2f}"
-        )
-    return eval_result
-
-
 def parse_args(argv: list[str]) -> Args:
     """tyro CLI; with `--resume PATH`, the checkpoint's flags are the defaults that the command line overrides."""
     resume = None
@@ -1363,128 +1495,6 @@ def parse_args(argv: list[str]) -> Args:
         saved = load_checkpoint(resume)["args"]
         default = Args(**{f.name: saved[f.name] for f in fields(Args) if f.name in saved})
     return tyro.cli(Args, args=argv, default=default)
-
-
-def main(args: Args) -> dict:
-    """Train (and evaluate) as `args` says. Returns the run's record: `run_name`, `run_dir`, `history`
-    (one dict of logged scalars per iteration), `episodes` ((global_step, return, length) of every finished
-    game), `eval` (mean returns, when `--eval-episodes`), the trained `agent` and this process's `env_seed`.
-
-    Under torchrun (WORLD_SIZE set) every process calls it: each steps its own `num_envs` games (env seeds offset
-    by rank * num_envs) and the gradients are averaged (ppo_update); rank 0 alone logs, evaluates, records video
-    and writes checkpoints.
-
-    Raises:
-        UsageError: bad flags or `--resume` file, before anything is built or written.
-    """
-    args = cleanrl_atari_id(args)
-    validate_args(args)
-    check_extras(args)
-    ckpt = load_checkpoint(args.resume) if args.resume else None
-    if ckpt is not None:
-        check_resume(args, ckpt)
-    obs_space, act_space = check_env(args)
-    if args.capture_video:
-        check_video(args)
-    if ckpt is not None:
-        check_agent_state(args.resume, ckpt["agent"], Agent(act_space.n))
-    rank, device = start_process(args)
-    # A finished run resumed with nothing left to train is only evaluated, and writes nothing (its folder may be
-    # read-only); otherwise every path the run writes is checked here, before training.
-    evaluate_only = ckpt is not None and ckpt["iteration"] >= args.num_iterations
-    run_name = ckpt["run_name"] if ckpt else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    run_dir = f"runs/{run_name}"
-    if not evaluate_only:
-        run_name, run_dir = shared_run_dir(args, run_name, ckpt is None, rank)
-    log = RunLog(args, run_name, run_dir, ckpt, evaluate_only, rank)
-
-    # TRY NOT TO MODIFY: seeding
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)  # the same initial parameters in every process
-    torch.backends.cudnn.deterministic = args.torch_deterministic
-    torch.set_num_threads(args.torch_threads or cpu_share())
-
-    agent = Agent(act_space.n).to(device)
-    optimizer = make_optimizer(agent, args.learning_rate)
-    policy, update_step = compile_functions(args, device)
-    torch.manual_seed(args.seed + rank)  # each process samples its own actions and minibatches
-    # train: what a checkpoint saves besides the flags and progress. lr_schedule: where the decay starts (iteration, rate).
-    train = {"agent": agent, "optimizer": optimizer, "kl_beta": args.kl_beta}
-    train["lr_schedule"] = (1, args.learning_rate)
-
-    global_step, start_iteration = 0, 1
-    if ckpt is not None:
-        agent.load_state_dict(ckpt["agent"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        torch.set_rng_state(ckpt["rng"][rank]["torch"])
-        if device.type == "cuda" and ckpt["rng"][rank]["cuda"] is not None:
-            torch.cuda.set_rng_state(ckpt["rng"][rank]["cuda"], device)
-        global_step, start_iteration, train["kl_beta"] = ckpt["global_step"], ckpt["iteration"] + 1, ckpt["kl_beta"]
-        train["lr_schedule"] = resumed_lr_schedule(ckpt, args)
-
-    # env setup. A resumed run restores the learner, not the games: its envs start new games, seeded anew.
-    env_seed = args.seed + rank * args.num_envs + (start_iteration - 1) * 1_000_003
-    envs, next_obs = make_envs(args, args.num_envs, env_seed)
-    buffers = make_buffers(args, obs_space.shape, act_space.n, device)
-    buffers["obs"][args.num_steps] = torch.as_tensor(next_obs, device=device)
-    broadcast_parameters(agent)  # torchrun: the same parameters everywhere
-
-    saved, stop = False, StopSignals(args.save_model)
-    log.start()
-    try:
-        for iteration in range(start_iteration, args.num_iterations + 1):
-            lrnow = args.learning_rate
-            if args.anneal_lr:  # Annealing the rate if instructed to do so.
-                lrnow = annealed_lr(iteration, args.num_iterations, train["lr_schedule"][1], train["lr_schedule"][0])
-            set_learning_rate(optimizer, lrnow)
-
-            global_step, episodes = rollout(agent, envs, policy, buffers, args, global_step)
-            batch = make_batch(agent, buffers, args)
-            stats = ppo_update(agent, optimizer, batch, args, train["kl_beta"], update_step)
-            if args.loss_type == "kl-penalty":
-                train["kl_beta"] = adapt_kl_beta(train["kl_beta"], stats["kl"], args.kl_target)
-            episodes, stopping = share_iteration(episodes, stop)
-            log.iteration(global_step, lrnow, stats, episodes, last=iteration == args.num_iterations)
-
-            if args.save_model and (
-                iteration == args.num_iterations
-                or (args.checkpoint_every and iteration % args.checkpoint_every == 0)
-                or stopping
-            ):
-                state = checkpoint_state(args, run_name, iteration, global_step, train, log)  # every process
-                if rank == 0:
-                    save_checkpoint(f"{run_dir}/checkpoint.pt", state)
-                saved = True
-            if stopping:
-                log.end_progress()
-                if rank == 0:
-                    print(
-                        f"{stop.received}: stopped after iteration {iteration}; resume with --resume {run_dir}/checkpoint.pt"
-                    )
-                break
-        stop.restore()  # training is over: a signal now stops at once
-        log.summary(global_step)
-        if saved and rank == 0:
-            print(f"checkpoint saved to {run_dir}/checkpoint.pt", flush=True)
-        eval_result = final_evaluation(agent, args, log, device) if not stop.received and rank == 0 else {}
-    except KeyboardInterrupt:
-        raise stop.interrupted(global_step, run_dir, saved) from None
-    finally:
-        stop.restore()
-        envs.close()
-        log.close()
-        if dist.is_initialized():
-            dist.destroy_process_group()
-    return {
-        "run_name": run_name,
-        "run_dir": run_dir,
-        "history": log.history,
-        "episodes": log.episodes,
-        "eval": eval_result,
-        "agent": agent,
-        "env_seed": env_seed,
-    }
 
 
 if __name__ == "__main__":

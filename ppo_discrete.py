@@ -899,6 +899,8 @@ class Run:
             self.stop.restore()
             envs.close()
             self.log.close()
+            if dist.is_initialized():
+                dist.destroy_process_group()
 
     def end_iteration(
         self, iteration: int, global_step: int, lr: float, stats: dict, episodes: list, train: dict
@@ -946,7 +948,7 @@ class Run:
                 returns = evaluate(agent, self.args, self.args.eval_episodes, greedy=mode == "greedy", device=device)
                 self.log.evaluation(mode, returns)
                 result[mode] = float(returns.mean())
-        self.record = {"run_name": self.name, "run_dir": self.dir, "history": self.log.history}
+        self.record.update(run_name=self.name, run_dir=self.dir, history=self.log.history)
         self.record.update(episodes=self.log.episodes, eval=result, agent=agent)
 
 

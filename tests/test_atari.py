@@ -369,14 +369,14 @@ def test_torchrun_two_processes_train_one_policy(workdir, tmp_path):
 # Rank 1 receives SIGINT just after the processes agreed, at the end of iteration 1, that nobody had one.
 LATE_SIGNAL_PROBE = PROBE.replace(
     "result = P.main(",
-    """real_share, shares = P.share_iteration, []
-def share(episodes, stop):
-    agreed = real_share(episodes, stop)
-    shares.append(1)
-    if os.environ["RANK"] == "1" and len(shares) == 1:
+    """real_end, ends = P.Run.end_iteration, []
+def end_iteration(self, *args):
+    stop = real_end(self, *args)  # the processes agreed on this iteration inside
+    ends.append(1)
+    if os.environ["RANK"] == "1" and len(ends) == 1:
         os.kill(os.getpid(), __import__("signal").SIGINT)
-    return agreed
-P.share_iteration = share
+    return stop
+P.Run.end_iteration = end_iteration
 result = P.main(""",
 )
 
