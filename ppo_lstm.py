@@ -1,10 +1,13 @@
-# Recurrent PPO (LSTM) for partially observed tasks, from vectors or from pixels: a single file, CleanRL's
-# ppo_atari_lstm.py flags, corrected and faster. Docs: README.md. Papers: Schulman et al. 2017, "Proximal Policy
+# Recurrent PPO (LSTM) for partially observed tasks, from vectors or from pixels: CleanRL's ppo_atari_lstm.py (same
+# flags, same TensorBoard tags), corrected and faster; one file of the ppo-single-file project that runs on its own
+# when copied. Needs: pip install torch gymnasium numpy tyro tensorboard tqdm (Atari: envpool ale-py opencv-python;
+# --track: wandb; --capture-video: moviepy pygame). Papers: Schulman et al. 2017, "Proximal Policy
 # Optimization Algorithms", arXiv 1707.06347; Mnih et al. 2015 (Nature CNN); Hochreiter & Schmidhuber 1997 (LSTM).
+import contextlib
 import difflib
 import functools
 import importlib
-import netrc
+import importlib.util
 import os
 import random
 import re
@@ -14,13 +17,13 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.parse
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Literal
 
 import gymnasium as gym
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import tyro
 from gymnasium.envs.classic_control.cartpole import CartPoleEnv
@@ -28,7 +31,7 @@ from gymnasium.wrappers.utils import RunningMeanStd
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-CHECKPOINT_FORMAT = "ppo_lstm.py checkpoint v3"  # v3: Adam state per parameter (no flat buffer)
+CHECKPOINT_FORMAT = "ppo_lstm.py checkpoint v4"  # v4: the run plumbing's layout
 # Flags a resumed run must keep: they make its environments, or change what its saved agent computes.
 RESUME_FIXED = ("env_id", "env_backend", "num_envs", "num_steps", "seed", "repeat_action_probability", "norm_obs")
 # CleanRL's Atari protocol (ppo_atari_envpool.py; Mnih et al. 2015's preprocessing): no sticky actions, and a lost
@@ -89,35 +92,6 @@ LSTM_SIZE = 128  # the LSTM's hidden and cell size
 
 @dataclass
 class Args:
-    exp_name: str = os.path.basename(__file__)[: -len(".py")]
-    """the name of this experiment"""
-    seed: int = 1
-    """seed of the experiment"""
-    torch_deterministic: bool = True
-    """if toggled, `torch.backends.cudnn.deterministic=True`"""
-    cuda: bool = True
-    """if toggled, cuda will be enabled by default"""
-    torch_threads: int = 0
-    """torch CPU threads (0: 1 for vector observations, where one is fastest; the cores this process may use for Atari)"""
-    compile: bool = False
-    """compile the policy step and the minibatch update with torch.compile (README: Speed)"""
-    track: bool = False
-    """if toggled, this experiment will be tracked with Weights and Biases"""
-    wandb_project_name: str = "cleanRL"
-    """the wandb's project name"""
-    wandb_entity: str | None = None
-    """the entity (team) of wandb's project"""
-    capture_video: bool = False
-    """after training, record one episode (Atari: one game) of the final policy to `videos/{run_name}`"""
-    save_model: bool = False
-    """whether to save a checkpoint to `runs/{run_name}/checkpoint.pt` at the end (and every `--checkpoint-every` iterations)"""
-    checkpoint_every: int = 0
-    """with `--save-model`, also checkpoint every this many iterations (0: only at the end)"""
-    resume: str | None = None
-    """path of a checkpoint of this script to continue from (its flags become the defaults; Atari games restart)"""
-    eval_episodes: int = 0
-    """after training, evaluate the final policy for this many episodes, greedy and sampled (0: no evaluation)"""
-
     # Algorithm specific arguments
     env_id: str = "CartPoleNoVel-v1"
     """the id of the environment: a gymnasium/envpool env with a flat Box observation, or an Atari game `<Game>-v5`"""
@@ -166,6 +140,36 @@ class Args:
     target_kl: float | None = None
     """early-stop the update phase at the first minibatch whose approx_kl exceeds this (None: never)"""
 
+    # Run options
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """if toggled, cuda will be enabled by default"""
+    torch_threads: int = 0
+    """torch CPU threads (0: 1 for vector observations, where one is fastest; the cores this process may use for Atari)"""
+    compile: bool = False
+    """compile the policy step and the minibatch update with torch.compile (README: Speed)"""
+    track: bool = False
+    """if toggled, this experiment will be tracked with Weights and Biases"""
+    wandb_project_name: str = "cleanRL"
+    """the wandb's project name"""
+    wandb_entity: str | None = None
+    """the entity (team) of wandb's project"""
+    capture_video: bool = False
+    """after training, record one episode (Atari: one game) of the final policy to `videos/{run_name}`"""
+    save_model: bool = False
+    """whether to save a checkpoint to `runs/{run_name}/checkpoint.pt` at the end (and every `--checkpoint-every` iterations)"""
+    checkpoint_every: int = 0
+    """with `--save-model`, also checkpoint every this many iterations (0: only at the end)"""
+    resume: str | None = None
+    """path of a checkpoint of this script to continue from (its flags become the defaults; Atari games restart)"""
+    eval_episodes: int = 0
+    """after training, evaluate the final policy for this many episodes, greedy and sampled (0: no evaluation)"""
+
     @property
     def batch_size(self) -> int:
         """the batch size (num_envs * num_steps)"""
@@ -180,15 +184,6 @@ class Args:
     def num_iterations(self) -> int:
         """the number of iterations (total_timesteps // batch_size)"""
         return self.total_timesteps // self.batch_size
-
-
-class UsageError(Exception):
-    """Bad flags or files: reported as one line and a non-zero exit before any work starts."""
-
-
-def flag(name: str) -> str:
-    """The command-line spelling of an Args field: `num_envs` -> `--num-envs`."""
-    return "--" + name.replace("_", "-")
 
 
 def cleanrl_atari_id(args: Args) -> Args:
@@ -260,104 +255,6 @@ def with_task_defaults(args: Args) -> Args:
     return replace(args, **{name: value for name, value in defaults.items() if getattr(args, name) is None})
 
 
-def validate_args(args: Args) -> None:
-    """Check the flags that need no environment (after with_task_defaults).
-
-    Raises:
-        UsageError: naming the first bad flag.
-    """
-    for name in ("total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs"):
-        if getattr(args, name) <= 0:
-            raise UsageError(f"{flag(name)} must be positive, got {getattr(args, name)}")
-    for name in ("learning_rate", "clip_coef", "kl_target", "max_grad_norm"):
-        if not getattr(args, name) > 0:
-            raise UsageError(f"{flag(name)} must be positive, got {getattr(args, name)}")
-    for name in ("gamma", "gae_lambda", "repeat_action_probability"):
-        if not 0 <= getattr(args, name) <= 1:
-            raise UsageError(f"{flag(name)} must be in [0, 1], got {getattr(args, name)}")
-    for name in ("ent_coef", "vf_coef", "kl_beta", "checkpoint_every", "eval_episodes", "torch_threads"):
-        if getattr(args, name) < 0:
-            raise UsageError(f"{flag(name)} must not be negative, got {getattr(args, name)}")
-    if args.target_kl is not None and not args.target_kl > 0:
-        raise UsageError(f"--target-kl must be positive or None, got {args.target_kl}")
-    if args.num_envs % args.num_minibatches:
-        raise UsageError(
-            f"--num-minibatches {args.num_minibatches} must divide --num-envs {args.num_envs}: "
-            "a minibatch is a set of whole env sequences"
-        )
-    if args.total_timesteps < args.batch_size:
-        raise UsageError(
-            f"--total-timesteps {args.total_timesteps} is less than one batch (num_envs*num_steps = {args.batch_size})"
-        )
-    if args.checkpoint_every and not args.save_model:
-        raise UsageError("--checkpoint-every needs --save-model")
-    if args.norm_obs and atari_game(args.env_id):
-        raise UsageError(f"--norm-obs is for vector observations, not the frames of --env-id {args.env_id}")
-
-
-def wandb_can_log_in() -> bool:
-    """Whether wandb.init will start without asking for an API key it cannot get: offline or disabled mode
-    (WANDB_MODE), a key in WANDB_API_KEY, an entry for the W&B host in the netrc file (where `wandb login` puts
-    it), or a terminal on which wandb can ask."""
-    if os.environ.get("WANDB_MODE", "").lower() in ("offline", "disabled", "dryrun"):
-        return True
-    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE") or sys.stdin.isatty():
-        return True
-    host = urllib.parse.urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
-    try:
-        return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
-    except (OSError, netrc.NetrcParseError):
-        return False
-
-
-def check_extras(args: Args) -> None:
-    """Check that the optional packages the flags need are installed, and that W&B can log in, before anything
-    is built or written.
-
-    Raises:
-        UsageError: naming the flag and the extra to install (or how to log in).
-    """
-    if args.track:
-        try:
-            import wandb  # noqa: F401
-        except ImportError:
-            raise UsageError("--track needs wandb: pip install 'ppo-single-file[wandb]'") from None
-        if not wandb_can_log_in():
-            raise UsageError(
-                "--track: W&B has no API key here: run `wandb login` (or set WANDB_API_KEY), "
-                "or set WANDB_MODE=offline to log locally and `wandb sync` later"
-            )
-    if args.capture_video:
-        try:
-            import moviepy  # noqa: F401  (gymnasium's RecordVideo writes the .mp4 files with it)
-        except ImportError:
-            raise UsageError("--capture-video needs moviepy: pip install 'ppo-single-file[video]'") from None
-        if atari_game(args.env_id):
-            try:
-                import ale_py  # noqa: F401  (the video is played in gymnasium's ALE env)
-                import cv2  # noqa: F401  (by gymnasium's AtariPreprocessing)
-            except ImportError as e:
-                raise UsageError(f"--capture-video needs {e.name}: pip install 'ppo-single-file[atari]'") from None
-
-
-def check_video(args: Args) -> None:
-    """With `--capture-video`, render one frame before anything is written, so that a missing renderer is a
-    one-line error rather than a crash after training.
-
-    Raises:
-        UsageError: naming `--capture-video`.
-    """
-    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # pygame draws off-screen: no SDL "XDG_RUNTIME_DIR" error
-    try:
-        env = make_video_env(args, None)
-        env.reset(seed=args.seed)
-        env.render()
-        env.close()
-    except Exception as e:
-        reason = (str(e).strip() or type(e).__name__).splitlines()[0]
-        raise UsageError(f"--capture-video: {args.env_id} cannot render ({reason})") from None
-
-
 VELOCITIES = [1, 3]  # CartPole's cart velocity and pole angular velocity in its observation [x, v, theta, omega]
 
 
@@ -405,79 +302,6 @@ class MaskVelocityEnvPool:
 
     def __getattr__(self, name):
         return getattr(self.envs, name)
-
-
-def cpu_share() -> int:
-    """The cores this process may use, divided among the processes torchrun starts on this node (at least 1)."""
-    return max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-
-
-def env_spaces(env_id: str, backend: str) -> tuple[gym.Space, gym.Space]:
-    """The (observation, action) spaces of one environment, without building the vector env.
-
-    Raises:
-        UsageError: unknown env id, an env that cannot be made, a backend that cannot run it, or the backend's
-            package not installed.
-    """
-    atari = atari_game(env_id)
-    if backend == "envpool":
-        try:
-            import envpool
-        except ImportError:
-            raise UsageError("--env-backend envpool needs envpool: pip install 'ppo-single-file[envpool]'") from None
-        if ENVPOOL_MASKED.get(env_id, env_id) not in envpool.list_all_envs():
-            raise UsageError(f"--env-id {env_id}: not an envpool environment")
-        spec = envpool.make_spec(ENVPOOL_MASKED.get(env_id, env_id), **({"stack_num": 1} if atari else {}))
-        return spec.gymnasium_observation_space, spec.gymnasium_action_space
-    if backend == "ale":
-        if not atari:
-            raise UsageError(f"--env-backend ale runs Atari games (<Game>-v5), not --env-id {env_id}")
-        try:
-            import ale_py
-        except ImportError:
-            raise UsageError("--env-backend ale needs ale-py: pip install 'ppo-single-file[atari]'") from None
-        envs = ale_py.AtariVectorEnv(ale_game(env_id), 1, num_threads=1, stack_num=ATARI_PREPROCESSING["stack"])
-        envs.close()
-        return envs.single_observation_space, envs.single_action_space
-    if atari:
-        raise UsageError(f"--env-id {env_id}: Atari games run on --env-backend envpool or ale, not gymnasium")
-    try:
-        if ":" in env_id:  # gymnasium's "module:EnvId": importing the module registers the env (as gym.make does)
-            importlib.import_module(env_id.split(":")[0])
-        gym.spec(env_id.split(":")[-1])
-    except (ImportError, gym.error.Error) as e:
-        if re.fullmatch(r"[A-Z][A-Za-z0-9]*-v5", env_id) and ale_roms():  # a mistyped game?
-            games = [f"{''.join(w.title() for w in rom.split('_'))}-v5" for rom in ale_roms()]
-            hint = did_you_mean(env_id, games)
-            if hint:
-                raise UsageError(f"--env-id {env_id}: ale-py has no ROM {ale_game(env_id)!r}{hint}") from None
-        raise UsageError(f"--env-id {env_id}: not a registered gymnasium environment ({e})") from None
-    try:
-        env = gym.make(env_id)
-    except gym.error.Error as e:  # e.g. DependencyNotInstalled
-        raise UsageError(f"--env-id {env_id}: cannot be made ({e})") from None
-    env.close()
-    return env.observation_space, env.action_space
-
-
-def check_env(args: Args) -> tuple[gym.Space, gym.Space]:
-    """Refuse environments this script cannot learn on: it needs a Discrete action space, and a flat Box observation
-    or Atari's uint8 [1, 84, 84] frames.
-
-    Returns the (observation, action) spaces of one env.
-
-    Raises:
-        UsageError: naming `--env-id` (or `--env-backend`).
-    """
-    obs_space, act_space = env_spaces(args.env_id, args.env_backend)
-    if not isinstance(act_space, gym.spaces.Discrete):
-        raise UsageError(f"--env-id {args.env_id}: action space {act_space} is not Discrete")
-    if atari_game(args.env_id):
-        if obs_space.shape != (1, 84, 84) or obs_space.dtype != np.uint8:
-            raise UsageError(f"--env-id {args.env_id}: observation space {obs_space} is not uint8 [1, 84, 84] frames")
-    elif not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
-        raise UsageError(f"--env-id {args.env_id}: observation space {obs_space} is not a flat Box")
-    return obs_space, act_space
 
 
 def make_envs(args: Args, num_envs: int, seed: int) -> tuple[gym.vector.VectorEnv, np.ndarray]:
@@ -644,7 +468,8 @@ class Agent(nn.Module):
     The recurrent state is a pair (h, c), each [1, N, 128] float for N envs; an env's state is zeroed before the
     first observation of each episode (`starts`). With `norm_obs` (vector observations) it also owns the observation
     normalisation statistics (running mean, var and count, float64), which are part of its state_dict: a saved
-    agent acts on observations exactly as it did in training."""
+    agent acts on observations exactly as it did in training. Every use of the policy goes through its methods, so a
+    new network is an edit in this class."""
 
     def __init__(self, obs_shape: tuple[int, ...], num_actions: int, norm_obs: bool = False):
         super().__init__()
@@ -743,6 +568,247 @@ class Agent(nn.Module):
             outputs.append(output)
         return torch.cat(outputs), (h, c)
 
+    def get_action_and_value(self, x, state, starts, action=None):
+        """T steps of B envs replayed through the LSTM from `state` (unroll's arguments), with their actions [T, B]
+        int64 (sampled when None): (action, log pi(a|x) [T, B], entropy [T, B], V(x) [T, B], log pi(.|x) [T, B, A]
+        of every action)."""
+        output, _ = self.unroll(x, state, starts)
+        logits = self.actor(output)
+        if action is None:
+            action = torch.distributions.Categorical(logits=logits).sample()
+        logprob, entropy, logp_all = logprobs_and_entropy(logits, action)
+        return action, logprob, entropy, self.critic(output).squeeze(-1), logp_all
+
+    def get_action(self, x, state, keep, noise):
+        """The rollout's policy step of N envs (step's arguments), `noise` [N, A] from gumbel_noise: (actions [N]
+        int64 sampled from Categorical(logits) by the Gumbel-max trick, log-probabilities of every action [N, A],
+        values [N], the new state)."""
+        output, state = self.step(x, state, keep)
+        logits = self.actor(output)
+        return (logits + noise).argmax(-1), torch.log_softmax(logits, -1), self.critic(output).squeeze(-1), state
+
+    def get_value(self, x, state, keep):
+        """V(x) [N] for one step of N envs (step's arguments)."""
+        return self.critic(self.step(x, state, keep)[0]).squeeze(-1)
+
+    def get_greedy_action(self, x, state, keep):
+        """argmax_a pi(a|x) [N] int64 for one step of N envs (step's arguments), and the new state."""
+        output, state = self.step(x, state, keep)
+        return self.actor(output).argmax(-1), state
+
+
+def logprobs_and_entropy(logits, actions):
+    """Categorical log pi(a|s) of `actions` [B] (int64) and entropy, both [B], from logits [B, A]."""
+    logp_all = torch.log_softmax(logits, dim=-1)
+    logprob = logp_all.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    return logprob, entropy, logp_all
+
+
+def main(args: Args) -> dict:
+    """Train (and evaluate) as `args` says. Returns the run's record (Run.finish): run_name, run_dir, history,
+    episodes (Atari: games), eval, the trained agent, and `args` with the task's defaults filled in.
+
+    Raises:
+        UsageError: bad flags or `--resume` file, before anything is built or written.
+    """
+    args = with_task_defaults(cleanrl_atari_id(args))
+    run = Run.start(args)  # checks the flags, the env and a --resume file, before anything is built or written
+    obs_space, act_space, atari = *run.spaces, atari_game(args.env_id)
+
+    # TRY NOT TO MODIFY: seeding
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    torch.set_num_threads(args.torch_threads or (cpu_share() if atari else 1))
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    agent = Agent(obs_space.shape, act_space.n, args.norm_obs).to(device)
+    optimizer = make_optimizer(agent, args.learning_rate)
+    # What a checkpoint saves besides the flags and progress. lr_schedule: where the decay starts (iteration, rate);
+    # lstm_state: after the last step; actions (vector envs): every action taken, replayed into freshly seeded envs
+    # on resume (a resumed Atari run starts new games).
+    train = {"agent": agent, "optimizer": optimizer, "kl_beta": args.kl_beta, "lr_schedule": (1, args.learning_rate)}
+    train["lstm_state"] = agent.initial_state(args.num_envs, device)
+    if not atari:
+        train["actions"] = []
+    start_iteration, global_step = run.begin(train)  # a --resume checkpoint is loaded into `train` here
+    if run.ckpt is not None:
+        train["lr_schedule"] = resumed_lr_schedule(run.ckpt, args)
+
+    policy, update_step = compile_functions(args, device)
+
+    # env setup. A resumed Atari run restores the learner, not the games: its envs start new games, seeded anew.
+    envs, next_obs = make_envs(args, args.num_envs, args.seed + (start_iteration - 1) * 1_000_003 * atari)
+    buffers = make_buffers(args, obs_space, act_space.n, device, train)
+    if run.ckpt is not None and not atari and start_iteration <= args.num_iterations:
+        next_obs = replay_actions(envs, buffers, args, next_obs)
+    buffers["obs"][args.num_steps] = torch.as_tensor(
+        agent.normalize_obs(next_obs, update=run.ckpt is None), device=device
+    )
+
+    with run.training(envs):  # Ctrl-C and SIGTERM checkpoint and stop; the envs and the logs close at the end
+        for iteration in range(start_iteration, args.num_iterations + 1):
+            lrnow = args.learning_rate
+            if args.anneal_lr:  # Annealing the rate if instructed to do so.
+                lrnow = annealed_lr(iteration, args.num_iterations, train["lr_schedule"][1], train["lr_schedule"][0])
+            set_learning_rate(optimizer, lrnow)
+
+            global_step, episodes = rollout(agent, envs, policy, buffers, args, global_step)
+            batch = make_batch(agent, buffers, args)
+            stats = ppo_update(agent, optimizer, batch, args, train["kl_beta"], update_step)
+            if args.loss_type == "kl-penalty":
+                train["kl_beta"] = adapt_kl_beta(train["kl_beta"], stats["kl"], args.kl_target)
+            if run.end_iteration(iteration, global_step, lrnow, stats, episodes, train):
+                break
+        if args.capture_video and not run.stop.received:  # one episode (Atari: game) of the final policy
+            video_return = record_video(agent, args, f"videos/{run.name}", device)
+            print(f"video of one episode (return {video_return:.0f}) saved to videos/{run.name}", flush=True)
+        run.finish(agent, global_step)
+    run.record["args"] = args  # with the task's defaults filled in
+    return run.record
+
+
+def make_buffers(args: Args, obs_space: gym.Space, num_actions: int, device: torch.device, train: dict) -> dict:
+    """The rollout's preallocated storage: on the device, obs [T + 1, N, *obs_shape] (Atari frames uint8 until the
+    network, else float32, normalised; obs[t] is the observation acted on at step t, obs[T] the next one, where the
+    next rollout starts), actions [T, N] int64, logp_all [T, N, A] and values [T + 1, N] (what the policy step
+    stored with each action), lstm_state (h, c) [1, N, 128] after the last step (train's, updated in place) and
+    initial_state (the state this rollout started from, which the update replays it from); on the host, rewards (Atari: clipped to their
+    sign), terminations, truncations [T, N] float32 (what the env returns moves to the device once per iteration),
+    starts [T + 1, N] bool (obs[t] is an episode's first observation: the state is zeroed before it), next_done [N]
+    bool (whether the last step ended an episode; Atari: a life), reset_first [N] bool (next_done when this rollout
+    started), action_log (train's list of the actions taken on vector envs), the real games' statistics
+    (GameStatistics) and the action pressed after a lost life (fire_after_lost_life)."""
+    shape = (args.num_steps, args.num_envs)
+    obs_dtype = torch.uint8 if atari_game(args.env_id) else torch.float32
+    starts = np.zeros((args.num_steps + 1, args.num_envs), dtype=bool)
+    starts[args.num_steps] = True
+    train["lstm_state"] = tuple(s.to(device) for s in train["lstm_state"])  # a resumed run's, loaded to the CPU
+    return {
+        "obs": torch.zeros((args.num_steps + 1, args.num_envs, *obs_space.shape), dtype=obs_dtype, device=device),
+        "actions": torch.zeros(shape, dtype=torch.long, device=device),
+        "logp_all": torch.zeros((*shape, num_actions), device=device),
+        "values": torch.zeros((args.num_steps + 1, args.num_envs), device=device),
+        "lstm_state": train["lstm_state"],
+        "initial_state": tuple(s.clone() for s in train["lstm_state"]),
+        "rewards": np.zeros(shape, dtype=np.float32),
+        "terminations": np.zeros(shape, dtype=np.float32),
+        "truncations": np.zeros(shape, dtype=np.float32),
+        "starts": starts,
+        "next_done": np.zeros(args.num_envs, dtype=bool),
+        "reset_first": np.zeros(args.num_envs, dtype=bool),
+        "action_log": train.get("actions", []),
+        "games": GameStatistics(args.num_envs),
+        "fire": fire_after_lost_life(args),
+    }
+
+
+def replay_actions(envs, buffers: dict, args: Args, next_obs: np.ndarray) -> np.ndarray:
+    """Resume vector envs exactly: the checkpoint's actions replayed into the freshly seeded envs restore their
+    state, the episodes in progress (GameStatistics) and where the next episode starts; the LSTM state comes from
+    the checkpoint (through `train`). Returns the observation after the last replayed step (`next_obs` when there is none)."""
+    acted = np.ones(len(buffers["next_done"]), dtype=bool)  # whether the last step was an action (not a reset step)
+    for step_actions in torch.cat(buffers["action_log"]).long().numpy():
+        next_acted = ~buffers["next_done"]
+        next_obs, reward, term, trunc, infos = envs.step(step_actions)
+        buffers["games"].update(reward, next_acted, game_over(args, infos, term, trunc))
+        buffers["next_done"], acted = term | trunc, next_acted
+    buffers["starts"][-1] = ~acted
+    return next_obs
+
+
+def rollout(agent: Agent, envs, policy, buffers: dict, args: Args, global_step: int) -> tuple[int, list]:
+    """Play `num_steps` steps of every env with `policy` (Agent.get_action, or its compiled version), into `buffers`, carrying the
+    LSTM state across steps and rollouts.
+
+    Returns (global_step after the rollout, the episodes that ended (Atari: games): [(global_step, return, length)]).
+    """
+    obs, actions, logp_all, values = buffers["obs"], buffers["actions"], buffers["logp_all"], buffers["values"]
+    rewards, terminations, truncations = buffers["rewards"], buffers["terminations"], buffers["truncations"]
+    starts, games, fire, episodes = buffers["starts"], buffers["games"], buffers["fire"], []
+    obs[0] = obs[args.num_steps]
+    starts[0] = starts[args.num_steps]
+    buffers["reset_first"] = buffers["next_done"]
+    buffers["initial_state"] = tuple(s.clone() for s in buffers["lstm_state"])
+    obs_t, actions_t = obs.unbind(0), actions.unbind(0)  # per-step views: cheaper to write than obs[step]
+    logp_all_t, values_t = logp_all.unbind(0), values.unbind(0)
+    lstm_state, atari = tuple(buffers["initial_state"]), atari_game(args.env_id)
+    with torch.inference_mode():
+        # Gumbel-max sampling: argmax(logits + G) with G ~ Gumbel(0, 1) is a sample of Categorical(logits).
+        gumbel = gumbel_noise((args.num_steps, args.num_envs, logp_all.shape[-1]), obs.device)
+        keep = torch.from_numpy(~starts).to(obs.device, torch.float32)  # 0 where the state is zeroed before the step
+        for step in range(0, args.num_steps):
+            global_step += args.num_envs
+            # One pass of the network gives the action and the old log-probabilities and value stored with it.
+            action, step_logp_all, value, lstm_state = policy(agent, obs_t[step], lstm_state, keep[step], gumbel[step])
+            actions_t[step].copy_(action)
+            logp_all_t[step].copy_(step_logp_all)
+            values_t[step].copy_(value)
+
+            # TRY NOT TO MODIFY: execute the game and log data.
+            ended_before = buffers["reset_first"] if step == 0 else (terminations[step - 1] + truncations[step - 1]) > 0
+            acted = ~ended_before  # the step after an episode ended is a reset step: the env ignores its action
+            action = action.cpu().numpy()
+            if fire is not None:
+                action = np.where(acted, action, fire)
+            next_obs, reward, terminations[step], truncations[step], infos = envs.step(action)
+            obs_t[step + 1].copy_(torch.from_numpy(agent.normalize_obs(next_obs, update=True)))
+            rewards[step] = np.sign(reward) if atari else reward  # Atari: the learner's reward is its sign
+            starts[step + 1] = ~acted  # after a reset step comes an episode's first observation
+            keep[step + 1] = torch.from_numpy(acted)
+            ended = game_over(args, infos, terminations[step], truncations[step])
+            for _, game_return, game_length in games.update(reward, acted, ended):
+                episodes.append((global_step, game_return, game_length))
+    buffers["next_done"] = (terminations[-1] + truncations[-1]) > 0
+    for saved, last in zip(buffers["lstm_state"], lstm_state):  # in place: the tensors `train` checkpoints
+        saved.copy_(last)
+    if not atari:
+        action_dtype = torch.uint8 if logp_all.shape[-1] <= 256 else torch.int32
+        buffers["action_log"].append(actions.to("cpu", action_dtype, copy=True))
+    return global_step, episodes
+
+
+def make_batch(agent: Agent, buffers: dict, args: Args) -> dict:
+    """The update's batch from the rollout in `buffers`, time-major [T, N]: the bootstrap value of the observation
+    after the rollout, GAE advantages and returns (compute_gae), the old log-probabilities and values the policy
+    step stored, the state the rollout started from and `valid` (False at reset steps: the step after an episode
+    ended, its action ignored, is replayed through the LSTM but left out of the losses). Keys and shapes:
+    ppo_update's `batch`; a new key [T, N, ...] added here reaches ppo_loss's minibatch."""
+    obs, actions, logp_all, values = buffers["obs"], buffers["actions"], buffers["logp_all"], buffers["values"]
+    terminations, truncations, starts, device = (
+        buffers["terminations"],
+        buffers["truncations"],
+        buffers["starts"],
+        obs.device,
+    )
+    is_reset = np.concatenate([buffers["reset_first"][None], (terminations[:-1] + truncations[:-1]) > 0])
+    with torch.inference_mode():
+        # The bootstrap value: V(obs[T]) with the state obs[T] is seen with (not kept: the next rollout starts from
+        # lstm_state and sees obs[T] again as its first step).
+        keep_last = torch.from_numpy(~starts[args.num_steps]).to(device, torch.float32)
+        values[args.num_steps] = agent.get_value(obs[args.num_steps], buffers["lstm_state"], keep_last)
+        logprobs = logp_all.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+        t_rewards, t_terms, t_truncs = (
+            torch.from_numpy(x).to(device) for x in (buffers["rewards"], terminations, truncations)
+        )
+        advantages = compute_gae(t_rewards, values, t_terms, t_truncs, args.gamma, args.gae_lambda)
+        returns = advantages + values[:-1]
+    # cloned outside inference mode: normal tensors that autograd accepts
+    return {
+        "obs": obs[:-1].clone(),
+        "starts": torch.from_numpy(starts[:-1].copy()).to(device),
+        "state": buffers["initial_state"],
+        "valid": torch.from_numpy(~is_reset).to(device),
+        "actions": actions.clone(),
+        "logprobs": logprobs.clone(),
+        "logp_all": logp_all.clone(),
+        "values": values[:-1].clone(),
+        "advantages": advantages.clone(),
+        "returns": returns.clone(),
+    }
+
 
 def compute_gae(
     rewards: torch.Tensor,
@@ -777,17 +843,100 @@ def compute_gae(
     return advantages
 
 
-def gumbel_noise(shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """Standard Gumbel noise G = -log(E), E ~ Exponential(1), float32 of `shape`: argmax(logits + G) over the last
-    dimension is a sample of Categorical(logits) (the Gumbel-max trick; Maddison et al. 2014, arXiv 1411.0030)."""
-    return -torch.empty(shape, device=device).exponential_().log()
+def ppo_update(
+    agent: Agent, optimizer: torch.optim.Optimizer, batch: dict, args: Args, kl_beta: float, update_step=None
+) -> dict:
+    """The update phase of one iteration: `update_epochs` passes over shuffled minibatches of whole env sequences.
+
+    batch: the rollout, time-major, for T steps of N envs: obs [T, N, *obs_shape], starts [T, N] bool (the state was
+    zeroed before obs[t]), state (h, c) [1, N, 128] (the state the rollout started from), valid [T, N] bool (False
+    for reset steps, whose action the env ignored: they are replayed through the LSTM but left out of the losses),
+    actions [T, N] int64, logprobs [T, N], logp_all [T, N, A], values [T, N], advantages [T, N], returns [T, N].
+    Each epoch shuffles the envs into `num_minibatches` minibatches of N / num_minibatches envs, each one
+    `update_step` (minibatch_step, or its compiled version), which replays their sequences from the rollout's
+    initial state, so the update sees exactly the states the rollout saw. Before each minibatch's step, its
+    approx_kl is compared with `args.target_kl`: above it, the whole update phase ends there (the step is not taken).
+    Returns the losses averaged over the minibatches that were run (old_approx_kl, approx_kl and clipfrac
+    over their valid samples, measured before each step as in CleanRL), `minibatch_updates`, `explained_variance`
+    of the batch's returns by its values, and with PPO-Penalty the mean KL to the old policy after the update
+    (`kl`) and the `kl_beta` used.
+    """
+    update_step = update_step or minibatch_step
+    losses, logratios = [], []
+    stop = False
+    beta = torch.tensor(kl_beta, device=batch["advantages"].device)  # a tensor: no recompile when it adapts
+    num_envs = batch["starts"].shape[1]
+    for epoch in range(args.update_epochs):
+        env_inds = torch.randperm(num_envs, device=batch["obs"].device)
+        for mb_envs in env_inds.tensor_split(args.num_minibatches):
+            mb = {k: v[:, mb_envs] for k, v in batch.items() if k != "state"}
+            mb["state"] = tuple(s[:, mb_envs] for s in batch["state"])
+            if args.target_kl is not None and minibatch_approx_kl(agent, mb) > args.target_kl:
+                stop = True
+                break
+            mb_losses, logratio = update_step(agent, optimizer, mb, args, beta)
+            losses.append(mb_losses)
+            logratios.append(logratio[mb["valid"]])
+        if stop:
+            break
+    stats = {"minibatch_updates": len(losses)}
+    if losses:  # statistics once per iteration, not per minibatch: over the samples of the minibatches run
+        means = torch.stack([torch.stack(list(mb_losses.values())) for mb_losses in losses]).mean(0).tolist()
+        stats.update(zip(losses[0], means))  # policy_loss, value_loss, entropy, and any term ppo_loss adds
+        logratio = torch.cat(logratios)
+        clipfrac = ((logratio.exp() - 1.0).abs() > args.clip_coef).float().mean()
+        stats_t = torch.stack([(-logratio).mean(), approx_kl(logratio), clipfrac]).tolist()
+        stats.update(zip(("old_approx_kl", "approx_kl", "clipfrac"), stats_t))
+    valid = batch["valid"]
+    stats["explained_variance"] = explained_variance(batch["values"][valid], batch["returns"][valid])
+    if args.loss_type == "kl-penalty":
+        with torch.no_grad():
+            new_logp_all = agent.get_action_and_value(batch["obs"], batch["state"], batch["starts"], batch["actions"])[
+                4
+            ]
+            kl = categorical_kl(batch["logp_all"][valid], new_logp_all[valid]).mean().item()
+            stats.update(kl=kl, kl_beta=kl_beta)
+    return stats
 
 
-def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The mean of `x` over the entries where `mask` is 1: sum(x * mask) / sum(mask), a 0-d tensor. x, mask: [T, B]
-    float (mask 0/1, at least one 1; x finite). The losses average over a minibatch's valid steps this way rather
-    than by indexing x[valid], so their shapes do not depend on the data (one compiled graph for every batch)."""
-    return (x * mask).sum() / mask.sum()
+def minibatch_step(
+    agent: Agent, optimizer: torch.optim.Adam, mb: dict, args: Args, kl_beta, loss_fn=None
+) -> tuple[dict, torch.Tensor]:
+    """One gradient step on one minibatch, as CleanRL: loss (`loss_fn`: ppo_loss, or its compiled version), backward,
+    gradient-norm clip, Adam step. Returns (losses, logratio [T, M]) of ppo_loss, measured before the step."""
+    loss, losses, logratio = (loss_fn or ppo_loss)(agent, mb, args, kl_beta)
+    optimizer.zero_grad()
+    loss.backward()
+    nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+    optimizer.step()
+    return losses, logratio
+
+
+def ppo_loss(agent: Agent, mb: dict, args: Args, kl_beta) -> tuple[torch.Tensor, dict, torch.Tensor]:
+    """PPO's loss on one minibatch (the T steps of M envs, replayed through the LSTM from the rollout's initial state; the losses are means over the valid steps):
+    L = L_clip (or PPO-Penalty's) - ent_coef * H + vf_coef * L_V (arXiv 1707.06347, eq. 9).
+
+    Returns (loss: 0-d, differentiable; losses: {name: 0-d detached}, logged as losses/{name}; logratio [T, M]:
+    log pi(a|s) - log pi_old(a|s), detached, reset steps included).
+    """
+    _, newlogprob, entropy, newvalue, newlogp_all = agent.get_action_and_value(
+        mb["obs"], mb["state"], mb["starts"], mb["actions"]
+    )
+    logratio = newlogprob - mb["logprobs"]
+    mask = mb["valid"].to(logratio.dtype)
+    mb_advantages = mb["advantages"]
+    if args.norm_adv:
+        mb_advantages = normalize_advantages(mb_advantages, mask)
+    if args.loss_type == "clip":
+        pg_loss = clipped_policy_loss(logratio, mb_advantages, args.clip_coef, mask)
+    else:
+        kl = categorical_kl(mb["logp_all"], newlogp_all)
+        pg_loss = kl_penalty_policy_loss(logratio, mb_advantages, kl, kl_beta, mask)
+    v_loss = value_loss(newvalue, mb["values"], mb["returns"], args.clip_coef, args.clip_vloss, mask)
+    entropy_loss = masked_mean(entropy, mask)
+    loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
+    losses = {"policy_loss": pg_loss, "value_loss": v_loss, "entropy": entropy_loss}
+    return loss, {k: v.detach() for k, v in losses.items()}, logratio.detach()
 
 
 def normalize_advantages(advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -830,6 +979,12 @@ def value_loss(newvalue, oldvalue, returns, clip_coef, clip_vloss, mask):
     return 0.5 * masked_mean(torch.max(v_loss_unclipped, v_loss_clipped), mask)
 
 
+def categorical_kl(old_logp_all, new_logp_all):
+    """Exact KL(pi_old(.|s) || pi(.|s)) per state, [B], from the log-probabilities of every action, [B, A]:
+    sum_a pi_old(a|s) (log pi_old(a|s) - log pi(a|s)). PPO-Penalty's penalty term (arXiv 1707.06347, eq. 8)."""
+    return (old_logp_all.exp() * (old_logp_all - new_logp_all)).sum(-1)
+
+
 def approx_kl(logratio):
     """Schulman's low-variance estimator of KL(pi_old || pi): mean((r - 1) - log r), r = exp(logratio).
 
@@ -838,20 +993,46 @@ def approx_kl(logratio):
     return (torch.expm1(logratio) - logratio).mean()
 
 
-def categorical_kl(old_logp_all, new_logp_all):
-    """Exact KL(pi_old(.|s) || pi(.|s)) per state, [B], from the log-probabilities of every action, [B, A]:
-    sum_a pi_old(a|s) (log pi_old(a|s) - log pi(a|s)). PPO-Penalty's penalty term (arXiv 1707.06347, eq. 8)."""
-    return (old_logp_all.exp() * (old_logp_all - new_logp_all)).sum(-1)
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The mean of `x` over the entries where `mask` is 1: sum(x * mask) / sum(mask), a 0-d tensor. x, mask: [T, B]
+    float (mask 0/1, at least one 1; x finite). The losses average over a minibatch's valid steps this way rather
+    than by indexing x[valid], so their shapes do not depend on the data (one compiled graph for every batch)."""
+    return (x * mask).sum() / mask.sum()
 
 
-def adapt_kl_beta(beta: float, kl: float, kl_target: float) -> float:
-    """PPO-Penalty's adaptive coefficient (arXiv 1707.06347, section 4): halve beta when the measured KL is
-    below kl_target / 1.5, double it when above kl_target * 1.5, keep it otherwise."""
-    if kl < kl_target / 1.5:
-        return beta / 2
-    if kl > kl_target * 1.5:
-        return beta * 2
-    return beta
+def minibatch_approx_kl(agent: Agent, mb: dict) -> torch.Tensor:
+    """approx_kl (0-d) of the current policy against the rollout's on the valid steps of minibatch `mb`, for the
+    KL early stop."""
+    with torch.no_grad():
+        _, newlogprob, _, _, _ = agent.get_action_and_value(mb["obs"], mb["state"], mb["starts"], mb["actions"])
+        return approx_kl((newlogprob - mb["logprobs"])[mb["valid"]])
+
+
+def explained_variance(y_pred: torch.Tensor, y_true: torch.Tensor) -> float:
+    """1 - Var[y_true - y_pred] / Var[y_true] for [B] tensors (NaN when y_true is constant): how much of the returns'
+    variance the value function explains (1: all, 0: no better than a constant)."""
+    var_y = y_true.var()
+    return (1 - (y_true - y_pred).var() / var_y).item() if var_y > 0 else float("nan")
+
+
+def make_optimizer(agent: nn.Module, learning_rate: float) -> torch.optim.Adam:
+    """torch.optim.Adam (eps 1e-5, as CleanRL) over the agent's parameters, fused (one kernel steps them all), with
+    its learning rate a 0-d float64 tensor that annealing sets in place (set_learning_rate), so a compiled update
+    never recompiles for it. Call it after moving the agent to its device."""
+    device = next(agent.parameters()).device
+    lr = torch.tensor(learning_rate, dtype=torch.float64, device=device)
+    return torch.optim.Adam(agent.parameters(), lr=lr, eps=1e-5, fused=True)
+
+
+def set_learning_rate(optimizer: torch.optim.Adam, lr: float) -> None:
+    """Write `lr` into the optimizer's 0-d float64 learning-rate tensor on the parameter's device, in place. What
+    `load_state_dict` put there (a float from an older checkpoint, or the checkpoint's tensor, loaded to the CPU)
+    becomes such a tensor first."""
+    group = optimizer.param_groups[0]
+    device = group["params"][0].device
+    if not isinstance(group["lr"], torch.Tensor) or group["lr"].device != device:
+        group["lr"] = torch.tensor(0.0, dtype=torch.float64, device=device)
+    group["lr"].fill_(lr)
 
 
 def annealed_lr(iteration: int, num_iterations: int, learning_rate: float, start: int = 1) -> float:
@@ -883,165 +1064,14 @@ def resumed_lr_schedule(ckpt: dict, args: Args) -> tuple[int, float]:
     return k, last
 
 
-def logprobs_and_entropy(logits, actions):
-    """Categorical log pi(a|s) of `actions` [B] (int64) and entropy, both [B], from logits [B, A]."""
-    logp_all = torch.log_softmax(logits, dim=-1)
-    logprob = logp_all.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
-    entropy = -(logp_all.exp() * logp_all).sum(-1)
-    return logprob, entropy, logp_all
-
-
-def make_optimizer(agent: nn.Module, learning_rate: float) -> torch.optim.Adam:
-    """torch.optim.Adam (eps 1e-5, as CleanRL) over the agent's parameters, fused (one kernel steps them all), with
-    its learning rate a 0-d float64 tensor that annealing sets in place (set_learning_rate), so a compiled update
-    never recompiles for it. Call it after moving the agent to its device."""
-    device = next(agent.parameters()).device
-    lr = torch.tensor(learning_rate, dtype=torch.float64, device=device)
-    return torch.optim.Adam(agent.parameters(), lr=lr, eps=1e-5, fused=True)
-
-
-def set_learning_rate(optimizer: torch.optim.Adam, lr: float) -> None:
-    """Write `lr` into the optimizer's 0-d float64 learning-rate tensor on the parameter's device, in place. What
-    `load_state_dict` put there (a float from an older checkpoint, or the checkpoint's tensor, loaded to the CPU)
-    becomes such a tensor first."""
-    group = optimizer.param_groups[0]
-    device = group["params"][0].device
-    if not isinstance(group["lr"], torch.Tensor) or group["lr"].device != device:
-        group["lr"] = torch.tensor(0.0, dtype=torch.float64, device=device)
-    group["lr"].fill_(lr)
-
-
-def compile_functions(args: Args, device: torch.device) -> tuple:
-    """The policy step and the minibatch update that the rollout and ppo_update call: the plain functions, or with
-    `--compile` the same functions compiled by torch.compile, each as one graph (the LSTM unrolled one step at a
-    time inside it). On the CPU the policy step of the vector agent stays eager: for this small network a compiled
-    call costs more than the eager forward (README: Speed); the pixel agent's is compiled everywhere."""
-    if not args.compile:
-        return act, minibatch_step
-    # Python floats (the loss's coefficients) are baked into the graph: left dynamic, a warm compile cache can hand a
-    # graph made with other values to a run (pytorch/pytorch#194976). kl_beta, which changes, comes as a tensor.
-    torch._dynamo.config.specialize_float = True
-    torch._dynamo.config.allow_rnn = True  # trace nn.LSTM into the graph instead of breaking it there
-    policy = torch.compile(act) if device.type == "cuda" or atari_game(args.env_id) else act
-    return policy, functools.partial(minibatch_step, loss_fn=torch.compile(ppo_loss, dynamic=True))
-
-
-def act(agent: Agent, obs: torch.Tensor, state: tuple, keep: torch.Tensor, noise: torch.Tensor) -> tuple:
-    """The policy step of N envs: observations [N, *obs_shape], state (h, c) [1, N, 128], keep [N] float (see
-    Agent.step), `noise` [N, A] from gumbel_noise. Returns (actions [N] int64 sampled from Categorical(logits) by
-    the Gumbel-max trick, log-probabilities of every action [N, A], values [N], the new state)."""
-    output, state = agent.step(obs, state, keep)
-    logits = agent.actor(output)
-    return (logits + noise).argmax(-1), torch.log_softmax(logits, -1), agent.critic(output).squeeze(-1), state
-
-
-def ppo_loss(agent: Agent, mb: dict, args: Args, kl_beta) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """PPO's loss on one minibatch (the T steps of M envs, replayed through the LSTM from the rollout's initial state; the losses are means over the valid steps):
-    L = L_clip (or PPO-Penalty's) - ent_coef * H + vf_coef * L_V (arXiv 1707.06347, eq. 9).
-
-    Returns (loss: 0-d, differentiable; losses [3]: policy loss, value loss, entropy, detached; logratio [T, M]:
-    log pi(a|s) - log pi_old(a|s), detached, reset steps included).
-    """
-    output, _ = agent.unroll(mb["obs"], mb["state"], mb["starts"])
-    newlogprob, entropy, newlogp_all = logprobs_and_entropy(agent.actor(output), mb["actions"])
-    newvalue = agent.critic(output).squeeze(-1)
-    logratio = newlogprob - mb["logprobs"]
-    mask = mb["valid"].to(logratio.dtype)
-    mb_advantages = mb["advantages"]
-    if args.norm_adv:
-        mb_advantages = normalize_advantages(mb_advantages, mask)
-    if args.loss_type == "clip":
-        pg_loss = clipped_policy_loss(logratio, mb_advantages, args.clip_coef, mask)
-    else:
-        kl = categorical_kl(mb["logp_all"], newlogp_all)
-        pg_loss = kl_penalty_policy_loss(logratio, mb_advantages, kl, kl_beta, mask)
-    v_loss = value_loss(newvalue, mb["values"], mb["returns"], args.clip_coef, args.clip_vloss, mask)
-    entropy_loss = masked_mean(entropy, mask)
-    loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
-    return loss, torch.stack([pg_loss, v_loss, entropy_loss]).detach(), logratio.detach()
-
-
-def minibatch_step(
-    agent: Agent, optimizer: torch.optim.Adam, mb: dict, args: Args, kl_beta, loss_fn=ppo_loss
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One gradient step on one minibatch, as CleanRL: loss (`loss_fn`: ppo_loss, or its compiled version), backward,
-    gradient-norm clip, Adam step.
-    Returns (losses [3], logratio [T, M]) of ppo_loss, measured before the step."""
-    loss, losses, logratio = loss_fn(agent, mb, args, kl_beta)
-    optimizer.zero_grad()
-    loss.backward()
-    nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
-    optimizer.step()
-    return losses, logratio
-
-
-def minibatch_approx_kl(agent: Agent, mb: dict) -> torch.Tensor:
-    """approx_kl (0-d) of the current policy against the rollout's on the valid steps of minibatch `mb`, for the
-    KL early stop."""
-    with torch.no_grad():
-        output, _ = agent.unroll(mb["obs"], mb["state"], mb["starts"])
-        newlogprob, _, _ = logprobs_and_entropy(agent.actor(output), mb["actions"])
-        return approx_kl((newlogprob - mb["logprobs"])[mb["valid"]])
-
-
-def explained_variance(y_pred: torch.Tensor, y_true: torch.Tensor) -> float:
-    """1 - Var[y_true - y_pred] / Var[y_true] for [B] tensors (NaN when y_true is constant): how much of the returns'
-    variance the value function explains (1: all, 0: no better than a constant)."""
-    var_y = y_true.var()
-    return (1 - (y_true - y_pred).var() / var_y).item() if var_y > 0 else float("nan")
-
-
-def ppo_update(
-    agent: Agent, optimizer: torch.optim.Optimizer, batch: dict, args: Args, kl_beta: float, update_step=minibatch_step
-) -> dict:
-    """The update phase of one iteration: `update_epochs` passes over shuffled minibatches of whole env sequences.
-
-    batch: the rollout, time-major, for T steps of N envs: obs [T, N, *obs_shape], starts [T, N] bool (the state was
-    zeroed before obs[t]), state (h, c) [1, N, 128] (the state the rollout started from), valid [T, N] bool (False
-    for reset steps, whose action the env ignored: they are replayed through the LSTM but left out of the losses),
-    actions [T, N] int64, logprobs [T, N], logp_all [T, N, A], values [T, N], advantages [T, N], returns [T, N].
-    Each epoch shuffles the envs into `num_minibatches` minibatches of N / num_minibatches envs, each one
-    `update_step` (minibatch_step, or its compiled version), which replays their sequences from the rollout's
-    initial state, so the update sees exactly the states the rollout saw. Before each minibatch's step, its
-    approx_kl is compared with `args.target_kl`: above it, the whole update phase ends there (the step is not taken).
-    Returns the losses averaged over the minibatches that were run (old_approx_kl, approx_kl and clipfrac
-    over their valid samples, measured before each step as in CleanRL), `minibatch_updates`, `explained_variance`
-    of the batch's returns by its values, and with PPO-Penalty the mean KL to the old policy after the update
-    (`kl`) and the `kl_beta` used.
-    """
-    losses, logratios = [], []
-    stop = False
-    beta = torch.tensor(kl_beta, device=batch["advantages"].device)  # a tensor: no recompile when it adapts
-    num_envs = batch["starts"].shape[1]
-    for epoch in range(args.update_epochs):
-        env_inds = torch.randperm(num_envs, device=batch["obs"].device)
-        for mb_envs in env_inds.tensor_split(args.num_minibatches):
-            mb = {k: v[:, mb_envs] for k, v in batch.items() if k != "state"}
-            mb["state"] = tuple(s[:, mb_envs] for s in batch["state"])
-            if args.target_kl is not None and minibatch_approx_kl(agent, mb) > args.target_kl:
-                stop = True
-                break
-            mb_losses, logratio = update_step(agent, optimizer, mb, args, beta)
-            losses.append(mb_losses)
-            logratios.append(logratio[mb["valid"]])
-        if stop:
-            break
-    stats = {"minibatch_updates": len(losses)}
-    if losses:  # statistics once per iteration, not per minibatch: over the samples of the minibatches run
-        pg_loss, v_loss, entropy_loss = torch.stack(losses).mean(0).tolist()
-        logratio = torch.cat(logratios)
-        clipfrac = ((logratio.exp() - 1.0).abs() > args.clip_coef).float().mean()
-        stats_t = torch.stack([(-logratio).mean(), approx_kl(logratio), clipfrac]).tolist()
-        stats.update(policy_loss=pg_loss, value_loss=v_loss, entropy=entropy_loss)
-        stats.update(zip(("old_approx_kl", "approx_kl", "clipfrac"), stats_t))
-    valid = batch["valid"]
-    stats["explained_variance"] = explained_variance(batch["values"][valid], batch["returns"][valid])
-    if args.loss_type == "kl-penalty":
-        with torch.no_grad():
-            output, _ = agent.unroll(batch["obs"], batch["state"], batch["starts"])
-            new_logp_all = torch.log_softmax(agent.actor(output[valid]), -1)
-            stats.update(kl=categorical_kl(batch["logp_all"][valid], new_logp_all).mean().item(), kl_beta=kl_beta)
-    return stats
+def adapt_kl_beta(beta: float, kl: float, kl_target: float) -> float:
+    """PPO-Penalty's adaptive coefficient (arXiv 1707.06347, section 4): halve beta when the measured KL is
+    below kl_target / 1.5, double it when above kl_target * 1.5, keep it otherwise."""
+    if kl < kl_target / 1.5:
+        return beta / 2
+    if kl > kl_target * 1.5:
+        return beta * 2
+    return beta
 
 
 def evaluate(agent: Agent, args: Args, episodes: int, greedy: bool, device: torch.device) -> np.ndarray:
@@ -1064,12 +1094,12 @@ def evaluate(agent: Agent, args: Args, episodes: int, greedy: bool, device: torc
         while any(len(r) < q for r, q in zip(returns, quota)):
             keep_t = torch.as_tensor(keep, dtype=torch.float32, device=device)
             obs = torch.as_tensor(agent.normalize_obs(next_obs, update=False), device=device)
-            output, state = agent.step(obs, state, keep_t)
-            logits = agent.actor(output)
             if greedy:
-                action = logits.argmax(-1)
+                action, state = agent.get_greedy_action(obs, state, keep_t)
             else:
-                action = torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+                noise = -torch.empty((num_envs, envs.single_action_space.n), device=device)
+                noise = noise.exponential_(generator=generator).log()
+                action, _, _, state = agent.get_action(obs, state, keep_t, noise)
             action = action.cpu().numpy()
             next_obs, reward, term, trunc, infos = envs.step(action if fire is None else np.where(acted, action, fire))
             for i, game_return, _ in games.update(reward, acted, game_over(args, infos, term, trunc)):
@@ -1099,9 +1129,9 @@ def record_video(agent: Agent, args: Args, video_dir: str, device: torch.device)
                 action = fire
             else:
                 x = torch.as_tensor(agent.normalize_obs(np.asarray(obs)[None], update=False), device=device)
-                output, state = agent.step(x, state, keep)
-                logits = agent.actor(output)
-                action = int(torch.multinomial(logits.softmax(-1), 1, generator=generator))
+                noise = -torch.empty((1, env.action_space.n), device=device).exponential_(generator=generator).log()
+                action, _, _, state = agent.get_action(x, state, keep, noise)
+                action = int(action[0])
                 keep.fill_(1.0)
             obs, reward, terminated, truncated, info = env.step(action)
             total, done = total + float(reward), terminated or truncated
@@ -1113,15 +1143,523 @@ def record_video(agent: Agent, args: Args, video_dir: str, device: torch.device)
     return total
 
 
-def upload_new_videos(wandb_run, video_dir: str, uploaded: set) -> None:
-    """Log to W&B (key `videos`) each finished .mp4 in `video_dir` not in `uploaded`, and add it there."""
-    import wandb
+# ---- this script's checks (run by Run.start, before anything is built or written) ----
 
-    if os.path.isdir(video_dir):
-        for name in sorted(set(os.listdir(video_dir)) - uploaded):
+
+def validate_args(args: Args) -> None:
+    """Check the flags that need no environment (after with_task_defaults).
+
+    Raises:
+        UsageError: naming the first bad flag.
+    """
+    for name in ("total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs"):
+        if getattr(args, name) <= 0:
+            raise UsageError(f"{flag(name)} must be positive, got {getattr(args, name)}")
+    for name in ("learning_rate", "clip_coef", "kl_target", "max_grad_norm"):
+        if not getattr(args, name) > 0:
+            raise UsageError(f"{flag(name)} must be positive, got {getattr(args, name)}")
+    for name in ("gamma", "gae_lambda", "repeat_action_probability"):
+        if not 0 <= getattr(args, name) <= 1:
+            raise UsageError(f"{flag(name)} must be in [0, 1], got {getattr(args, name)}")
+    for name in ("ent_coef", "vf_coef", "kl_beta", "checkpoint_every", "eval_episodes", "torch_threads"):
+        if getattr(args, name) < 0:
+            raise UsageError(f"{flag(name)} must not be negative, got {getattr(args, name)}")
+    if args.target_kl is not None and not args.target_kl > 0:
+        raise UsageError(f"--target-kl must be positive or None, got {args.target_kl}")
+    if args.num_envs % args.num_minibatches:
+        raise UsageError(
+            f"--num-minibatches {args.num_minibatches} must divide --num-envs {args.num_envs}: "
+            "a minibatch is a set of whole env sequences"
+        )
+    if args.total_timesteps < args.batch_size:
+        raise UsageError(
+            f"--total-timesteps {args.total_timesteps} is less than one batch (num_envs*num_steps = {args.batch_size})"
+        )
+    if args.checkpoint_every and not args.save_model:
+        raise UsageError("--checkpoint-every needs --save-model")
+    if args.norm_obs and atari_game(args.env_id):
+        raise UsageError(f"--norm-obs is for vector observations, not the frames of --env-id {args.env_id}")
+
+
+def check_env(args: Args) -> tuple[gym.Space, gym.Space]:
+    """Refuse environments this script cannot learn on: it needs a Discrete action space, and a flat Box observation
+    or Atari's uint8 [1, 84, 84] frames.
+
+    Returns the (observation, action) spaces of one env.
+
+    Raises:
+        UsageError: naming `--env-id` (or `--env-backend`).
+    """
+    obs_space, act_space = env_spaces(args.env_id, args.env_backend)
+    if not isinstance(act_space, gym.spaces.Discrete):
+        raise UsageError(f"--env-id {args.env_id}: action space {act_space} is not Discrete")
+    if atari_game(args.env_id):
+        if obs_space.shape != (1, 84, 84) or obs_space.dtype != np.uint8:
+            raise UsageError(f"--env-id {args.env_id}: observation space {obs_space} is not uint8 [1, 84, 84] frames")
+    elif not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
+        raise UsageError(f"--env-id {args.env_id}: observation space {obs_space} is not a flat Box")
+    return obs_space, act_space
+
+
+def env_spaces(env_id: str, backend: str) -> tuple[gym.Space, gym.Space]:
+    """The (observation, action) spaces of one environment, without building the vector env.
+
+    Raises:
+        UsageError: unknown env id, an env that cannot be made, a backend that cannot run it, or the backend's
+            package not installed.
+    """
+    atari = atari_game(env_id)
+    if backend == "envpool":
+        try:
+            import envpool
+        except ImportError:
+            raise UsageError("--env-backend envpool needs envpool: pip install envpool") from None
+        if ENVPOOL_MASKED.get(env_id, env_id) not in envpool.list_all_envs():
+            raise UsageError(f"--env-id {env_id}: not an envpool environment")
+        spec = envpool.make_spec(ENVPOOL_MASKED.get(env_id, env_id), **({"stack_num": 1} if atari else {}))
+        return spec.gymnasium_observation_space, spec.gymnasium_action_space
+    if backend == "ale":
+        if not atari:
+            raise UsageError(f"--env-backend ale runs Atari games (<Game>-v5), not --env-id {env_id}")
+        try:
+            import ale_py
+        except ImportError:
+            raise UsageError("--env-backend ale needs ale-py: pip install ale-py") from None
+        envs = ale_py.AtariVectorEnv(ale_game(env_id), 1, num_threads=1, stack_num=ATARI_PREPROCESSING["stack"])
+        envs.close()
+        return envs.single_observation_space, envs.single_action_space
+    if atari:
+        raise UsageError(f"--env-id {env_id}: Atari games run on --env-backend envpool or ale, not gymnasium")
+    try:
+        if ":" in env_id:  # gymnasium's "module:EnvId": importing the module registers the env (as gym.make does)
+            importlib.import_module(env_id.split(":")[0])
+        gym.spec(env_id.split(":")[-1])
+    except (ImportError, gym.error.Error) as e:
+        if re.fullmatch(r"[A-Z][A-Za-z0-9]*-v5", env_id) and ale_roms():  # a mistyped game?
+            games = [f"{''.join(w.title() for w in rom.split('_'))}-v5" for rom in ale_roms()]
+            hint = did_you_mean(env_id, games)
+            if hint:
+                raise UsageError(f"--env-id {env_id}: ale-py has no ROM {ale_game(env_id)!r}{hint}") from None
+        raise UsageError(f"--env-id {env_id}: not a registered gymnasium environment ({e})") from None
+    try:
+        env = gym.make(env_id)
+    except gym.error.Error as e:  # e.g. DependencyNotInstalled
+        raise UsageError(f"--env-id {env_id}: cannot be made ({e})") from None
+    env.close()
+    return env.observation_space, env.action_space
+
+
+def check_video(args: Args) -> None:
+    """With `--capture-video`, render one frame before anything is written, so that a missing renderer is a
+    one-line error rather than a crash after training.
+
+    Raises:
+        UsageError: naming `--capture-video`.
+    """
+    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # pygame draws off-screen: no SDL "XDG_RUNTIME_DIR" error
+    try:
+        env = make_video_env(args, None)
+        env.reset(seed=args.seed)
+        env.render()
+        env.close()
+    except Exception as e:
+        reason = (str(e).strip() or type(e).__name__).splitlines()[0]
+        raise UsageError(f"--capture-video: {args.env_id} cannot render ({reason})") from None
+
+
+def cpu_share() -> int:
+    """The cores this process may use, divided among the processes torchrun starts on this node (at least 1)."""
+    return max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
+# ---- speed ----
+
+
+def gumbel_noise(shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """Standard Gumbel noise G = -log(E), E ~ Exponential(1), float32 of `shape`: argmax(logits + G) over the last
+    dimension is a sample of Categorical(logits) (the Gumbel-max trick; Maddison et al. 2014, arXiv 1411.0030)."""
+    return -torch.empty(shape, device=device).exponential_().log()
+
+
+def compile_functions(args: Args, device: torch.device) -> tuple:
+    """The policy step and the minibatch update that the rollout and ppo_update call: the plain functions, or with
+    `--compile` the same functions compiled by torch.compile, each as one graph (the LSTM unrolled one step at a
+    time inside it). On the CPU the policy step of the vector agent stays eager: for this small network a compiled
+    call costs more than the eager forward; the pixel agent's is compiled everywhere."""
+    if not args.compile:
+        return Agent.get_action, minibatch_step
+    # Python floats (the loss's coefficients) are baked into the graph: left dynamic, a warm compile cache can hand a
+    # graph made with other values to a run (pytorch/pytorch#194976). kl_beta, which changes, comes as a tensor.
+    torch._dynamo.config.specialize_float = True
+    torch._dynamo.config.allow_rnn = True  # trace nn.LSTM into the graph instead of breaking it there
+    print(
+        "--compile: compiling the rollout's step and the update (minutes: the LSTM is unrolled in the graph)",
+        flush=True,
+    )
+    policy = torch.compile(Agent.get_action) if device.type == "cuda" or atari_game(args.env_id) else Agent.get_action
+    return policy, functools.partial(minibatch_step, loss_fn=torch.compile(ppo_loss, dynamic=True))
+
+
+# ---- run plumbing: TRY NOT TO MODIFY (checks, run folder, logging, Ctrl-C, checkpoints and resume, evaluation) ----
+# The same text in every script of ppo-single-file (a test compares them). What differs between the scripts comes
+# from the script's own part above, by name: Args, CHECKPOINT_FORMAT, RESUME_FIXED, validate_args, check_env and
+# evaluate. Under torchrun (WORLD_SIZE set) every process runs it; rank 0 alone writes and prints.
+
+
+class UsageError(Exception):
+    """Bad flags or files: reported as one line and a non-zero exit before any work starts."""
+
+
+def flag(name: str) -> str:
+    """The command-line spelling of an Args field: `num_envs` -> `--num-envs`."""
+    return "--" + name.replace("_", "-")
+
+
+def check_extras(args: Args) -> None:
+    """Check that the optional packages the flags need are installed, before anything is built or written.
+
+    Raises:
+        UsageError: naming the flag and the package to install.
+    """
+    for wanted, module, purpose in (
+        (args.track, "wandb", "--track"),
+        (args.capture_video, "moviepy", "--capture-video"),
+    ):
+        if wanted and importlib.util.find_spec(module) is None:
+            raise UsageError(f"{purpose} needs {module}: pip install {module}")
+
+
+class Run:
+    """The plumbing of one training run, reached from main() through a few calls:
+
+        run = Run.start(args)                       # checks: flags, packages, env, --resume file; writes nothing
+        start_iteration, global_step = run.begin(train)   # resume into `train`, run folder, logging
+        with run.training(envs):                    # Ctrl-C/SIGTERM checkpoint and stop; envs and logs close
+            ... if run.end_iteration(iteration, global_step, lr, stats, episodes, train): break
+            run.finish(agent, global_step)          # summary, final evaluation
+        return run.record
+
+    `train` is what a checkpoint holds besides the flags and progress: objects with a state_dict (agent,
+    optimizer) are saved and loaded through it, lists (of tensors: the actions taken) are saved concatenated, any
+    other value (floats, tuples, tensors) as it is.
+    """
+
+    def __init__(self, args: Args, ckpt: dict | None, spaces: tuple):
+        self.args, self.ckpt, self.spaces = args, ckpt, spaces
+        self.rank, self.world_size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+        self.name = self.dir = self.log = None
+        self.saved, self.stop, self.record = False, None, {}
+
+    @classmethod
+    def start(cls, args: Args) -> "Run":
+        """Check everything that can be checked before any work: the flags, the packages they need, the
+        environment (check_env: returns its spaces, `run.spaces`), and the --resume file with the flags it fixes.
+
+        Raises:
+            UsageError: naming the flag or file.
+        """
+        validate_args(args)
+        check_extras(args)
+        ckpt = load_checkpoint(args.resume) if args.resume else None
+        if ckpt is not None:
+            check_resume(args, ckpt)
+        return cls(args, ckpt, check_env(args))
+
+    def begin(self, train: dict) -> tuple[int, int]:
+        """Load a --resume checkpoint into `train` (and this process's RNG state), then claim the run folder and
+        start logging. A finished run resumed with nothing left to train is only evaluated and writes nothing.
+        Returns (first iteration to train, global_step).
+
+        Raises:
+            UsageError: naming --resume when the checkpoint does not fit what `train` holds, or the path that
+                cannot be written; nothing is written before.
+        """
+        args, ckpt = self.args, self.ckpt
+        start_iteration, global_step = 1, 0
+        if ckpt is not None:
+            for key, value in train.items():
+                if hasattr(value, "load_state_dict"):
+                    try:
+                        value.load_state_dict(ckpt[key])
+                    except (RuntimeError, ValueError, KeyError) as e:
+                        reason = [line.strip() for line in str(e).splitlines() if line.strip()][-1]
+                        raise UsageError(
+                            f"--resume {args.resume}: its {key} does not fit this run's: {reason}"
+                        ) from None
+                else:
+                    train[key] = [ckpt[key]] if isinstance(value, list) else ckpt[key]
+            rng = ckpt["rng"][self.rank]
+            torch.set_rng_state(rng["torch"])
+            if rng["cuda"] is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state(rng["cuda"])
+            start_iteration, global_step = ckpt["iteration"] + 1, ckpt["global_step"]
+        evaluate_only = ckpt is not None and ckpt["iteration"] >= args.num_iterations
+        self.name = ckpt["run_name"] if ckpt else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+        self.dir = f"runs/{self.name}"
+        if not evaluate_only:  # rank 0 claims the folder; every process learns its name, or the error
+            outcome = [None]
+            if self.rank == 0:
+                try:
+                    outcome[0] = prepare_run_dir(args, self.name, new=ckpt is None)
+                except UsageError as e:
+                    outcome[0] = str(e)
+            if dist.is_initialized():
+                dist.broadcast_object_list(outcome, src=0)
+            if isinstance(outcome[0], str):
+                raise UsageError(outcome[0])
+            self.name, self.dir = outcome[0]
+        try:
+            self.log = RunLog(args, self.name, self.dir, ckpt, evaluate_only, self.rank, self.world_size)
+        except UsageError:  # W&B cannot log in: a new run leaves no folder behind
+            if ckpt is None and self.rank == 0:
+                shutil.rmtree(self.dir, ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    os.removedirs(os.path.dirname(self.dir))
+            raise
+        return start_iteration, global_step
+
+    @contextlib.contextmanager
+    def training(self, envs):
+        """Around the training loop: with --save-model, a first Ctrl-C or SIGTERM is noted (end_iteration
+        checkpoints and stops), a second one stops at once; at the end the envs and the logs close. A run stopped at
+        once raises a one-line KeyboardInterrupt saying where it stopped and what there is to resume from."""
+        self.stop = StopSignals(self.args.save_model)
+        self.log.start()
+        self.global_step = self.log.start_step
+        try:
+            yield self
+        except KeyboardInterrupt:
+            checkpoint = f"{self.dir}/checkpoint.pt"
+            resume = f"; {checkpoint} resumes from the last one saved" if os.path.isfile(checkpoint) else ""
+            if not self.args.save_model:
+                resume = "; nothing saved (with --save-model, Ctrl-C saves a checkpoint to resume from)"
+            self.log.end_progress()
+            where = "interrupted" if not self.args.save_model else "stopped at once"
+            raise KeyboardInterrupt(f"{where} at global_step={self.global_step}{resume}") from None
+        finally:
+            self.stop.restore()
+            envs.close()
+            self.log.close()
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+    def end_iteration(
+        self, iteration: int, global_step: int, lr: float, stats: dict, episodes: list, train: dict
+    ) -> bool:
+        """Log the iteration (the learning rate, the update's `stats`, the `episodes` that ended: [(global_step,
+        return, length)]), checkpoint with --save-model when due (the last iteration, every --checkpoint-every, a
+        signal), and say whether to stop now (a signal arrived). Under torchrun every process calls it: the episodes
+        of all go to rank 0's log and all stop together."""
+        self.global_step = global_step
+        received = self.stop.received
+        if dist.is_initialized():  # every process's episodes, and the signal any of them has received so far
+            gathered = [None] * self.world_size
+            dist.all_gather_object(gathered, (episodes, received))
+            episodes = sorted(e for process_episodes, _ in gathered for e in process_episodes)
+            received = next((r for _, r in gathered if r), None)
+            self.stop.received = self.stop.received or received
+        last = iteration == self.args.num_iterations
+        self.log.iteration(global_step, lr, stats, episodes, last)
+        every = self.args.checkpoint_every
+        if self.args.save_model and (last or (every and iteration % every == 0) or received):
+            state = checkpoint_state(self, iteration, global_step, train)  # every process: it gathers their RNGs
+            if self.rank == 0:
+                save_checkpoint(f"{self.dir}/checkpoint.pt", state)
+            self.saved = True
+        if received:
+            self.log.end_progress()
+            if self.rank == 0:
+                print(f"{received}: stopped after iteration {iteration}; resume with --resume {self.dir}/checkpoint.pt")
+        return bool(received)
+
+    def finish(self, agent: nn.Module, global_step: int) -> None:
+        """After training: print the last returns and where the checkpoint is, evaluate with --eval-episodes (not
+        after a stop), and fill `run.record`: run_name, run_dir, history (one dict of logged scalars per
+        iteration), episodes, eval (mean returns) and agent."""
+        self.stop.restore()  # training is over: a signal now stops at once
+        self.global_step = global_step
+        self.log.summary(global_step)
+        if self.saved and self.rank == 0:
+            print(f"checkpoint saved to {self.dir}/checkpoint.pt", flush=True)
+        device = next(agent.parameters()).device
+        result = {}
+        if not self.stop.received and self.rank == 0:
+            self.log.upload_videos()
+            for mode in ("sampled", "greedy") if self.args.eval_episodes else ():
+                returns = evaluate(agent, self.args, self.args.eval_episodes, greedy=mode == "greedy", device=device)
+                self.log.evaluation(mode, returns)
+                result[mode] = float(returns.mean())
+        self.record.update(run_name=self.name, run_dir=self.dir, history=self.log.history)
+        self.record.update(episodes=self.log.episodes, eval=result, agent=agent)
+
+
+class RunLog:
+    """What a run reports as it trains: TensorBoard scalars under CleanRL's tags (W&B syncs them with `--track`,
+    and gets the videos), a progress bar on a terminal or a line every 10 s otherwise, and the run's record
+    (`history`: one dict of scalars per iteration; `episodes`: (global_step, return, length) of each one that
+    ended). A finished run that is only evaluated writes nothing; under torchrun only rank 0 writes and prints."""
+
+    def __init__(self, args: Args, run_name: str, run_dir: str, ckpt, evaluate_only: bool, rank: int, world_size: int):
+        self.args, self.run_name, self.history, self.uploaded_videos = args, run_name, [], set()
+        self.episodes = [tuple(e) for e in ckpt["episodes"]] if ckpt else []
+        self.wandb_run, self.writer, self.bar, self.last_print, self.rank = None, None, None, 0.0, rank
+        self.start_step = ckpt["global_step"] if ckpt else 0
+        if evaluate_only or rank != 0:
+            if evaluate_only and ckpt is not None and rank == 0:  # nothing left to train
+                print(
+                    f"--resume: the checkpoint has trained {ckpt['global_step']} steps, --total-timesteps "
+                    f"{args.total_timesteps} asks no more: nothing to train (a larger --total-timesteps trains on)",
+                    flush=True,
+                )
+            return
+        if ckpt is not None:
+            print(f"resumed from iteration {ckpt['iteration']} (global_step {ckpt['global_step']})", flush=True)
+        batch = args.batch_size * world_size  # steps per iteration, all processes together
+        if args.total_timesteps % batch:
+            print(
+                f"--total-timesteps {args.total_timesteps} is not a multiple of the batch size {batch}: "
+                f"training {args.num_iterations * batch} steps ({args.num_iterations} iterations)",
+                flush=True,
+            )
+        config = {**asdict(args), "batch_size": args.batch_size, "num_iterations": args.num_iterations}
+        config.update(world_size=world_size)
+        if args.track:
+            import wandb
+
+            try:
+                self.wandb_run = wandb.init(
+                    project=args.wandb_project_name,
+                    entity=args.wandb_entity,
+                    sync_tensorboard=True,
+                    config=config,
+                    name=run_name,
+                    id=ckpt.get("wandb_id") if ckpt else None,
+                    resume="allow",
+                    save_code=True,
+                )
+            except wandb.errors.UsageError as e:  # no API key: wandb's own message says how to log in
+                raise UsageError(f"--track: {str(e).splitlines()[0]} (or set WANDB_MODE=offline)") from None
+        self.writer = SummaryWriter(run_dir, purge_step=ckpt["global_step"] + 1 if ckpt else None)
+        self.writer.add_text(
+            "hyperparameters",
+            "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in config.items()])),
+        )
+        if sys.stderr.isatty():
+            total = args.num_iterations * batch
+            self.bar = tqdm(total=total, initial=self.start_step, unit="step", dynamic_ncols=True)
+
+    def start(self) -> None:
+        """Start the clock of the SPS figure just before the training loop: SPS counts the loop only, as CleanRL's."""
+        self.start_time = time.time()
+
+    def iteration(self, global_step: int, lr: float, stats: dict, episodes: list, last: bool) -> None:
+        """Record one iteration: the episodes that ended in it, the learning rate, SPS and the update's `stats`
+        (the key minibatch_updates as charts/, the others as losses/)."""
+        self.episodes.extend(episodes)
+        sps = int((global_step - self.start_step) / (time.time() - self.start_time))
+        scalars = {"charts/learning_rate": lr, "charts/SPS": sps}
+        scalars.update({("charts/" if k == "minibatch_updates" else "losses/") + k: v for k, v in stats.items()})
+        self.history.append(scalars)
+        if self.writer is not None:
+            for step_, episodic_return, episodic_length in episodes:
+                self.writer.add_scalar("charts/episodic_return", episodic_return, step_)
+                self.writer.add_scalar("charts/episodic_length", episodic_length, step_)
+            for tag, value in scalars.items():
+                self.writer.add_scalar(tag, value, global_step)
+            self.upload_videos()
+
+        recent = [e[1] for e in self.episodes[-20:]]
+        if self.bar is not None:
+            self.bar.update(global_step - self.bar.n)
+            self.bar.set_postfix(SPS=sps, ret=f"{np.mean(recent):.1f}" if recent else "-", refresh=False)
+        elif self.rank == 0 and (time.time() - self.last_print > 10 or last):
+            self.last_print = time.time()
+            mean_return = f"{np.mean(recent):.1f}" if recent else "-"
+            print(f"global_step={global_step} SPS={sps} return(last {len(recent)} episodes)={mean_return}", flush=True)
+
+    def upload_videos(self) -> None:
+        """With --track and --capture-video, log each new .mp4 of videos/{run_name} to W&B (key `videos`): wandb's
+        own monitor_gym fails on gymnasium 1.x."""
+        video_dir = f"videos/{self.run_name}"
+        if self.wandb_run is None or not self.args.capture_video or not os.path.isdir(video_dir):
+            return
+        import wandb
+
+        for name in sorted(set(os.listdir(video_dir)) - self.uploaded_videos):
             if name.endswith(".mp4"):
-                wandb_run.log({"videos": wandb.Video(os.path.join(video_dir, name), format="mp4")})
-                uploaded.add(name)
+                self.wandb_run.log({"videos": wandb.Video(os.path.join(video_dir, name), format="mp4")})
+                self.uploaded_videos.add(name)
+
+    def evaluation(self, mode: str, returns: np.ndarray) -> None:
+        """Print and log (eval/episodic_return, or eval/episodic_return_greedy) one evaluation's returns."""
+        tag = "eval/episodic_return" + ("_greedy" if mode == "greedy" else "")
+        for idx, episodic_return in enumerate(returns if self.writer is not None else []):
+            self.writer.add_scalar(tag, episodic_return, idx)
+        print(f"eval ({mode}, {len(returns)} episodes): mean return {returns.mean():.2f} +- {returns.std():.2f}")
+
+    def summary(self, global_step: int) -> None:
+        """Close the progress bar (the lines below start on a line of their own) and print the last 100 returns."""
+        self.end_progress()
+        recent = [e[1] for e in self.episodes[-100:]]
+        summary = f"{np.mean(recent):.2f} (last {len(recent)} episodes)" if recent else "- (no episode finished)"
+        if self.rank == 0:
+            print(f"finished at global_step={global_step}: mean return {summary}", flush=True)
+
+    def end_progress(self) -> None:
+        """Close the progress bar, so that a line printed now starts on a line of its own."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def close(self) -> None:
+        self.end_progress()
+        if self.writer is not None:
+            self.writer.close()
+        if self.wandb_run is not None:
+            self.wandb_run.finish()
+
+
+class StopSignals:
+    """Ctrl-C (SIGINT) and SIGTERM (a cluster's preemption notice) during training, with `--save-model`: the first
+    one is noted in `received` (the loop finishes the iteration, checkpoints and stops; --resume continues exactly),
+    a second one stops at once (KeyboardInterrupt). Without --save-model, or outside the main thread, Python's
+    handlers stay: Ctrl-C stops at once."""
+
+    def __init__(self, enabled: bool):
+        self.received, self.previous = None, {}
+        if enabled and threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self.previous[signum] = signal.signal(signum, self.request_stop)
+
+    def request_stop(self, signum, frame):
+        if self.received:
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+        tqdm.write(f"{self.received}: stopping after this iteration to save a checkpoint (again: stop at once)")
+
+    def restore(self) -> None:
+        """Put the previous handlers back: after training a signal stops at once."""
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        self.previous = {}
+
+
+def checkpoint_state(run: Run, iteration: int, global_step: int, train: dict) -> dict:
+    """What --save-model saves after `iteration`: the format, flags, progress, every process's RNG states (gathered
+    under torchrun, so that each resumes its own), the episodes, the W&B run id, and `train` (see Run)."""
+    rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
+    rngs = [rng]
+    if dist.is_initialized():
+        rngs = [None] * run.world_size
+        dist.all_gather_object(rngs, rng)
+    state = {"format": CHECKPOINT_FORMAT, "args": asdict(run.args), "run_name": run.name, "iteration": iteration}
+    state.update(global_step=global_step, world_size=run.world_size, rng=rngs)
+    state.update(episodes=[list(e) for e in run.log.episodes], wandb_id=run.log.wandb_run and run.log.wandb_run.id)
+    for key, value in train.items():
+        state[key] = value.state_dict() if hasattr(value, "state_dict") else value
+        if isinstance(value, list):
+            state[key] = torch.cat(value)
+    return state
 
 
 def save_checkpoint(path: str, state: dict) -> None:
@@ -1144,7 +1682,7 @@ def load_checkpoint(path: str) -> dict:
 
     Raises:
         UsageError: naming `--resume` and the file when it is missing, a directory, corrupt or truncated, holds
-            objects no checkpoint holds, or is not this script's.
+            objects no checkpoint holds, or is not this script's (or of an older version of it).
     """
     if os.path.isdir(path):
         raise UsageError(f"--resume {path}: is a directory, not a checkpoint file")
@@ -1165,34 +1703,9 @@ def load_checkpoint(path: str) -> dict:
     return ckpt
 
 
-def check_agent_state(path: str, state: dict, agent: nn.Module) -> None:
-    """Refuse a checkpoint whose saved agent does not fit the network this run builds (another observation or
-    action size, another architecture), before anything is written: compares every tensor's shape.
-
-    Raises:
-        UsageError: naming `--resume` and the first tensor that differs.
-    """
-
-    def shapes(tensors: dict, prefix: str = "") -> dict:
-        out = {}
-        for key, value in tensors.items():
-            if isinstance(value, dict):  # extra state (observation statistics)
-                out.update(shapes(value, f"{prefix}{key}."))
-            elif isinstance(value, torch.Tensor):
-                out[prefix + key] = list(value.shape)
-        return out
-
-    saved, built = shapes(state), shapes(agent.state_dict())
-    for key in sorted(saved.keys() | built.keys()):
-        if saved.get(key) != built.get(key):
-            raise UsageError(
-                f"--resume {path}: its agent does not fit this run's network: {key} is "
-                f"{saved.get(key, 'missing')} in the checkpoint and {built.get(key, 'missing')} here"
-            )
-
-
 def check_resume(args: Args, ckpt: dict) -> None:
-    """A resumed run keeps the flags in RESUME_FIXED (they make its environment and agent) as the checkpoint has them.
+    """A resumed run keeps the flags in RESUME_FIXED (they make its environment and agent) as the checkpoint has
+    them, and its number of torchrun processes.
 
     Raises:
         UsageError: naming the first flag that differs.
@@ -1203,6 +1716,11 @@ def check_resume(args: Args, ckpt: dict) -> None:
                 f"{flag(name)} {getattr(args, name)} differs from the checkpoint's {ckpt['args'][name]}: "
                 "a resumed run keeps the environment and agent it was built with"
             )
+    if ckpt["world_size"] != int(os.environ.get("WORLD_SIZE", "1")):
+        raise UsageError(
+            f"--resume {args.resume}: saved by {ckpt['world_size']} process(es), resumed by "
+            f"{os.environ.get('WORLD_SIZE', '1')}: a resumed run keeps its number of torchrun processes"
+        )
 
 
 def prepare_run_dir(args: Args, run_name: str, new: bool) -> tuple[str, str]:
@@ -1250,350 +1768,6 @@ def prepare_run_dir(args: Args, run_name: str, new: bool) -> tuple[str, str]:
     return run_name, run_dir
 
 
-def make_buffers(args: Args, obs_space: gym.Space, num_actions: int, agent: Agent, device: torch.device) -> dict:
-    """The rollout's preallocated storage: on the device, obs [T + 1, N, *obs_shape] (Atari frames uint8 until the
-    network, else float32, normalised; obs[t] is the observation acted on at step t, obs[T] the next one, where the
-    next rollout starts), actions [T, N] int64, logp_all [T, N, A] and values [T + 1, N] (what the policy step
-    stored with each action), lstm_state (h, c) [1, N, 128] after the last step and initial_state (the state
-    this rollout started from, which the update replays it from); on the host, rewards (Atari: clipped to their
-    sign), terminations, truncations [T, N] float32 (what the env returns moves to the device once per iteration),
-    starts [T + 1, N] bool (obs[t] is an episode's first observation: the state is zeroed before it), next_done [N]
-    bool (whether the last step ended an episode; Atari: a life), reset_first [N] bool (next_done when this rollout
-    started), action_log (every action taken on vector envs, for an exact resume by replay), the real games'
-    statistics (GameStatistics) and the action pressed after a lost life (fire_after_lost_life)."""
-    shape = (args.num_steps, args.num_envs)
-    obs_dtype = torch.uint8 if atari_game(args.env_id) else torch.float32
-    starts = np.zeros((args.num_steps + 1, args.num_envs), dtype=bool)
-    starts[args.num_steps] = True
-    return {
-        "obs": torch.zeros((args.num_steps + 1, args.num_envs, *obs_space.shape), dtype=obs_dtype, device=device),
-        "actions": torch.zeros(shape, dtype=torch.long, device=device),
-        "logp_all": torch.zeros((*shape, num_actions), device=device),
-        "values": torch.zeros((args.num_steps + 1, args.num_envs), device=device),
-        "lstm_state": agent.initial_state(args.num_envs, device),
-        "initial_state": agent.initial_state(args.num_envs, device),
-        "rewards": np.zeros(shape, dtype=np.float32),
-        "terminations": np.zeros(shape, dtype=np.float32),
-        "truncations": np.zeros(shape, dtype=np.float32),
-        "starts": starts,
-        "next_done": np.zeros(args.num_envs, dtype=bool),
-        "reset_first": np.zeros(args.num_envs, dtype=bool),
-        "action_log": [],
-        "games": GameStatistics(args.num_envs),
-        "fire": fire_after_lost_life(args),
-    }
-
-
-def replay_actions(envs, buffers: dict, ckpt: dict, args: Args, next_obs: np.ndarray) -> np.ndarray:
-    """Resume vector envs exactly: the checkpoint's actions replayed into the freshly seeded envs restore their
-    state, the episodes in progress (GameStatistics) and where the next episode starts; the LSTM state comes from
-    the checkpoint. Returns the observation after the last replayed step (`next_obs` when there is none)."""
-    buffers["action_log"].append(ckpt["actions"])
-    acted = np.ones(len(buffers["next_done"]), dtype=bool)  # whether the last step was an action (not a reset step)
-    for step_actions in ckpt["actions"].long().numpy():
-        next_acted = ~buffers["next_done"]
-        next_obs, reward, term, trunc, infos = envs.step(step_actions)
-        buffers["games"].update(reward, next_acted, game_over(args, infos, term, trunc))
-        buffers["next_done"], acted = term | trunc, next_acted
-    buffers["starts"][-1] = ~acted
-    buffers["lstm_state"] = tuple(s.to(buffers["obs"].device) for s in ckpt["lstm_state"])
-    return next_obs
-
-
-def rollout(agent: Agent, envs, policy, buffers: dict, args: Args, global_step: int) -> tuple[int, list]:
-    """Play `num_steps` steps of every env with `policy` (act, or its compiled version), into `buffers`, carrying the
-    LSTM state across steps and rollouts.
-
-    Returns (global_step after the rollout, the episodes that ended (Atari: games): [(global_step, return, length)]).
-    """
-    obs, actions, logp_all, values = buffers["obs"], buffers["actions"], buffers["logp_all"], buffers["values"]
-    rewards, terminations, truncations = buffers["rewards"], buffers["terminations"], buffers["truncations"]
-    starts, games, fire, episodes = buffers["starts"], buffers["games"], buffers["fire"], []
-    obs[0] = obs[args.num_steps]
-    starts[0] = starts[args.num_steps]
-    buffers["reset_first"] = buffers["next_done"]
-    buffers["initial_state"] = tuple(s.clone() for s in buffers["lstm_state"])
-    obs_t, actions_t = obs.unbind(0), actions.unbind(0)  # per-step views: cheaper to write than obs[step]
-    logp_all_t, values_t = logp_all.unbind(0), values.unbind(0)
-    lstm_state, atari = buffers["lstm_state"], atari_game(args.env_id)
-    with torch.inference_mode():
-        # Gumbel-max sampling: argmax(logits + G) with G ~ Gumbel(0, 1) is a sample of Categorical(logits).
-        gumbel = gumbel_noise((args.num_steps, args.num_envs, logp_all.shape[-1]), obs.device)
-        keep = torch.from_numpy(~starts).to(obs.device, torch.float32)  # 0 where the state is zeroed before the step
-        for step in range(0, args.num_steps):
-            global_step += args.num_envs
-            # One pass of the network gives the action and the old log-probabilities and value stored with it.
-            action, step_logp_all, value, lstm_state = policy(agent, obs_t[step], lstm_state, keep[step], gumbel[step])
-            actions_t[step].copy_(action)
-            logp_all_t[step].copy_(step_logp_all)
-            values_t[step].copy_(value)
-
-            # TRY NOT TO MODIFY: execute the game and log data.
-            ended_before = buffers["reset_first"] if step == 0 else (terminations[step - 1] + truncations[step - 1]) > 0
-            acted = ~ended_before  # the step after an episode ended is a reset step: the env ignores its action
-            action = action.cpu().numpy()
-            if fire is not None:
-                action = np.where(acted, action, fire)
-            next_obs, reward, terminations[step], truncations[step], infos = envs.step(action)
-            obs_t[step + 1].copy_(torch.from_numpy(agent.normalize_obs(next_obs, update=True)))
-            rewards[step] = np.sign(reward) if atari else reward  # Atari: the learner's reward is its sign
-            starts[step + 1] = ~acted  # after a reset step comes an episode's first observation
-            keep[step + 1] = torch.from_numpy(acted)
-            ended = game_over(args, infos, terminations[step], truncations[step])
-            for _, game_return, game_length in games.update(reward, acted, ended):
-                episodes.append((global_step, game_return, game_length))
-    buffers["next_done"] = (terminations[-1] + truncations[-1]) > 0
-    buffers["lstm_state"] = lstm_state
-    if not atari:
-        action_dtype = torch.uint8 if logp_all.shape[-1] <= 256 else torch.int32
-        buffers["action_log"].append(actions.to("cpu", action_dtype, copy=True))
-    return global_step, episodes
-
-
-def make_batch(agent: Agent, buffers: dict, args: Args) -> dict:
-    """The update's batch from the rollout in `buffers`, time-major [T, N]: the bootstrap value of the observation
-    after the rollout, GAE advantages and returns (compute_gae), the old log-probabilities and values the policy
-    step stored, the state the rollout started from and `valid` (False at reset steps: the step after an episode
-    ended, its action ignored, is replayed through the LSTM but left out of the losses). Keys and shapes:
-    ppo_update's `batch`."""
-    obs, actions, logp_all, values = buffers["obs"], buffers["actions"], buffers["logp_all"], buffers["values"]
-    terminations, truncations, starts, device = (
-        buffers["terminations"],
-        buffers["truncations"],
-        buffers["starts"],
-        obs.device,
-    )
-    is_reset = np.concatenate([buffers["reset_first"][None], (terminations[:-1] + truncations[:-1]) > 0])
-    with torch.inference_mode():
-        # The bootstrap value: V(obs[T]) with the state obs[T] is seen with (not kept: the next rollout starts from
-        # lstm_state and sees obs[T] again as its first step).
-        keep_last = torch.from_numpy(~starts[args.num_steps]).to(device, torch.float32)
-        output, _ = agent.step(obs[args.num_steps], buffers["lstm_state"], keep_last)
-        values[args.num_steps] = agent.critic(output).squeeze(-1)
-        logprobs = logp_all.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
-        t_rewards, t_terms, t_truncs = (
-            torch.from_numpy(x).to(device) for x in (buffers["rewards"], terminations, truncations)
-        )
-        advantages = compute_gae(t_rewards, values, t_terms, t_truncs, args.gamma, args.gae_lambda)
-        returns = advantages + values[:-1]
-    # cloned outside inference mode: normal tensors that autograd accepts
-    return {
-        "obs": obs[:-1].clone(),
-        "starts": torch.from_numpy(starts[:-1].copy()).to(device),
-        "state": buffers["initial_state"],
-        "valid": torch.from_numpy(~is_reset).to(device),
-        "actions": actions.clone(),
-        "logprobs": logprobs.clone(),
-        "logp_all": logp_all.clone(),
-        "values": values[:-1].clone(),
-        "advantages": advantages.clone(),
-        "returns": returns.clone(),
-    }
-
-
-class RunLog:
-    """What a run reports as it trains: TensorBoard scalars under CleanRL's tags (W&B syncs them with `--track`,
-    and gets the videos), a progress bar on a terminal or a line every 10 s otherwise, and the run's record
-    (`history`: one dict of scalars per iteration; `episodes`: (global_step, return, length) of each one that
-    ended). A finished run that is only evaluated writes nothing."""
-
-    def __init__(self, args: Args, run_name: str, run_dir: str, ckpt: dict | None, evaluate_only: bool):
-        self.args, self.run_name, self.history, self.uploaded_videos = args, run_name, [], set()
-        self.episodes = [tuple(e) for e in ckpt["episodes"]] if ckpt else []
-        self.wandb_run, self.writer, self.bar, self.last_print = None, None, None, 0.0
-        self.start_step = ckpt["global_step"] if ckpt else 0
-        if evaluate_only:
-            if ckpt is not None:  # nothing left to train
-                print(
-                    f"--resume: the checkpoint has trained {ckpt['global_step']} steps, --total-timesteps "
-                    f"{args.total_timesteps} asks no more: nothing to train (a larger --total-timesteps trains on)",
-                    flush=True,
-                )
-            return
-        if ckpt is not None:
-            print(f"resumed from iteration {ckpt['iteration']} (global_step {ckpt['global_step']})", flush=True)
-        if args.total_timesteps % args.batch_size:
-            print(
-                f"--total-timesteps {args.total_timesteps} is not a multiple of the batch size {args.batch_size}: "
-                f"training {args.num_iterations * args.batch_size} steps ({args.num_iterations} iterations)",
-                flush=True,
-            )
-        config = {
-            **asdict(args),
-            "batch_size": args.batch_size,
-            "minibatch_size": args.minibatch_size,
-            "num_iterations": args.num_iterations,
-        }
-        if args.track:
-            import wandb
-
-            self.wandb_run = wandb.init(
-                project=args.wandb_project_name,
-                entity=args.wandb_entity,
-                sync_tensorboard=True,
-                config=config,
-                name=run_name,
-                id=ckpt.get("wandb_id") if ckpt else None,
-                resume="allow",
-                save_code=True,
-            )
-        self.writer = SummaryWriter(run_dir, purge_step=ckpt["global_step"] + 1 if ckpt else None)
-        self.writer.add_text(
-            "hyperparameters",
-            "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in config.items()])),
-        )
-        if sys.stderr.isatty():
-            total = args.num_iterations * args.batch_size
-            self.bar = tqdm(total=total, initial=self.start_step, unit="step", dynamic_ncols=True)
-
-    def start(self) -> None:
-        """Start the clock of the SPS figure just before the training loop: SPS counts the loop only, as CleanRL's."""
-        self.start_time = time.time()
-
-    def iteration(self, global_step: int, lr: float, stats: dict, episodes: list, last: bool) -> None:
-        """Record one iteration: the episodes that ended in it, the learning rate, SPS and ppo_update's `stats`."""
-        # TRY NOT TO MODIFY: record rewards for plotting purposes
-        self.episodes.extend(episodes)
-        for step_, episodic_return, episodic_length in episodes:
-            self.writer.add_scalar("charts/episodic_return", episodic_return, step_)
-            self.writer.add_scalar("charts/episodic_length", episodic_length, step_)
-        sps = int((global_step - self.start_step) / (time.time() - self.start_time))
-        scalars = {
-            "charts/learning_rate": lr,
-            "charts/SPS": sps,
-            "charts/minibatch_updates": stats["minibatch_updates"],
-        }
-        scalars.update({f"losses/{k}": v for k, v in stats.items() if k != "minibatch_updates"})
-        for tag, value in scalars.items():
-            self.writer.add_scalar(tag, value, global_step)
-        self.history.append(scalars)
-
-        recent = [e[1] for e in self.episodes[-20:]]
-        if self.bar is not None:
-            self.bar.update(global_step - self.bar.n)
-            self.bar.set_postfix(SPS=sps, ret=f"{np.mean(recent):.1f}" if recent else "-", refresh=False)
-        elif time.time() - self.last_print > 10 or last:
-            self.last_print = time.time()
-            mean_return = f"{np.mean(recent):.1f}" if recent else "-"
-            print(f"global_step={global_step} SPS={sps} return(last {len(recent)} episodes)={mean_return}", flush=True)
-
-    def summary(self, global_step: int) -> None:
-        """Close the progress bar (the lines below start on a line of their own) and print the last 100 returns."""
-        if self.bar is not None:
-            self.bar.close()
-        recent = [e[1] for e in self.episodes[-100:]]
-        summary = f"{np.mean(recent):.2f} (last {len(recent)} episodes)" if recent else "- (no episode finished)"
-        print(f"finished at global_step={global_step}: mean return {summary}", flush=True)
-
-    def end_progress(self) -> None:
-        """Close the progress bar, so that a line printed now starts on a line of its own."""
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-        if self.writer is not None:
-            self.writer.close()
-        if self.wandb_run is not None:
-            self.wandb_run.finish()
-
-
-class StopSignals:
-    """Ctrl-C (SIGINT) and SIGTERM (a cluster's preemption notice) during training, with `--save-model`: the first
-    one is noted in `received` (the loop finishes the iteration, checkpoints and stops; --resume continues exactly),
-    a second one stops at once (KeyboardInterrupt). Without --save-model, or outside the main thread, Python's
-    handlers stay: Ctrl-C stops at once."""
-
-    def __init__(self, enabled: bool):
-        self.received, self.previous, self.enabled = None, {}, enabled
-        if enabled and threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                self.previous[signum] = signal.signal(signum, self.request_stop)
-
-    def request_stop(self, signum, frame):
-        if self.received:
-            raise KeyboardInterrupt
-        self.received = signal.Signals(signum).name
-        tqdm.write(f"{self.received}: stopping after this iteration to save a checkpoint (again: stop at once)")
-
-    def restore(self) -> None:
-        """Put the previous handlers back: after training a signal stops at once."""
-        for signum, handler in self.previous.items():
-            signal.signal(signum, handler)
-
-    def interrupted(self, global_step: int, run_dir: str, saved: bool) -> KeyboardInterrupt:
-        """The one-line KeyboardInterrupt for a run stopped at once (Ctrl-C without --save-model, or a second signal):
-        where it stopped and what there is to resume from."""
-        if not self.enabled:
-            return KeyboardInterrupt(
-                f"interrupted at global_step={global_step}; nothing saved (with --save-model, Ctrl-C saves a "
-                "checkpoint to resume from)"
-            )
-        earlier = os.path.isfile(f"{run_dir}/checkpoint.pt")
-        return KeyboardInterrupt(
-            f"stopped at once at global_step={global_step}"
-            + ("" if saved else ", without saving this iteration")
-            + (f"; {run_dir}/checkpoint.pt resumes from the last one saved" if earlier else "")
-        )
-
-
-def checkpoint_state(args: Args, run_name: str, iteration: int, global_step: int, train: dict, log: RunLog) -> dict:
-    """What `--save-model` saves after `iteration`: flags, progress, agent (with its observation statistics),
-    optimizer, RNG, the actions taken (replayed into freshly seeded vector envs on resume; none on Atari, whose
-    resumed runs start new games), the LSTM state, episodes and the W&B run id. `train`: main's agent, optimizer,
-    lr_schedule, kl_beta and buffers."""
-    device = next(train["agent"].parameters()).device
-    buffers, num_envs = train["buffers"], train["buffers"]["actions"].shape[1]
-    action_dtype = torch.uint8 if buffers["logp_all"].shape[-1] <= 256 else torch.int32
-    return {
-        "format": CHECKPOINT_FORMAT,
-        "args": asdict(args),
-        "run_name": run_name,
-        "iteration": iteration,
-        "global_step": global_step,
-        "lr_schedule": list(train["lr_schedule"]),
-        "kl_beta": train["kl_beta"],
-        "agent": train["agent"].state_dict(),
-        "optimizer": train["optimizer"].state_dict(),
-        "rng": {
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None,
-        },
-        "actions": torch.cat(buffers["action_log"])
-        if buffers["action_log"]
-        else torch.zeros(0, num_envs, dtype=action_dtype),
-        "lstm_state": [s.cpu() for s in buffers["lstm_state"]],
-        "episodes": [list(e) for e in log.episodes],
-        "wandb_id": log.wandb_run.id if log.wandb_run else None,
-    }
-
-
-def final_evaluation(agent: Agent, args: Args, log: RunLog, device: torch.device) -> dict:
-    """With `--capture-video`, record one episode (Atari: game) to videos/{run_name} (uploaded to W&B with
-    `--track`); with `--eval-episodes`, evaluate the trained policy sampled and greedy, print and log (eval/ tags)
-    the returns. Returns {"sampled": mean return, "greedy": mean return}, or {} without evaluation."""
-    if args.capture_video:
-        video_return = record_video(agent, args, f"videos/{log.run_name}", device)
-        print(f"video of one episode (return {video_return:.0f}) saved to videos/{log.run_name}", flush=True)
-        if log.wandb_run is not None:  # wandb's monitor_gym fails on gymnasium 1.x
-            upload_new_videos(log.wandb_run, f"videos/{log.run_name}", log.uploaded_videos)
-    eval_result = {}
-    for mode, tag in (("sampled", "eval/episodic_return"), ("greedy", "eval/episodic_return_greedy")):
-        if not args.eval_episodes:
-            break
-        eval_returns = evaluate(agent, args, args.eval_episodes, greedy=mode == "greedy", device=device)
-        if log.writer is not None:  # a finished run that is only evaluated writes nothing
-            for idx, episodic_return in enumerate(eval_returns):
-                log.writer.add_scalar(tag, episodic_return, idx)
-        eval_result[mode] = float(eval_returns.mean())
-        print(
-            f"eval ({mode}, {args.eval_episodes} episodes): mean return {eval_returns.mean():.2f} +- {eval_returns.std():.2f}"
-        )
-    return eval_result
-
-
 def parse_args(argv: list[str]) -> Args:
     """tyro CLI; with `--resume PATH`, the checkpoint's flags are the defaults that the command line overrides."""
     resume = None
@@ -1607,123 +1781,6 @@ def parse_args(argv: list[str]) -> Args:
         saved = load_checkpoint(resume)["args"]
         default = Args(**{f.name: saved[f.name] for f in fields(Args) if f.name in saved})
     return tyro.cli(Args, args=argv, default=default)
-
-
-def main(args: Args) -> dict:
-    """Train (and evaluate) as `args` says. Returns the run's record: `run_name`, `run_dir`, `history`
-    (one dict of logged scalars per iteration), `episodes` ((global_step, return, length) of every finished
-    episode; Atari: game), `eval` (mean returns, when `--eval-episodes`), the trained `agent` and `args` (with the
-    task's defaults filled in).
-
-    Raises:
-        UsageError: bad flags or `--resume` file, before anything is built or written.
-    """
-    args = with_task_defaults(cleanrl_atari_id(args))
-    validate_args(args)
-    check_extras(args)
-    ckpt = load_checkpoint(args.resume) if args.resume else None
-    if ckpt is not None:
-        check_resume(args, ckpt)
-    obs_space, act_space = check_env(args)
-    if args.capture_video:
-        check_video(args)
-    if ckpt is not None:
-        check_agent_state(args.resume, ckpt["agent"], Agent(obs_space.shape, act_space.n, args.norm_obs))
-    atari = atari_game(args.env_id)
-    # A finished run resumed with nothing left to train is only evaluated, and writes nothing (its folder may be
-    # read-only); otherwise every path the run writes is checked here, before training.
-    evaluate_only = ckpt is not None and ckpt["iteration"] >= args.num_iterations
-    run_name = ckpt["run_name"] if ckpt else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    run_dir = f"runs/{run_name}"
-    if not evaluate_only:
-        run_name, run_dir = prepare_run_dir(args, run_name, new=ckpt is None)
-    log = RunLog(args, run_name, run_dir, ckpt, evaluate_only)
-
-    # TRY NOT TO MODIFY: seeding
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    torch.backends.cudnn.deterministic = args.torch_deterministic
-    torch.set_num_threads(args.torch_threads or (cpu_share() if atari else 1))
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-
-    agent = Agent(obs_space.shape, act_space.n, args.norm_obs).to(device)
-    optimizer = make_optimizer(agent, args.learning_rate)
-    policy, update_step = compile_functions(args, device)
-    # train: what a checkpoint saves besides the flags and progress. lr_schedule: where the decay starts (iteration, rate).
-    train = {"agent": agent, "optimizer": optimizer, "kl_beta": args.kl_beta}
-    train["lr_schedule"] = (1, args.learning_rate)
-
-    # TRY NOT TO MODIFY: start the game
-    global_step, start_iteration = 0, 1
-    if ckpt is not None:
-        agent.load_state_dict(ckpt["agent"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        if device.type == "cuda" and ckpt["rng"]["cuda"] is not None:
-            torch.cuda.set_rng_state(ckpt["rng"]["cuda"])
-        global_step, start_iteration, train["kl_beta"] = ckpt["global_step"], ckpt["iteration"] + 1, ckpt["kl_beta"]
-        train["lr_schedule"] = resumed_lr_schedule(ckpt, args)
-
-    # env setup. A resumed Atari run restores the learner, not the games: its envs start new games, seeded anew.
-    env_seed = args.seed + (start_iteration - 1) * 1_000_003 * atari
-    envs, next_obs = make_envs(args, args.num_envs, env_seed)
-    train["buffers"] = buffers = make_buffers(args, obs_space, act_space.n, agent, device)
-    if ckpt is not None and not atari and not evaluate_only:
-        next_obs = replay_actions(envs, buffers, ckpt, args, next_obs)
-    buffers["obs"][args.num_steps] = torch.as_tensor(agent.normalize_obs(next_obs, update=ckpt is None), device=device)
-
-    saved, stop = False, StopSignals(args.save_model)
-    log.start()
-    try:
-        for iteration in range(start_iteration, args.num_iterations + 1):
-            lrnow = args.learning_rate
-            if args.anneal_lr:  # Annealing the rate if instructed to do so.
-                lrnow = annealed_lr(iteration, args.num_iterations, train["lr_schedule"][1], train["lr_schedule"][0])
-            set_learning_rate(optimizer, lrnow)
-
-            global_step, episodes = rollout(agent, envs, policy, buffers, args, global_step)
-            batch = make_batch(agent, buffers, args)
-            stats = ppo_update(agent, optimizer, batch, args, train["kl_beta"], update_step)
-            if args.loss_type == "kl-penalty":
-                train["kl_beta"] = adapt_kl_beta(train["kl_beta"], stats["kl"], args.kl_target)
-            log.iteration(global_step, lrnow, stats, episodes, last=iteration == args.num_iterations)
-
-            if args.save_model and (
-                iteration == args.num_iterations
-                or (args.checkpoint_every and iteration % args.checkpoint_every == 0)
-                or stop.received
-            ):
-                save_checkpoint(
-                    f"{run_dir}/checkpoint.pt", checkpoint_state(args, run_name, iteration, global_step, train, log)
-                )
-                saved = True
-            if stop.received:
-                log.end_progress()
-                print(
-                    f"{stop.received}: stopped after iteration {iteration}; resume with --resume {run_dir}/checkpoint.pt"
-                )
-                break
-        stop.restore()  # training is over: a signal now stops at once
-        log.summary(global_step)
-        if saved:
-            print(f"checkpoint saved to {run_dir}/checkpoint.pt", flush=True)
-        eval_result = final_evaluation(agent, args, log, device) if not stop.received else {}
-    except KeyboardInterrupt:
-        raise stop.interrupted(global_step, run_dir, saved) from None
-    finally:
-        stop.restore()
-        envs.close()
-        log.close()
-    return {
-        "run_name": run_name,
-        "run_dir": run_dir,
-        "history": log.history,
-        "episodes": log.episodes,
-        "eval": eval_result,
-        "agent": agent,
-        "args": args,
-    }
 
 
 if __name__ == "__main__":
