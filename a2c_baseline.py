@@ -1,8 +1,12 @@
-# A2C, the baseline PPO is compared against: a single file, Discrete or Box actions, the PPO scripts' CLI and logging.
-# Docs: README.md. Paper: Mnih et al. 2016, "Asynchronous Methods for Deep Reinforcement Learning", arXiv 1602.01783
+# A2C, the baseline PPO is compared against: a single file, Discrete or Box actions, the PPO scripts' CLI and logging;
+# one file of the ppo-single-file project that runs on its own when copied.
+# Needs: pip install torch gymnasium numpy tyro tensorboard tqdm   (MuJoCo: "gymnasium[mujoco]"; --track: wandb;
+# --capture-video: moviepy pygame). Paper: Mnih et al. 2016, "Asynchronous Methods for Deep Reinforcement Learning", arXiv 1602.01783
 # (here synchronous, with Stable-Baselines3's A2C defaults).
+import contextlib
+import importlib
+import importlib.util
 import math
-import netrc
 import os
 import random
 import shutil
@@ -11,53 +15,26 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.parse
 from dataclasses import asdict, dataclass, fields
 from typing import Literal
 
 import gymnasium as gym
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import tyro
 from gymnasium.wrappers.utils import RunningMeanStd
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-CHECKPOINT_FORMAT = "a2c_baseline.py checkpoint v1"
+CHECKPOINT_FORMAT = "a2c_baseline.py checkpoint v2"  # v2: the run plumbing's layout
 # Flags a resumed run must keep: they make its environments, or change what its saved agent computes.
 RESUME_FIXED = ("env_id", "env_backend", "num_envs", "num_steps", "seed", "norm_obs")
 
 
 @dataclass
 class Args:
-    exp_name: str = os.path.basename(__file__)[: -len(".py")]
-    """the name of this experiment"""
-    seed: int = 1
-    """seed of the experiment"""
-    torch_deterministic: bool = True
-    """if toggled, `torch.backends.cudnn.deterministic=True`"""
-    cuda: bool = True
-    """if toggled, cuda will be enabled by default"""
-    torch_threads: int = 1
-    """torch CPU threads (1 is fastest for small networks)"""
-    track: bool = False
-    """if toggled, this experiment will be tracked with Weights and Biases"""
-    wandb_project_name: str = "cleanRL"
-    """the wandb's project name"""
-    wandb_entity: str | None = None
-    """the entity (team) of wandb's project"""
-    capture_video: bool = False
-    """whether to capture videos of the agent performances (check out `videos` folder)"""
-    save_model: bool = False
-    """whether to save a checkpoint to `runs/{run_name}/checkpoint.pt` at the end (and every `--checkpoint-every` iterations)"""
-    checkpoint_every: int = 0
-    """with `--save-model`, also checkpoint every this many iterations (0: only at the end)"""
-    resume: str | None = None
-    """path of a checkpoint of this script to continue from (its flags become the defaults)"""
-    eval_episodes: int = 0
-    """after training, evaluate the final policy for this many episodes, greedy and sampled (0: no evaluation)"""
-
     # Algorithm specific arguments
     env_id: str = "HalfCheetah-v5"
     """the id of the environment (Discrete or Box action space)"""
@@ -101,6 +78,34 @@ class Args:
     """when reward scaling's running discounted return restarts: at termination only (gymnasium's NormalizeReward,
     as CleanRL) or at every episode end, time-limit truncations included (OpenAI baselines' and SB3's VecNormalize)"""
 
+    # Run options
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """if toggled, cuda will be enabled by default"""
+    torch_threads: int = 1
+    """torch CPU threads (1 is fastest for small networks)"""
+    track: bool = False
+    """if toggled, this experiment will be tracked with Weights and Biases"""
+    wandb_project_name: str = "cleanRL"
+    """the wandb's project name"""
+    wandb_entity: str | None = None
+    """the entity (team) of wandb's project"""
+    capture_video: bool = False
+    """whether to capture videos of the agent performances (check out `videos` folder)"""
+    save_model: bool = False
+    """whether to save a checkpoint to `runs/{run_name}/checkpoint.pt` at the end (and every `--checkpoint-every` iterations)"""
+    checkpoint_every: int = 0
+    """with `--save-model`, also checkpoint every this many iterations (0: only at the end)"""
+    resume: str | None = None
+    """path of a checkpoint of this script to continue from (its flags become the defaults)"""
+    eval_episodes: int = 0
+    """after training, evaluate the final policy for this many episodes, greedy and sampled (0: no evaluation)"""
+
     @property
     def batch_size(self) -> int:
         """the batch size (num_envs * num_steps)"""
@@ -110,179 +115,6 @@ class Args:
     def num_iterations(self) -> int:
         """the number of iterations (total_timesteps // batch_size)"""
         return self.total_timesteps // self.batch_size
-
-
-class UsageError(Exception):
-    """Bad flags or files: reported as one line and a non-zero exit before any work starts."""
-
-
-def flag(name: str) -> str:
-    """The command-line spelling of an Args field: `num_envs` -> `--num-envs`."""
-    return "--" + name.replace("_", "-")
-
-
-def validate_args(args: Args) -> None:
-    """Check the flags that need no environment.
-
-    Raises:
-        UsageError: naming the first bad flag.
-    """
-    for name in ("total_timesteps", "num_envs", "num_steps", "log_every", "torch_threads"):
-        if getattr(args, name) <= 0:
-            raise UsageError(f"{flag(name)} must be positive, got {getattr(args, name)}")
-    for name in ("learning_rate", "max_grad_norm", "rms_prop_eps"):
-        if not getattr(args, name) > 0:
-            raise UsageError(f"{flag(name)} must be positive, got {getattr(args, name)}")
-    for name in ("gamma", "gae_lambda"):
-        if not 0 <= getattr(args, name) <= 1:
-            raise UsageError(f"{flag(name)} must be in [0, 1], got {getattr(args, name)}")
-    if not 0 <= args.rms_prop_alpha < 1:
-        raise UsageError(f"--rms-prop-alpha must be in [0, 1), got {args.rms_prop_alpha}")
-    for name in ("ent_coef", "vf_coef", "checkpoint_every", "eval_episodes"):
-        if getattr(args, name) < 0:
-            raise UsageError(f"{flag(name)} must not be negative, got {getattr(args, name)}")
-    if args.norm_adv and args.batch_size < 2:
-        raise UsageError("--norm-adv needs a batch of at least 2 transitions (num_envs*num_steps)")
-    if args.total_timesteps < args.batch_size:
-        raise UsageError(
-            f"--total-timesteps {args.total_timesteps} is less than one batch (num_envs*num_steps = {args.batch_size})"
-        )
-    if args.checkpoint_every and not args.save_model:
-        raise UsageError("--checkpoint-every needs --save-model")
-    if args.capture_video and args.env_backend != "gymnasium":
-        raise UsageError("--capture-video needs --env-backend gymnasium")
-
-
-def wandb_can_log_in() -> bool:
-    """Whether wandb.init will start without asking for an API key it cannot get: offline or disabled mode
-    (WANDB_MODE), a key in WANDB_API_KEY, an entry for the W&B host in the netrc file (where `wandb login` puts
-    it), or a terminal on which wandb can ask."""
-    if os.environ.get("WANDB_MODE", "").lower() in ("offline", "disabled", "dryrun"):
-        return True
-    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE") or sys.stdin.isatty():
-        return True
-    host = urllib.parse.urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
-    try:
-        return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
-    except (OSError, netrc.NetrcParseError):
-        return False
-
-
-def check_extras(args: Args) -> None:
-    """Check that the optional packages the flags need are installed, and that W&B can log in, before anything
-    is built or written.
-
-    Raises:
-        UsageError: naming the flag and the extra to install (or how to log in).
-    """
-    if args.track:
-        try:
-            import wandb  # noqa: F401
-        except ImportError:
-            raise UsageError("--track needs wandb: pip install 'ppo-single-file[wandb]'") from None
-        if not wandb_can_log_in():
-            raise UsageError(
-                "--track: W&B has no API key here: run `wandb login` (or set WANDB_API_KEY), "
-                "or set WANDB_MODE=offline to log locally and `wandb sync` later"
-            )
-    if args.capture_video:
-        try:
-            import moviepy  # noqa: F401  (gymnasium's RecordVideo writes the .mp4 files with it)
-        except ImportError:
-            raise UsageError("--capture-video needs moviepy: pip install 'ppo-single-file[video]'") from None
-
-
-def check_video(args: Args) -> None:
-    """With `--capture-video`, render one frame before anything is written, so that a missing renderer (pygame,
-    or an OpenGL backend for MuJoCo) is a one-line error rather than a crash at the first recorded episode.
-
-    Raises:
-        UsageError: naming `--capture-video`.
-    """
-    if "DISPLAY" not in os.environ:
-        os.environ.setdefault("MUJOCO_GL", "egl")  # MuJoCo renders headless through EGL (set MUJOCO_GL to override)
-    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # pygame draws off-screen: no SDL "XDG_RUNTIME_DIR" error
-    try:
-        env = gym.make(args.env_id, render_mode="rgb_array")
-        env.reset(seed=args.seed)
-        env.render()
-        env.close()
-    except Exception as e:
-        reason = (str(e).strip() or type(e).__name__).splitlines()[0]
-        raise UsageError(
-            f"--capture-video: {args.env_id} cannot render ({reason}); the video extra: pip install 'ppo-single-file[video]'"
-        ) from None
-
-
-def quiet_mujoco(env_id: str) -> None:
-    """For a MuJoCo env: MuJoCo's warnings go to stderr, each once, instead of to the console and a MUJOCO_LOG.TXT
-    in the working directory, and its notices that gymnasium's model files use deprecated attributes (nothing a
-    user can act on) are dropped."""
-    if "mujoco" not in str(gym.spec(env_id).entry_point):
-        return
-    try:
-        import mujoco
-    except ImportError:
-        return  # gym.make says what is missing
-    seen = set()
-
-    def warn(message: str) -> None:
-        if "deprecated" not in message and message not in seen:
-            seen.add(message)
-            print(f"MuJoCo warning: {message}", file=sys.stderr)
-
-    mujoco.set_mju_user_warning(warn)
-
-
-def env_spaces(env_id: str, backend: str) -> tuple[gym.Space, gym.Space]:
-    """The (observation, action) spaces of one environment, without building the vector env.
-
-    Raises:
-        UsageError: unknown env id, an env that cannot be made, or envpool not installed.
-    """
-    if backend == "envpool":
-        try:
-            import envpool
-        except ImportError:
-            raise UsageError("--env-backend envpool needs envpool: pip install 'ppo-single-file[envpool]'") from None
-        if env_id not in envpool.list_all_envs():
-            raise UsageError(f"--env-id {env_id}: not an envpool environment")
-        spec = envpool.make_spec(env_id)
-        return spec.gymnasium_observation_space, spec.gymnasium_action_space
-    try:
-        gym.spec(env_id)
-    except gym.error.Error as e:
-        raise UsageError(f"--env-id {env_id}: not a registered gymnasium environment ({e})") from None
-    quiet_mujoco(env_id)
-    try:
-        env = gym.make(env_id)
-    except gym.error.Error as e:  # e.g. DependencyNotInstalled
-        raise UsageError(f"--env-id {env_id}: cannot be made ({e})") from None
-    env.close()
-    return env.observation_space, env.action_space
-
-
-def check_env(args: Args) -> tuple[gym.Space, gym.Space]:
-    """Refuse environments this script cannot learn on: it needs a Discrete or flat Box action space and a flat
-    Box observation (or a Dict of flat Boxes, as envpool's dm_control tasks have, which make_envs flattens).
-
-    Returns the (observation, action) spaces of one env (a Dict observation space flattened).
-
-    Raises:
-        UsageError: naming `--env-id`.
-    """
-    obs_space, act_space = env_spaces(args.env_id, args.env_backend)
-    if not isinstance(act_space, gym.spaces.Discrete) and not (
-        isinstance(act_space, gym.spaces.Box) and len(act_space.shape) == 1
-    ):
-        raise UsageError(f"--env-id {args.env_id}: action space {act_space} is neither Discrete nor a flat Box")
-    if isinstance(obs_space, gym.spaces.Dict) and all(  # dm_control through envpool: make_envs flattens it
-        isinstance(part, gym.spaces.Box) and len(part.shape) == 1 for part in obs_space.values()
-    ):
-        obs_space = gym.spaces.flatten_space(obs_space)
-    if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
-        raise UsageError(f"--env-id {args.env_id}: observation space {obs_space} is not a flat Box (or a Dict of them)")
-    return obs_space, act_space
 
 
 def make_env(env_id, idx, capture_video, run_name):
@@ -319,6 +151,30 @@ def make_envs(args: Args, num_envs: int, seed: int, capture_video: bool, run_nam
     return envs
 
 
+def start_envs(envs, agent, args: Args, buffers: dict, actions: list, replay: bool) -> None:
+    """Reset the envs (gymnasium: seeded with `args.seed`; envpool was seeded at make) into buffers["obs"][T],
+    normalised. A resumed run with iterations left first replays the `actions` it took ([steps, N(, A)] tensors,
+    Box actions clipped to the bounds as in training), which brings the freshly seeded envs to the exact state they
+    were in; its observation statistics already include the observation it resumes from (the agent's state_dict)."""
+    next_obs, _ = envs.reset(seed=args.seed if args.env_backend == "gymnasium" else None)
+    continuous = isinstance(envs.single_action_space, gym.spaces.Box)
+    for step_actions in torch.cat(actions).numpy() if actions and replay else []:
+        if continuous:
+            step_actions = np.clip(step_actions, envs.single_action_space.low, envs.single_action_space.high)
+        next_obs, _, term, trunc, _ = envs.step(step_actions if continuous else step_actions.astype(np.int64))
+        buffers["next_done"] = term | trunc
+    obs = agent.normalize_obs(next_obs, update=not actions)
+    buffers["obs"][args.num_steps] = torch.as_tensor(obs, device=buffers["obs"].device)
+
+
+def action_bounds(action_space: gym.Space, device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """A Box action space's (low, high) as float32 tensors on `device`, for clipping actions; (None, None) for
+    a Discrete one."""
+    if not isinstance(action_space, gym.spaces.Box):
+        return None, None
+    return tuple(torch.as_tensor(b, dtype=torch.float32, device=device) for b in (action_space.low, action_space.high))
+
+
 def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
     torch.nn.init.orthogonal_(layer.weight, std)
     torch.nn.init.constant_(layer.bias, bias_const)
@@ -330,7 +186,8 @@ class Agent(nn.Module):
     actor's outputs are the logits of a Categorical policy; for a Box, the mean of a diagonal Gaussian with a
     state-independent log-std (init 0). With `norm_obs` it also owns the observation normalisation statistics
     (running mean, var and count, float64), which are part of its state_dict: a saved agent acts on
-    observations exactly as it did in training."""
+    observations exactly as it did in training. Every use of the policy goes through its methods, so a new network
+    is an edit in this class."""
 
     def __init__(self, obs_dim: int, action_dim: int, continuous: bool = False, norm_obs: bool = False):
         super().__init__()
@@ -348,7 +205,7 @@ class Agent(nn.Module):
             nn.Tanh(),
             layer_init(nn.Linear(64, action_dim), std=0.01),
         )
-        self.continuous = continuous
+        self.continuous, self.action_dim = continuous, action_dim
         if continuous:
             self.actor_logstd = nn.Parameter(torch.zeros(1, action_dim))
         self.norm_obs = norm_obs
@@ -364,7 +221,33 @@ class Agent(nn.Module):
         return torch.log_softmax(out, -1)
 
     def get_value(self, x):
+        """V(x): [N] for (normalised) observations [N, D]."""
         return self.critic(x).squeeze(-1)
+
+    def get_action_and_value(self, x, action=None):
+        """For observations x [N, D] and their actions ([N] int64 or [N, A] float; sampled when None): (action,
+        log pi(a|x) [N], entropy [N], V(x) [N], the distribution as policy_params gives it)."""
+        params = self.policy_params(x)
+        if action is None:
+            mean, logstd = params.chunk(2, -1)
+            dist = torch.distributions.Normal(mean, logstd.exp()) if self.continuous else None
+            action = dist.sample() if self.continuous else torch.distributions.Categorical(logits=params).sample()
+        logprob, entropy = logprobs_and_entropy(params, action, self.continuous)
+        return action, logprob, entropy, self.get_value(x), params
+
+    def get_action(self, x, noise):
+        """The rollout's sample for observations x [N, D], with noise drawn for it: Box, mean + std * `noise` [N, A]
+        standard normal (unclipped: the env gets it clipped); Discrete, the Gumbel-max trick, argmax(logits +
+        `noise`) with `noise` [N, A] from gumbel_noise."""
+        out = self.actor(x)
+        if self.continuous:
+            return torch.addcmul(out, self.actor_logstd.exp(), noise)
+        return (out + noise).argmax(-1)
+
+    def get_greedy_action(self, x):
+        """The mean action [N, A] (Box), or argmax_a pi(a|x) [N] int64 (Discrete)."""
+        out = self.actor(x)
+        return out if self.continuous else out.argmax(-1)
 
     def normalize_obs(self, obs: np.ndarray, update: bool) -> np.ndarray:
         """Observations [N, D] (any float dtype) -> float32 [N, D]: (obs - mean) / sqrt(var + 1e-8), clipped to
@@ -398,99 +281,6 @@ def agent_action_args(act_space: gym.Space, args: Args) -> tuple[int, bool, bool
     return (act_space.shape[0] if continuous else act_space.n), continuous, args.norm_obs and continuous
 
 
-def flat_parameters(module: nn.Module) -> nn.Parameter:
-    """Move every parameter of `module`, and its gradient, into one contiguous buffer, as views into it.
-
-    Returns that buffer as one Parameter whose `.grad` is the flat gradient: Adam and the gradient-norm clip
-    then work on one tensor instead of one per parameter, which matters when per-op overhead dominates (small
-    MLPs on CPU). Values, names and state_dict are unchanged; backward accumulates into the views, so the
-    gradients must be zeroed in place (`zero_grad(set_to_none=False)`), never set to None. Call it after
-    moving the module to its device.
-    """
-    params = list(module.parameters())
-    flat = nn.Parameter(torch.cat([p.detach().reshape(-1) for p in params]))
-    flat.grad = torch.zeros_like(flat)
-    offset = 0
-    for p in params:
-        p.data = flat.data[offset : offset + p.numel()].view_as(p)
-        p.grad = flat.grad[offset : offset + p.numel()].view_as(p)
-        offset += p.numel()
-    return flat
-
-
-def compute_gae(
-    rewards: torch.Tensor,
-    values: torch.Tensor,
-    terminations: torch.Tensor,
-    truncations: torch.Tensor,
-    gamma: float,
-    gae_lambda: float,
-) -> torch.Tensor:
-    """Generalised advantage estimates for a next-step-autoreset rollout (Schulman et al. 2016, eq. 16).
-
-    Args:
-        rewards: [T, N] float, reward of step t.
-        values: [T + 1, N] float, V(obs_t) for t = 0..T; values[t + 1] is the value of the observation that
-            step t returned, which is the episode's final observation when step t ended it.
-        terminations, truncations: [T, N] float 0/1, whether step t ended the episode by a terminal state or
-            by a time limit.
-    Returns:
-        advantages: [T, N] float. delta_t = r_t + gamma * V(s_{t+1}) * (1 - terminated_t) - V(s_t), so a
-        truncated step bootstraps from V(final observation) and a terminated one does not; the recursion
-        A_t = delta_t + gamma * lambda * (1 - done_t) * A_{t+1} never crosses an episode boundary. Entries for
-        reset steps (the step after an episode ended, whose action the env ignores) are meaningless: the
-        caller drops them from the batch.
-    """
-    deltas = rewards + gamma * values[1:] * (1.0 - terminations) - values[:-1]
-    discounts = gamma * gae_lambda * (1.0 - torch.maximum(terminations, truncations))
-    advantages = torch.empty_like(deltas)
-    lastgaelam = torch.zeros_like(deltas[0])
-    for t in reversed(range(deltas.shape[0])):
-        lastgaelam = torch.addcmul(deltas[t], discounts[t], lastgaelam)
-        advantages[t] = lastgaelam
-    return advantages
-
-
-def gumbel_noise(shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """Standard Gumbel noise G = -log(E), E ~ Exponential(1), float32 of `shape`: argmax(logits + G) over the last
-    dimension is a sample of Categorical(logits) (the Gumbel-max trick; Maddison et al. 2014, arXiv 1411.0030)."""
-    return -torch.empty(shape, device=device).exponential_().log()
-
-
-def normalize_advantages(advantages: torch.Tensor) -> torch.Tensor:
-    """(A - mean) / (std + 1e-8) with the unbiased std, as CleanRL. Shape [B], B >= 2."""
-    return (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-
-
-def annealed_lr(iteration: int, num_iterations: int, learning_rate: float, start: int = 1) -> float:
-    """Linear decay from `learning_rate` at iteration `start` to 0 one iteration after `num_iterations`:
-    learning_rate * (1 - (iteration - start) / (num_iterations - start + 1)). With start 1 (the default) this is
-    CleanRL's schedule, learning_rate * (1 - (iteration - 1) / num_iterations): it starts at learning_rate and
-    ends at learning_rate / num_iterations, never 0 during training. A resumed run that trains longer continues
-    from a later start (resumed_lr_schedule)."""
-    return (1.0 - (iteration - start) / (num_iterations - start + 1.0)) * learning_rate
-
-
-def resumed_lr_schedule(ckpt: dict, args: Args) -> tuple[int, float]:
-    """Where a resumed run's learning-rate decay starts: (start iteration, rate there), for annealed_lr.
-
-    The checkpoint's schedule is kept when `--total-timesteps`, `--learning-rate` and `--anneal-lr` are those it
-    was saved with, so the resumed run is exactly the uninterrupted one. Otherwise the rate must not jump
-    ("train longer": a larger `--total-timesteps` would otherwise put the rate back up the old line): the decay
-    starts again from the rate of the checkpoint's last iteration k and falls linearly to 0 one iteration after
-    the new end. A new `--learning-rate` starts the decay from that rate at iteration k + 1 instead.
-    """
-    saved, k = ckpt["args"], ckpt["iteration"]
-    start, rate = ckpt.get("lr_schedule", (1, saved["learning_rate"]))  # checkpoints of the first format
-    if args.learning_rate != saved["learning_rate"]:
-        return k + 1, args.learning_rate
-    saved_iterations = saved["total_timesteps"] // (saved["num_envs"] * saved["num_steps"])
-    if args.num_iterations == saved_iterations and args.anneal_lr == saved["anneal_lr"]:
-        return start, rate
-    last = annealed_lr(k, saved_iterations, rate, start) if saved["anneal_lr"] else saved["learning_rate"]
-    return k, last
-
-
 def logprobs_and_entropy(params, actions, continuous):
     """log pi(a|s) of `actions` and the policy's entropy, both [B], from the distribution's parameters as
     Agent.policy_params gives them.
@@ -508,6 +298,161 @@ def logprobs_and_entropy(params, actions, continuous):
     ) * mean.shape[-1]
     entropy = (0.5 + 0.5 * math.log(2 * math.pi) + logstd).sum(-1)
     return logprob, entropy
+
+
+def main(args: Args) -> dict:
+    """Train (and evaluate) as `args` says. Returns the run's record (Run.finish): run_name, run_dir, history,
+    episodes, eval and the trained agent.
+
+    Raises:
+        UsageError: bad flags or `--resume` file, before anything is built or written.
+    """
+    run = Run.start(args)  # checks the flags, the env and a --resume file, before anything is built or written
+    obs_space, act_space = run.spaces
+
+    # TRY NOT TO MODIFY: seeding
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    torch.set_num_threads(args.torch_threads)
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    agent = Agent(obs_space.shape[0], *agent_action_args(act_space, args)).to(device)
+    optimizer = torch.optim.RMSprop(
+        [flat_parameters(agent)], lr=args.learning_rate, alpha=args.rms_prop_alpha, eps=args.rms_prop_eps
+    )
+    # What a checkpoint saves besides the flags and progress. lr_schedule: where the decay starts (iteration, rate);
+    # actions: every action taken, replayed into freshly seeded envs on resume.
+    train = {"agent": agent, "optimizer": optimizer, "lr_schedule": (1, args.learning_rate), "actions": []}
+    train["reward_scaling"] = RewardScaling(args.num_envs)
+    start_iteration, global_step = run.begin(train)  # a --resume checkpoint is loaded into `train` here
+    if run.ckpt is not None:
+        train["lr_schedule"] = resumed_lr_schedule(run.ckpt, args)
+
+    # env setup
+    envs = make_envs(args, args.num_envs, args.seed, args.capture_video, run.name)
+    buffers = make_buffers(args, obs_space.shape[0], act_space, device, train)
+    start_envs(envs, agent, args, buffers, train["actions"], replay=start_iteration <= args.num_iterations)
+
+    with run.training(envs):  # Ctrl-C and SIGTERM checkpoint and stop; the envs and the logs close at the end
+        for iteration in range(start_iteration, args.num_iterations + 1):
+            lrnow = args.learning_rate
+            if args.anneal_lr:  # Annealing the rate if instructed to do so.
+                lrnow = annealed_lr(iteration, args.num_iterations, train["lr_schedule"][1], train["lr_schedule"][0])
+            optimizer.param_groups[0]["lr"] = lrnow
+
+            global_step, episodes = rollout(agent, envs, buffers, args, global_step)
+            batch = make_batch(agent, buffers, args)
+            stats = a2c_update(agent, optimizer, batch, args)
+            if iteration % args.log_every and iteration != args.num_iterations:
+                stats = None  # logged every --log-every iterations (the episodes always): no device sync between
+            else:
+                stats = {k: v.item() for k, v in stats.items()}
+                stats["explained_variance"] = explained_variance(batch["values"], batch["returns"])
+            if run.end_iteration(iteration, global_step, lrnow, stats, episodes, train):
+                break
+        run.finish(agent, global_step)
+    return run.record
+
+
+def make_buffers(args: Args, obs_dim: int, act_space: gym.Space, device: torch.device, train: dict) -> dict:
+    """The rollout's preallocated storage: obs [T + 1, N, D] (normalised for Box actions; obs[t] is the observation
+    acted on at step t, obs[T] the next one, where the next rollout starts) and actions ([T, N] int64, or [T, N, A]
+    float as sampled, unclipped) on the device; rewards, terminations, truncations [T, N] float32 on the host (what
+    the env returns moves to the device once per iteration); next_done [N] bool (whether the last step ended an
+    episode), reset_first [N] bool (next_done when this rollout started); from `train`, action_log (the list each
+    rollout appends its actions to) and reward_scaling (RewardScaling)."""
+    shape = (args.num_steps, args.num_envs)
+    continuous = isinstance(act_space, gym.spaces.Box)
+    actions = (
+        torch.zeros((*shape, act_space.shape[0]), device=device)
+        if continuous
+        else torch.zeros(shape, dtype=torch.long, device=device)
+    )
+    return {
+        "obs": torch.zeros((args.num_steps + 1, args.num_envs, obs_dim), device=device),
+        "actions": actions,
+        "rewards": np.zeros(shape, dtype=np.float32),
+        "terminations": np.zeros(shape, dtype=np.float32),
+        "truncations": np.zeros(shape, dtype=np.float32),
+        "next_done": np.zeros(args.num_envs, dtype=bool),
+        "reset_first": np.zeros(args.num_envs, dtype=bool),
+        "action_log": train["actions"],
+        "reward_scaling": train["reward_scaling"],
+    }
+
+
+def rollout(agent: Agent, envs, buffers: dict, args: Args, global_step: int) -> tuple[int, list]:
+    """Play `num_steps` steps of every env with the agent's sampled policy (Agent.get_action), into `buffers`; the
+    observations are normalised (and the statistics updated) as they come, Box actions clipped to the env's bounds.
+
+    Returns (global_step after the rollout, the episodes that ended: [(global_step, return, length)]).
+    """
+    obs, actions = buffers["obs"], buffers["actions"]
+    obs[0] = obs[args.num_steps]
+    buffers["reset_first"] = buffers["next_done"]
+    obs_t, actions_t = obs.unbind(0), actions.unbind(0)  # per-step views: cheaper to write than obs[step]
+    rewards, terminations, truncations = buffers["rewards"], buffers["terminations"], buffers["truncations"]
+    low, high = action_bounds(envs.single_action_space, obs.device)
+    continuous, episodes = agent.continuous, []
+    with torch.inference_mode():
+        # Noise for the whole rollout at once: Gaussian N(0, 1), or Gumbel(0, 1) for the Gumbel-max trick.
+        shape = (args.num_steps, args.num_envs, agent.action_dim)
+        noise = torch.randn(shape, device=obs.device) if continuous else gumbel_noise(shape, obs.device)
+        for step in range(0, args.num_steps):
+            global_step += args.num_envs
+            action = agent.get_action(obs_t[step], noise[step])
+            actions_t[step].copy_(action)
+
+            # TRY NOT TO MODIFY: execute the game and log data.
+            env_action = torch.clamp(action, low, high) if continuous else action
+            next_obs, rewards[step], terminations[step], truncations[step], infos = envs.step(env_action.cpu().numpy())
+            obs_t[step + 1].copy_(torch.from_numpy(agent.normalize_obs(next_obs, update=True)))
+            if "episode" in infos:
+                for i in np.nonzero(infos["_episode"])[0]:
+                    episodes.append((global_step, float(infos["episode"]["r"][i]), int(infos["episode"]["l"][i])))
+    buffers["next_done"] = (terminations[-1] + truncations[-1]) > 0
+    action_dtype = torch.float32 if continuous else torch.uint8 if shape[-1] <= 256 else torch.int32
+    buffers["action_log"].append(actions.to("cpu", action_dtype, copy=True))
+    return global_step, episodes
+
+
+def make_batch(agent: Agent, buffers: dict, args: Args) -> dict:
+    """The update's batch from the rollout in `buffers`: rewards scaled (with `--norm-reward`, Box actions only),
+    values in one batched pass (the parameters did not change during the rollout), GAE
+    advantages and returns (compute_gae), flattened to the B transitions that are no reset steps (the step after an
+    episode ended, its action ignored, is no transition). Keys: obs [B, D], actions, values,
+    advantages and returns [B]; a new key added here reaches the update."""
+    obs, actions, device = buffers["obs"], buffers["actions"], buffers["obs"].device
+    terminations, truncations = buffers["terminations"], buffers["truncations"]
+    is_reset = np.concatenate([buffers["reset_first"][None], (terminations[:-1] + truncations[:-1]) > 0])
+    b_inds = torch.from_numpy(np.flatnonzero(~is_reset)).to(device)
+    if args.norm_reward and agent.continuous:
+        buffers["rewards"][:] = scale_rewards(
+            buffers["rewards"],
+            is_reset,
+            terminations,
+            buffers["reward_scaling"].return_rms,
+            buffers["reward_scaling"].discounted_return,
+            args.gamma,
+            reset_at_episode_end=args.norm_reward_reset == "episode-end",
+        )
+    with torch.inference_mode():
+        values = agent.get_value(obs)
+        t_rewards, t_terms, t_truncs = (
+            torch.from_numpy(x).to(device) for x in (buffers["rewards"], terminations, truncations)
+        )
+        advantages = compute_gae(t_rewards, values, t_terms, t_truncs, args.gamma, args.gae_lambda)
+        returns = advantages + values[:-1]
+    # flatten the batch (indexing outside inference mode gives normal tensors that autograd accepts)
+    return {
+        "obs": obs[:-1].reshape(-1, obs.shape[-1])[b_inds],
+        "actions": actions.reshape(-1, *actions.shape[2:])[b_inds],
+        "values": values[:-1].reshape(-1)[b_inds],
+        "advantages": advantages.reshape(-1)[b_inds],
+        "returns": returns.reshape(-1)[b_inds],
+    }
 
 
 def scale_rewards(rewards, is_reset, terminations, return_rms, discounted_return, gamma, reset_at_episode_end=False):
@@ -550,6 +495,68 @@ def scale_rewards(rewards, is_reset, terminations, return_rms, discounted_return
     return np.clip(rewards / np.sqrt(var + 1e-8)[:, None], -10.0, 10.0).astype(np.float32)
 
 
+class RewardScaling:
+    """Reward scaling's state between rollouts (scale_rewards): `return_rms`, gymnasium's running statistics of the
+    discounted return, and `discounted_return` [N] float64, G per env. Saved in checkpoints (state_dict)."""
+
+    def __init__(self, num_envs: int):
+        self.return_rms, self.discounted_return = RunningMeanStd(shape=()), np.zeros(num_envs)
+
+    def state_dict(self) -> dict:
+        rms = self.return_rms
+        stats = torch.tensor([float(rms.mean), float(rms.var), float(rms.count)], dtype=torch.float64)
+        return {"return_rms": stats, "discounted_return": torch.from_numpy(self.discounted_return.copy())}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.return_rms.mean, self.return_rms.var, self.return_rms.count = state["return_rms"].tolist()
+        self.discounted_return = state["discounted_return"].numpy().copy()
+
+
+def compute_gae(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    terminations: torch.Tensor,
+    truncations: torch.Tensor,
+    gamma: float,
+    gae_lambda: float,
+) -> torch.Tensor:
+    """Generalised advantage estimates for a next-step-autoreset rollout (Schulman et al. 2016, eq. 16).
+
+    Args:
+        rewards: [T, N] float, reward of step t.
+        values: [T + 1, N] float, V(obs_t) for t = 0..T; values[t + 1] is the value of the observation that
+            step t returned, which is the episode's final observation when step t ended it.
+        terminations, truncations: [T, N] float 0/1, whether step t ended the episode by a terminal state or
+            by a time limit.
+    Returns:
+        advantages: [T, N] float. delta_t = r_t + gamma * V(s_{t+1}) * (1 - terminated_t) - V(s_t), so a
+        truncated step bootstraps from V(final observation) and a terminated one does not; the recursion
+        A_t = delta_t + gamma * lambda * (1 - done_t) * A_{t+1} never crosses an episode boundary. Entries for
+        reset steps (the step after an episode ended, whose action the env ignores) are meaningless: the
+        caller drops them from the batch.
+    """
+    deltas = rewards + gamma * values[1:] * (1.0 - terminations) - values[:-1]
+    discounts = gamma * gae_lambda * (1.0 - torch.maximum(terminations, truncations))
+    advantages = torch.empty_like(deltas)
+    lastgaelam = torch.zeros_like(deltas[0])
+    for t in reversed(range(deltas.shape[0])):
+        lastgaelam = torch.addcmul(deltas[t], discounts[t], lastgaelam)
+        advantages[t] = lastgaelam
+    return advantages
+
+
+def a2c_update(agent: Agent, optimizer: torch.optim.Optimizer, batch: dict, args: Args) -> dict:
+    """The update phase of one iteration: one gradient step on a2c_loss over the whole rollout, the gradient
+    clipped to norm `args.max_grad_norm`. Returns the losses (policy_loss, value_loss, entropy) as detached
+    0-d tensors: the caller reads them only on the iterations it logs (no device sync on the others)."""
+    loss, pg_loss, v_loss, entropy_loss = a2c_loss(agent, batch, args)
+    optimizer.zero_grad(set_to_none=False)  # keep the gradients in place (see flat_parameters)
+    loss.backward()
+    nn.utils.clip_grad_norm_(optimizer.param_groups[0]["params"], args.max_grad_norm)
+    optimizer.step()
+    return {"policy_loss": pg_loss.detach(), "value_loss": v_loss.detach(), "entropy": entropy_loss.detach()}
+
+
 def a2c_loss(agent: Agent, batch: dict, args: Args):
     """A2C's loss on one rollout (arXiv 1602.01783, algorithm S3; Stable-Baselines3's A2C):
     -mean(A * log pi(a|s)) - ent_coef * mean(entropy) + vf_coef * mean((V(s) - R)^2).
@@ -566,24 +573,45 @@ def a2c_loss(agent: Agent, batch: dict, args: Args):
     return pg_loss - args.ent_coef * entropy_loss + args.vf_coef * v_loss, pg_loss, v_loss, entropy_loss
 
 
-def a2c_update(agent: Agent, optimizer: torch.optim.Optimizer, batch: dict, args: Args) -> dict:
-    """The update phase of one iteration: one gradient step on a2c_loss over the whole rollout, the gradient
-    clipped to norm `args.max_grad_norm`. Returns the losses (policy_loss, value_loss, entropy) as detached
-    0-d tensors: the caller reads them only on the iterations it logs (no device sync on the others)."""
-    loss, pg_loss, v_loss, entropy_loss = a2c_loss(agent, batch, args)
-    optimizer.zero_grad(set_to_none=False)  # keep the gradients in place (see flat_parameters)
-    loss.backward()
-    nn.utils.clip_grad_norm_(optimizer.param_groups[0]["params"], args.max_grad_norm)
-    optimizer.step()
-    return {"policy_loss": pg_loss.detach(), "value_loss": v_loss.detach(), "entropy": entropy_loss.detach()}
+def normalize_advantages(advantages: torch.Tensor) -> torch.Tensor:
+    """(A - mean) / (std + 1e-8) with the unbiased std, as CleanRL. Shape [B], B >= 2."""
+    return (advantages - advantages.mean()) / (advantages.std() + 1e-8)
 
 
-def action_bounds(action_space: gym.Space, device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """A Box action space's (low, high) as float32 tensors on `device`, for clipping actions; (None, None) for
-    a Discrete one."""
-    if not isinstance(action_space, gym.spaces.Box):
-        return None, None
-    return tuple(torch.as_tensor(b, dtype=torch.float32, device=device) for b in (action_space.low, action_space.high))
+def explained_variance(y_pred: torch.Tensor, y_true: torch.Tensor) -> float:
+    """1 - Var[y_true - y_pred] / Var[y_true] for [B] tensors (NaN when y_true is constant): how much of the returns'
+    variance the value function explains (1: all, 0: no better than a constant)."""
+    var_y = y_true.var()
+    return (1 - (y_true - y_pred).var() / var_y).item() if var_y > 0 else float("nan")
+
+
+def annealed_lr(iteration: int, num_iterations: int, learning_rate: float, start: int = 1) -> float:
+    """Linear decay from `learning_rate` at iteration `start` to 0 one iteration after `num_iterations`:
+    learning_rate * (1 - (iteration - start) / (num_iterations - start + 1)). With start 1 (the default) this is
+    CleanRL's schedule, learning_rate * (1 - (iteration - 1) / num_iterations): it starts at learning_rate and
+    ends at learning_rate / num_iterations, never 0 during training. A resumed run that trains longer continues
+    from a later start (resumed_lr_schedule)."""
+    return (1.0 - (iteration - start) / (num_iterations - start + 1.0)) * learning_rate
+
+
+def resumed_lr_schedule(ckpt: dict, args: Args) -> tuple[int, float]:
+    """Where a resumed run's learning-rate decay starts: (start iteration, rate there), for annealed_lr.
+
+    The checkpoint's schedule is kept when `--total-timesteps`, `--learning-rate` and `--anneal-lr` are those it
+    was saved with, so the resumed run is exactly the uninterrupted one. Otherwise the rate must not jump
+    ("train longer": a larger `--total-timesteps` would otherwise put the rate back up the old line): the decay
+    starts again from the rate of the checkpoint's last iteration k and falls linearly to 0 one iteration after
+    the new end. A new `--learning-rate` starts the decay from that rate at iteration k + 1 instead.
+    """
+    saved, k = ckpt["args"], ckpt["iteration"]
+    start, rate = ckpt.get("lr_schedule", (1, saved["learning_rate"]))  # checkpoints of the first format
+    if args.learning_rate != saved["learning_rate"]:
+        return k + 1, args.learning_rate
+    saved_iterations = saved["total_timesteps"] // (saved["num_envs"] * saved["num_steps"])
+    if args.num_iterations == saved_iterations and args.anneal_lr == saved["anneal_lr"]:
+        return start, rate
+    last = annealed_lr(k, saved_iterations, rate, start) if saved["anneal_lr"] else saved["learning_rate"]
+    return k, last
 
 
 def evaluate(agent: Agent, args: Args, episodes: int, greedy: bool, device: torch.device) -> np.ndarray:
@@ -605,16 +633,17 @@ def evaluate(agent: Agent, args: Args, episodes: int, greedy: bool, device: torc
     with torch.inference_mode():
         while any(len(r) < q for r, q in zip(returns, quota)):
             obs = torch.as_tensor(agent.normalize_obs(next_obs, update=False), device=device)
-            out = agent.actor(obs)
-            if agent.continuous:
-                if not greedy:
-                    noise = torch.randn(out.shape, generator=generator, device=device)
-                    out = out + agent.actor_logstd.exp() * noise
-                action = torch.clamp(out, low, high)
-            elif greedy:
-                action = out.argmax(-1)
+            if greedy:
+                action = agent.get_greedy_action(obs)
             else:
-                action = torch.multinomial(out.softmax(-1), 1, generator=generator).squeeze(-1)
+                noise = torch.empty((num_envs, agent.action_dim), device=device)
+                noise = (
+                    noise.normal_(generator=generator)
+                    if agent.continuous
+                    else -noise.exponential_(generator=generator).log()
+                )
+                action = agent.get_action(obs, noise)
+            action = torch.clamp(action, low, high) if agent.continuous else action
             next_obs, _, _, _, infos = envs.step(action.cpu().numpy())
             if "episode" in infos:
                 for i in np.nonzero(infos["_episode"])[0]:
@@ -624,15 +653,527 @@ def evaluate(agent: Agent, args: Args, episodes: int, greedy: bool, device: torc
     return np.array([r for env_returns in returns for r in env_returns])
 
 
-def upload_new_videos(wandb_run, video_dir: str, uploaded: set) -> None:
-    """Log to W&B (key `videos`) each finished .mp4 in `video_dir` not in `uploaded`, and add it there."""
-    import wandb
+# ---- this script's checks (run by Run.start, before anything is built or written) ----
 
-    if os.path.isdir(video_dir):
-        for name in sorted(set(os.listdir(video_dir)) - uploaded):
+
+def validate_args(args: Args) -> None:
+    """Check the flags that need no environment.
+
+    Raises:
+        UsageError: naming the first bad flag.
+    """
+    for name in ("total_timesteps", "num_envs", "num_steps", "log_every", "torch_threads"):
+        if getattr(args, name) <= 0:
+            raise UsageError(f"{flag(name)} must be positive, got {getattr(args, name)}")
+    for name in ("learning_rate", "max_grad_norm", "rms_prop_eps"):
+        if not getattr(args, name) > 0:
+            raise UsageError(f"{flag(name)} must be positive, got {getattr(args, name)}")
+    for name in ("gamma", "gae_lambda"):
+        if not 0 <= getattr(args, name) <= 1:
+            raise UsageError(f"{flag(name)} must be in [0, 1], got {getattr(args, name)}")
+    if not 0 <= args.rms_prop_alpha < 1:
+        raise UsageError(f"--rms-prop-alpha must be in [0, 1), got {args.rms_prop_alpha}")
+    for name in ("ent_coef", "vf_coef", "checkpoint_every", "eval_episodes"):
+        if getattr(args, name) < 0:
+            raise UsageError(f"{flag(name)} must not be negative, got {getattr(args, name)}")
+    if args.norm_adv and args.batch_size < 2:
+        raise UsageError("--norm-adv needs a batch of at least 2 transitions (num_envs*num_steps)")
+    if args.total_timesteps < args.batch_size:
+        raise UsageError(
+            f"--total-timesteps {args.total_timesteps} is less than one batch (num_envs*num_steps = {args.batch_size})"
+        )
+    if args.checkpoint_every and not args.save_model:
+        raise UsageError("--checkpoint-every needs --save-model")
+    if args.capture_video and args.env_backend != "gymnasium":
+        raise UsageError("--capture-video needs --env-backend gymnasium")
+
+
+def check_env(args: Args) -> tuple[gym.Space, gym.Space]:
+    """Refuse environments this script cannot learn on: it needs a Discrete or flat Box action space and a flat
+    Box observation (or a Dict of flat Boxes, as envpool's dm_control tasks have, which make_envs flattens).
+
+    Returns the (observation, action) spaces of one env (a Dict observation space flattened).
+
+    Raises:
+        UsageError: naming `--env-id`.
+    """
+    obs_space, act_space = env_spaces(args.env_id, args.env_backend)
+    if not isinstance(act_space, gym.spaces.Discrete) and not (
+        isinstance(act_space, gym.spaces.Box) and len(act_space.shape) == 1
+    ):
+        raise UsageError(f"--env-id {args.env_id}: action space {act_space} is neither Discrete nor a flat Box")
+    if isinstance(obs_space, gym.spaces.Dict) and all(  # dm_control through envpool: make_envs flattens it
+        isinstance(part, gym.spaces.Box) and len(part.shape) == 1 for part in obs_space.values()
+    ):
+        obs_space = gym.spaces.flatten_space(obs_space)
+    if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
+        raise UsageError(f"--env-id {args.env_id}: observation space {obs_space} is not a flat Box (or a Dict of them)")
+    if args.capture_video:
+        check_video(args)
+    return obs_space, act_space
+
+
+def env_spaces(env_id: str, backend: str) -> tuple[gym.Space, gym.Space]:
+    """The (observation, action) spaces of one environment, without building the vector env.
+
+    Raises:
+        UsageError: unknown env id, an env that cannot be made, or envpool not installed.
+    """
+    if backend == "envpool":
+        try:
+            import envpool
+        except ImportError:
+            raise UsageError("--env-backend envpool needs envpool: pip install envpool") from None
+        if env_id not in envpool.list_all_envs():
+            raise UsageError(f"--env-id {env_id}: not an envpool environment")
+        spec = envpool.make_spec(env_id)
+        return spec.gymnasium_observation_space, spec.gymnasium_action_space
+    try:
+        gym.spec(env_id)
+    except gym.error.Error as e:
+        raise UsageError(f"--env-id {env_id}: not a registered gymnasium environment ({e})") from None
+    quiet_mujoco(env_id)
+    try:
+        env = gym.make(env_id)
+    except gym.error.Error as e:  # e.g. DependencyNotInstalled
+        raise UsageError(f"--env-id {env_id}: cannot be made ({e})") from None
+    env.close()
+    return env.observation_space, env.action_space
+
+
+def check_video(args: Args) -> None:
+    """With `--capture-video`, render one frame before anything is written, so that a missing renderer (pygame,
+    or an OpenGL backend for MuJoCo) is a one-line error rather than a crash at the first recorded episode.
+
+    Raises:
+        UsageError: naming `--capture-video`.
+    """
+    if "DISPLAY" not in os.environ:
+        os.environ.setdefault("MUJOCO_GL", "egl")  # MuJoCo renders headless through EGL (set MUJOCO_GL to override)
+    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # pygame draws off-screen: no SDL "XDG_RUNTIME_DIR" error
+    try:
+        env = gym.make(args.env_id, render_mode="rgb_array")
+        env.reset(seed=args.seed)
+        env.render()
+        env.close()
+    except Exception as e:
+        reason = (str(e).strip() or type(e).__name__).splitlines()[0]
+        raise UsageError(
+            f"--capture-video: {args.env_id} cannot render ({reason}); pip install moviepy pygame"
+        ) from None
+
+
+def quiet_mujoco(env_id: str) -> None:
+    """For a MuJoCo env: MuJoCo's warnings go to stderr, each once, instead of to the console and a MUJOCO_LOG.TXT
+    in the working directory, and its notices that gymnasium's model files use deprecated attributes (nothing a
+    user can act on) are dropped."""
+    if "mujoco" not in str(gym.spec(env_id).entry_point):
+        return
+    try:
+        import mujoco
+    except ImportError:
+        return  # gym.make says what is missing
+    seen = set()
+
+    def warn(message: str) -> None:
+        if "deprecated" not in message and message not in seen:
+            seen.add(message)
+            print(f"MuJoCo warning: {message}", file=sys.stderr)
+
+    mujoco.set_mju_user_warning(warn)
+
+
+# ---- speed ----
+
+
+def gumbel_noise(shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """Standard Gumbel noise G = -log(E), E ~ Exponential(1), float32 of `shape`: argmax(logits + G) over the last
+    dimension is a sample of Categorical(logits) (the Gumbel-max trick; Maddison et al. 2014, arXiv 1411.0030)."""
+    return -torch.empty(shape, device=device).exponential_().log()
+
+
+def flat_parameters(module: nn.Module) -> nn.Parameter:
+    """Move every parameter of `module`, and its gradient, into one contiguous buffer, as views into it.
+
+    Returns that buffer as one Parameter whose `.grad` is the flat gradient: Adam and the gradient-norm clip
+    then work on one tensor instead of one per parameter, which matters when per-op overhead dominates (small
+    MLPs on CPU). Values, names and state_dict are unchanged; backward accumulates into the views, so the
+    gradients must be zeroed in place (`zero_grad(set_to_none=False)`), never set to None. Call it after
+    moving the module to its device.
+    """
+    params = list(module.parameters())
+    flat = nn.Parameter(torch.cat([p.detach().reshape(-1) for p in params]))
+    flat.grad = torch.zeros_like(flat)
+    offset = 0
+    for p in params:
+        p.data = flat.data[offset : offset + p.numel()].view_as(p)
+        p.grad = flat.grad[offset : offset + p.numel()].view_as(p)
+        offset += p.numel()
+    return flat
+
+
+# ---- run plumbing: TRY NOT TO MODIFY (checks, run folder, logging, Ctrl-C, checkpoints and resume, evaluation) ----
+# The same text in every script of ppo-single-file (a test compares them). What differs between the scripts comes
+# from the script's own part above, by name: Args, CHECKPOINT_FORMAT, RESUME_FIXED, validate_args, check_env and
+# evaluate. Under torchrun (WORLD_SIZE set) every process runs it; rank 0 alone writes and prints.
+
+
+class UsageError(Exception):
+    """Bad flags or files: reported as one line and a non-zero exit before any work starts."""
+
+
+def flag(name: str) -> str:
+    """The command-line spelling of an Args field: `num_envs` -> `--num-envs`."""
+    return "--" + name.replace("_", "-")
+
+
+def check_extras(args: Args) -> None:
+    """Check that the optional packages the flags need are installed, before anything is built or written.
+
+    Raises:
+        UsageError: naming the flag and the package to install.
+    """
+    for wanted, module, purpose in (
+        (args.track, "wandb", "--track"),
+        (args.capture_video, "moviepy", "--capture-video"),
+    ):
+        if wanted and importlib.util.find_spec(module) is None:
+            raise UsageError(f"{purpose} needs {module}: pip install {module}")
+
+
+class Run:
+    """The plumbing of one training run, reached from main() through a few calls:
+
+        run = Run.start(args)                       # checks: flags, packages, env, --resume file; writes nothing
+        start_iteration, global_step = run.begin(train)   # resume into `train`, run folder, logging
+        with run.training(envs):                    # Ctrl-C/SIGTERM checkpoint and stop; envs and logs close
+            ... if run.end_iteration(iteration, global_step, lr, stats, episodes, train): break
+            run.finish(agent, global_step)          # summary, final evaluation
+        return run.record
+
+    `train` is what a checkpoint holds besides the flags and progress: objects with a state_dict (agent,
+    optimizer) are saved and loaded through it, lists (of tensors: the actions taken) are saved concatenated, any
+    other value (floats, tuples, tensors) as it is.
+    """
+
+    def __init__(self, args: Args, ckpt: dict | None, spaces: tuple):
+        self.args, self.ckpt, self.spaces = args, ckpt, spaces
+        self.rank, self.world_size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+        self.name = self.dir = self.log = None
+        self.saved, self.stop, self.record = False, None, {}
+
+    @classmethod
+    def start(cls, args: Args) -> "Run":
+        """Check everything that can be checked before any work: the flags, the packages they need, the
+        environment (check_env: returns its spaces, `run.spaces`), and the --resume file with the flags it fixes.
+
+        Raises:
+            UsageError: naming the flag or file.
+        """
+        validate_args(args)
+        check_extras(args)
+        ckpt = load_checkpoint(args.resume) if args.resume else None
+        if ckpt is not None:
+            check_resume(args, ckpt)
+        return cls(args, ckpt, check_env(args))
+
+    def begin(self, train: dict) -> tuple[int, int]:
+        """Load a --resume checkpoint into `train` (and this process's RNG state), then claim the run folder and
+        start logging. A finished run resumed with nothing left to train is only evaluated and writes nothing.
+        Returns (first iteration to train, global_step).
+
+        Raises:
+            UsageError: naming --resume when the checkpoint does not fit what `train` holds, or the path that
+                cannot be written; nothing is written before.
+        """
+        args, ckpt = self.args, self.ckpt
+        start_iteration, global_step = 1, 0
+        if ckpt is not None:
+            for key, value in train.items():
+                if hasattr(value, "load_state_dict"):
+                    try:
+                        value.load_state_dict(ckpt[key])
+                    except (RuntimeError, ValueError, KeyError) as e:
+                        reason = [line.strip() for line in str(e).splitlines() if line.strip()][-1]
+                        raise UsageError(
+                            f"--resume {args.resume}: its {key} does not fit this run's: {reason}"
+                        ) from None
+                else:
+                    train[key] = [ckpt[key]] if isinstance(value, list) else ckpt[key]
+            rng = ckpt["rng"][self.rank]
+            torch.set_rng_state(rng["torch"])
+            if rng["cuda"] is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state(rng["cuda"])
+            start_iteration, global_step = ckpt["iteration"] + 1, ckpt["global_step"]
+        evaluate_only = ckpt is not None and ckpt["iteration"] >= args.num_iterations
+        self.name = ckpt["run_name"] if ckpt else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+        self.dir = f"runs/{self.name}"
+        if not evaluate_only:  # rank 0 claims the folder; every process learns its name, or the error
+            outcome = [None]
+            if self.rank == 0:
+                try:
+                    outcome[0] = prepare_run_dir(args, self.name, new=ckpt is None)
+                except UsageError as e:
+                    outcome[0] = str(e)
+            if dist.is_initialized():
+                dist.broadcast_object_list(outcome, src=0)
+            if isinstance(outcome[0], str):
+                raise UsageError(outcome[0])
+            self.name, self.dir = outcome[0]
+        try:
+            self.log = RunLog(args, self.name, self.dir, ckpt, evaluate_only, self.rank, self.world_size)
+        except UsageError:  # W&B cannot log in: a new run leaves no folder behind
+            if ckpt is None and self.rank == 0:
+                shutil.rmtree(self.dir, ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    os.removedirs(os.path.dirname(self.dir))
+            raise
+        return start_iteration, global_step
+
+    @contextlib.contextmanager
+    def training(self, envs):
+        """Around the training loop: with --save-model, a first Ctrl-C or SIGTERM is noted (end_iteration
+        checkpoints and stops), a second one stops at once; at the end the envs and the logs close. A run stopped at
+        once raises a one-line KeyboardInterrupt saying where it stopped and what there is to resume from."""
+        self.stop = StopSignals(self.args.save_model)
+        self.log.start()
+        self.global_step = self.log.start_step
+        try:
+            yield self
+        except KeyboardInterrupt:
+            checkpoint = f"{self.dir}/checkpoint.pt"
+            resume = f"; {checkpoint} resumes from the last one saved" if os.path.isfile(checkpoint) else ""
+            if not self.args.save_model:
+                resume = "; nothing saved (with --save-model, Ctrl-C saves a checkpoint to resume from)"
+            self.log.end_progress()
+            where = "interrupted" if not self.args.save_model else "stopped at once"
+            raise KeyboardInterrupt(f"{where} at global_step={self.global_step}{resume}") from None
+        finally:
+            self.stop.restore()
+            envs.close()
+            self.log.close()
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+    def end_iteration(
+        self, iteration: int, global_step: int, lr: float, stats: dict | None, episodes: list, train: dict
+    ) -> bool:
+        """Log the iteration (the learning rate, the update's `stats`, the `episodes` that ended: [(global_step,
+        return, length)]), checkpoint with --save-model when due (the last iteration, every --checkpoint-every, a
+        signal), and say whether to stop now (a signal arrived). Under torchrun every process calls it: the episodes
+        of all go to rank 0's log and all stop together."""
+        self.global_step = global_step
+        received = self.stop.received
+        if dist.is_initialized():  # every process's episodes, and the signal any of them has received so far
+            gathered = [None] * self.world_size
+            dist.all_gather_object(gathered, (episodes, received))
+            episodes = sorted(e for process_episodes, _ in gathered for e in process_episodes)
+            received = next((r for _, r in gathered if r), None)
+            self.stop.received = self.stop.received or received
+        last = iteration == self.args.num_iterations
+        self.log.iteration(global_step, lr, stats, episodes, last)
+        every = self.args.checkpoint_every
+        if self.args.save_model and (last or (every and iteration % every == 0) or received):
+            state = checkpoint_state(self, iteration, global_step, train)  # every process: it gathers their RNGs
+            if self.rank == 0:
+                save_checkpoint(f"{self.dir}/checkpoint.pt", state)
+            self.saved = True
+        if received:
+            self.log.end_progress()
+            if self.rank == 0:
+                print(f"{received}: stopped after iteration {iteration}; resume with --resume {self.dir}/checkpoint.pt")
+        return bool(received)
+
+    def finish(self, agent: nn.Module, global_step: int) -> None:
+        """After training: print the last returns and where the checkpoint is, evaluate with --eval-episodes (not
+        after a stop), and fill `run.record`: run_name, run_dir, history (one dict of logged scalars per
+        iteration), episodes, eval (mean returns) and agent."""
+        self.stop.restore()  # training is over: a signal now stops at once
+        self.global_step = global_step
+        self.log.summary(global_step)
+        if self.saved and self.rank == 0:
+            print(f"checkpoint saved to {self.dir}/checkpoint.pt", flush=True)
+        device = next(agent.parameters()).device
+        result = {}
+        if not self.stop.received and self.rank == 0:
+            self.log.upload_videos()
+            for mode in ("sampled", "greedy") if self.args.eval_episodes else ():
+                returns = evaluate(agent, self.args, self.args.eval_episodes, greedy=mode == "greedy", device=device)
+                self.log.evaluation(mode, returns)
+                result[mode] = float(returns.mean())
+        self.record.update(run_name=self.name, run_dir=self.dir, history=self.log.history)
+        self.record.update(episodes=self.log.episodes, eval=result, agent=agent)
+
+
+class RunLog:
+    """What a run reports as it trains: TensorBoard scalars under CleanRL's tags (W&B syncs them with `--track`,
+    and gets the videos), a progress bar on a terminal or a line every 10 s otherwise, and the run's record
+    (`history`: one dict of scalars per iteration; `episodes`: (global_step, return, length) of each one that
+    ended). A finished run that is only evaluated writes nothing; under torchrun only rank 0 writes and prints."""
+
+    def __init__(self, args: Args, run_name: str, run_dir: str, ckpt, evaluate_only: bool, rank: int, world_size: int):
+        self.args, self.run_name, self.history, self.uploaded_videos = args, run_name, [], set()
+        self.episodes = [tuple(e) for e in ckpt["episodes"]] if ckpt else []
+        self.wandb_run, self.writer, self.bar, self.last_print, self.rank = None, None, None, 0.0, rank
+        self.start_step = ckpt["global_step"] if ckpt else 0
+        if evaluate_only or rank != 0:
+            if evaluate_only and ckpt is not None and rank == 0:  # nothing left to train
+                print(
+                    f"--resume: the checkpoint has trained {ckpt['global_step']} steps, --total-timesteps "
+                    f"{args.total_timesteps} asks no more: nothing to train (a larger --total-timesteps trains on)",
+                    flush=True,
+                )
+            return
+        if ckpt is not None:
+            print(f"resumed from iteration {ckpt['iteration']} (global_step {ckpt['global_step']})", flush=True)
+        batch = args.batch_size * world_size  # steps per iteration, all processes together
+        if args.total_timesteps % batch:
+            print(
+                f"--total-timesteps {args.total_timesteps} is not a multiple of the batch size {batch}: "
+                f"training {args.num_iterations * batch} steps ({args.num_iterations} iterations)",
+                flush=True,
+            )
+        config = {**asdict(args), "batch_size": args.batch_size, "num_iterations": args.num_iterations}
+        config.update(world_size=world_size)
+        if args.track:
+            import wandb
+
+            try:
+                self.wandb_run = wandb.init(
+                    project=args.wandb_project_name,
+                    entity=args.wandb_entity,
+                    sync_tensorboard=True,
+                    config=config,
+                    name=run_name,
+                    id=ckpt.get("wandb_id") if ckpt else None,
+                    resume="allow",
+                    save_code=True,
+                )
+            except wandb.errors.UsageError as e:  # no API key: wandb's own message says how to log in
+                raise UsageError(f"--track: {str(e).splitlines()[0]} (or set WANDB_MODE=offline)") from None
+        self.writer = SummaryWriter(run_dir, purge_step=ckpt["global_step"] + 1 if ckpt else None)
+        self.writer.add_text(
+            "hyperparameters",
+            "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in config.items()])),
+        )
+        if sys.stderr.isatty():
+            total = args.num_iterations * batch
+            self.bar = tqdm(total=total, initial=self.start_step, unit="step", dynamic_ncols=True)
+
+    def start(self) -> None:
+        """Start the clock of the SPS figure just before the training loop: SPS counts the loop only, as CleanRL's."""
+        self.start_time = time.time()
+
+    def iteration(self, global_step: int, lr: float, stats: dict, episodes: list, last: bool) -> None:
+        """Record one iteration: the episodes that ended in it, the learning rate, SPS and the update's `stats`
+        (the key minibatch_updates as charts/, the others as losses/; None: only the episodes this time)."""
+        self.episodes.extend(episodes)
+        sps = int((global_step - self.start_step) / (time.time() - self.start_time))
+        scalars = {}
+        if stats is not None:
+            scalars = {"charts/learning_rate": lr, "charts/SPS": sps}
+            scalars.update({("charts/" if k == "minibatch_updates" else "losses/") + k: v for k, v in stats.items()})
+            self.history.append(scalars)
+        if self.writer is not None:
+            for step_, episodic_return, episodic_length in episodes:
+                self.writer.add_scalar("charts/episodic_return", episodic_return, step_)
+                self.writer.add_scalar("charts/episodic_length", episodic_length, step_)
+            for tag, value in scalars.items():
+                self.writer.add_scalar(tag, value, global_step)
+            self.upload_videos()
+
+        recent = [e[1] for e in self.episodes[-20:]]
+        if self.bar is not None:
+            self.bar.update(global_step - self.bar.n)
+            self.bar.set_postfix(SPS=sps, ret=f"{np.mean(recent):.1f}" if recent else "-", refresh=False)
+        elif self.rank == 0 and (time.time() - self.last_print > 10 or last):
+            self.last_print = time.time()
+            mean_return = f"{np.mean(recent):.1f}" if recent else "-"
+            print(f"global_step={global_step} SPS={sps} return(last {len(recent)} episodes)={mean_return}", flush=True)
+
+    def upload_videos(self) -> None:
+        """With --track and --capture-video, log each new .mp4 of videos/{run_name} to W&B (key `videos`): wandb's
+        own monitor_gym fails on gymnasium 1.x."""
+        video_dir = f"videos/{self.run_name}"
+        if self.wandb_run is None or not self.args.capture_video or not os.path.isdir(video_dir):
+            return
+        import wandb
+
+        for name in sorted(set(os.listdir(video_dir)) - self.uploaded_videos):
             if name.endswith(".mp4"):
-                wandb_run.log({"videos": wandb.Video(os.path.join(video_dir, name), format="mp4")})
-                uploaded.add(name)
+                self.wandb_run.log({"videos": wandb.Video(os.path.join(video_dir, name), format="mp4")})
+                self.uploaded_videos.add(name)
+
+    def evaluation(self, mode: str, returns: np.ndarray) -> None:
+        """Print and log (eval/episodic_return, or eval/episodic_return_greedy) one evaluation's returns."""
+        tag = "eval/episodic_return" + ("_greedy" if mode == "greedy" else "")
+        for idx, episodic_return in enumerate(returns if self.writer is not None else []):
+            self.writer.add_scalar(tag, episodic_return, idx)
+        print(f"eval ({mode}, {len(returns)} episodes): mean return {returns.mean():.2f} +- {returns.std():.2f}")
+
+    def summary(self, global_step: int) -> None:
+        """Close the progress bar (the lines below start on a line of their own) and print the last 100 returns."""
+        self.end_progress()
+        recent = [e[1] for e in self.episodes[-100:]]
+        summary = f"{np.mean(recent):.2f} (last {len(recent)} episodes)" if recent else "- (no episode finished)"
+        if self.rank == 0:
+            print(f"finished at global_step={global_step}: mean return {summary}", flush=True)
+
+    def end_progress(self) -> None:
+        """Close the progress bar, so that a line printed now starts on a line of its own."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def close(self) -> None:
+        self.end_progress()
+        if self.writer is not None:
+            self.writer.close()
+        if self.wandb_run is not None:
+            self.wandb_run.finish()
+
+
+class StopSignals:
+    """Ctrl-C (SIGINT) and SIGTERM (a cluster's preemption notice) during training, with `--save-model`: the first
+    one is noted in `received` (the loop finishes the iteration, checkpoints and stops; --resume continues exactly),
+    a second one stops at once (KeyboardInterrupt). Without --save-model, or outside the main thread, Python's
+    handlers stay: Ctrl-C stops at once."""
+
+    def __init__(self, enabled: bool):
+        self.received, self.previous = None, {}
+        if enabled and threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self.previous[signum] = signal.signal(signum, self.request_stop)
+
+    def request_stop(self, signum, frame):
+        if self.received:
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+        tqdm.write(f"{self.received}: stopping after this iteration to save a checkpoint (again: stop at once)")
+
+    def restore(self) -> None:
+        """Put the previous handlers back: after training a signal stops at once."""
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        self.previous = {}
+
+
+def checkpoint_state(run: Run, iteration: int, global_step: int, train: dict) -> dict:
+    """What --save-model saves after `iteration`: the format, flags, progress, every process's RNG states (gathered
+    under torchrun, so that each resumes its own), the episodes, the W&B run id, and `train` (see Run)."""
+    rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
+    rngs = [rng]
+    if dist.is_initialized():
+        rngs = [None] * run.world_size
+        dist.all_gather_object(rngs, rng)
+    state = {"format": CHECKPOINT_FORMAT, "args": asdict(run.args), "run_name": run.name, "iteration": iteration}
+    state.update(global_step=global_step, world_size=run.world_size, rng=rngs)
+    state.update(episodes=[list(e) for e in run.log.episodes], wandb_id=run.log.wandb_run and run.log.wandb_run.id)
+    for key, value in train.items():
+        state[key] = value.state_dict() if hasattr(value, "state_dict") else value
+        if isinstance(value, list):
+            state[key] = torch.cat(value)
+    return state
 
 
 def save_checkpoint(path: str, state: dict) -> None:
@@ -655,7 +1196,7 @@ def load_checkpoint(path: str) -> dict:
 
     Raises:
         UsageError: naming `--resume` and the file when it is missing, a directory, corrupt or truncated, holds
-            objects no checkpoint holds, or is not this script's.
+            objects no checkpoint holds, or is not this script's (or of an older version of it).
     """
     if os.path.isdir(path):
         raise UsageError(f"--resume {path}: is a directory, not a checkpoint file")
@@ -667,35 +1208,33 @@ def load_checkpoint(path: str) -> dict:
         if "Unsupported global" in str(e):  # weights_only refused to unpickle an arbitrary object
             raise UsageError(f"--resume {path}: holds Python objects that no checkpoint contains; not loaded") from None
         raise UsageError(f"--resume {path}: cannot be read: the file is corrupt or truncated") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+    if not isinstance(ckpt, dict) or not str(ckpt.get("format")).startswith(f"{os.path.basename(__file__)} "):
         raise UsageError(f"--resume {path}: not a {os.path.basename(__file__)} checkpoint")
+    if ckpt["format"] != CHECKPOINT_FORMAT:
+        raise UsageError(
+            f"--resume {path}: written by an older version of this script ({ckpt['format']}); start a new run"
+        )
     return ckpt
 
 
-def check_agent_state(path: str, state: dict, agent: nn.Module) -> None:
-    """Refuse a checkpoint whose saved agent does not fit the network this run builds (another observation or
-    action size, another architecture), before anything is written: compares every tensor's shape.
+def check_resume(args: Args, ckpt: dict) -> None:
+    """A resumed run keeps the flags in RESUME_FIXED (they make its environment and agent) as the checkpoint has
+    them, and its number of torchrun processes.
 
     Raises:
-        UsageError: naming `--resume` and the first tensor that differs.
+        UsageError: naming the first flag that differs.
     """
-
-    def shapes(tensors: dict, prefix: str = "") -> dict:
-        out = {}
-        for key, value in tensors.items():
-            if isinstance(value, dict):  # extra state (observation statistics)
-                out.update(shapes(value, f"{prefix}{key}."))
-            elif isinstance(value, torch.Tensor):
-                out[prefix + key] = list(value.shape)
-        return out
-
-    saved, built = shapes(state), shapes(agent.state_dict())
-    for key in sorted(saved.keys() | built.keys()):
-        if saved.get(key) != built.get(key):
+    for name in RESUME_FIXED:
+        if getattr(args, name) != ckpt["args"][name]:
             raise UsageError(
-                f"--resume {path}: its agent does not fit this run's network: {key} is "
-                f"{saved.get(key, 'missing')} in the checkpoint and {built.get(key, 'missing')} here"
+                f"{flag(name)} {getattr(args, name)} differs from the checkpoint's {ckpt['args'][name]}: "
+                "a resumed run keeps the environment and agent it was built with"
             )
+    if ckpt["world_size"] != int(os.environ.get("WORLD_SIZE", "1")):
+        raise UsageError(
+            f"--resume {args.resume}: saved by {ckpt['world_size']} process(es), resumed by "
+            f"{os.environ.get('WORLD_SIZE', '1')}: a resumed run keeps its number of torchrun processes"
+        )
 
 
 def prepare_run_dir(args: Args, run_name: str, new: bool) -> tuple[str, str]:
@@ -756,349 +1295,6 @@ def parse_args(argv: list[str]) -> Args:
         saved = load_checkpoint(resume)["args"]
         default = Args(**{f.name: saved[f.name] for f in fields(Args) if f.name in saved})
     return tyro.cli(Args, args=argv, default=default)
-
-
-def main(args: Args) -> dict:
-    """Train (and evaluate) as `args` says. Returns the run's record: `run_name`, `run_dir`, `history`
-    (one dict of logged scalars per iteration), `episodes` ((global_step, return, length) of every finished
-    episode), `eval` (mean returns, when `--eval-episodes`) and the trained `agent`.
-
-    Raises:
-        UsageError: bad flags or `--resume` file, before anything is built or written.
-    """
-    validate_args(args)
-    check_extras(args)
-    ckpt = load_checkpoint(args.resume) if args.resume else None
-    if ckpt is not None:
-        for name in RESUME_FIXED:
-            if getattr(args, name) != ckpt["args"][name]:
-                raise UsageError(
-                    f"{flag(name)} {getattr(args, name)} differs from the checkpoint's {ckpt['args'][name]}: "
-                    "a resumed run keeps the environment and agent it was built with"
-                )
-    obs_space, act_space = check_env(args)
-    if args.capture_video:
-        check_video(args)
-    if ckpt is not None:
-        check_agent_state(args.resume, ckpt["agent"], Agent(obs_space.shape[0], *agent_action_args(act_space, args)))
-    # A finished run resumed with nothing left to train is only evaluated, and writes nothing (its folder may be
-    # read-only); otherwise every path the run writes is checked here, before training.
-    evaluate_only = ckpt is not None and ckpt["iteration"] >= args.num_iterations
-    run_name = ckpt["run_name"] if ckpt else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    run_dir = f"runs/{run_name}"
-    if not evaluate_only:
-        run_name, run_dir = prepare_run_dir(args, run_name, new=ckpt is None)
-    if args.total_timesteps % args.batch_size and not evaluate_only:
-        print(
-            f"--total-timesteps {args.total_timesteps} is not a multiple of the batch size {args.batch_size}: "
-            f"training {args.num_iterations * args.batch_size} steps ({args.num_iterations} iterations)",
-            flush=True,
-        )
-    config = {
-        **asdict(args),
-        "batch_size": args.batch_size,
-        "num_iterations": args.num_iterations,
-    }
-    wandb_run, writer = None, None
-    if args.track and not evaluate_only:
-        import wandb
-
-        wandb_run = wandb.init(
-            project=args.wandb_project_name,
-            entity=args.wandb_entity,
-            sync_tensorboard=True,
-            config=config,
-            name=run_name,
-            id=ckpt.get("wandb_id") if ckpt else None,
-            resume="allow",
-            save_code=True,
-        )
-    if not evaluate_only:
-        writer = SummaryWriter(run_dir, purge_step=ckpt["global_step"] + 1 if ckpt else None)
-        writer.add_text(
-            "hyperparameters",
-            "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in config.items()])),
-        )
-
-    # TRY NOT TO MODIFY: seeding
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    torch.backends.cudnn.deterministic = args.torch_deterministic
-    torch.set_num_threads(args.torch_threads)
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-
-    # env setup
-    envs = make_envs(args, args.num_envs, args.seed, args.capture_video, run_name)
-    obs_dim = envs.single_observation_space.shape[0]
-    continuous = isinstance(envs.single_action_space, gym.spaces.Box)
-    action_dim = envs.single_action_space.shape[0] if continuous else envs.single_action_space.n
-    # A sampled Box action is stored unclipped (its log-probability is that of the sample); the env gets it clipped.
-    low, high = action_bounds(envs.single_action_space, device)
-    norm_reward = args.norm_reward and continuous  # observation and reward normalisation: Box action spaces only
-
-    agent = Agent(obs_dim, action_dim, continuous, args.norm_obs and continuous).to(device)
-    optimizer = torch.optim.RMSprop(
-        [flat_parameters(agent)], lr=args.learning_rate, alpha=args.rms_prop_alpha, eps=args.rms_prop_eps
-    )
-
-    # ALGO Logic: Storage setup. obs[t] is the observation acted on at step t; obs[num_steps] the next one.
-    obs = torch.zeros((args.num_steps + 1, args.num_envs, obs_dim), device=device)
-    actions = (
-        torch.zeros((args.num_steps, args.num_envs, action_dim), device=device)
-        if continuous
-        else torch.zeros((args.num_steps, args.num_envs), dtype=torch.long, device=device)
-    )
-    # What the env returns stays on the host until the rollout ends: one transfer per iteration.
-    rewards = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
-    terminations = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
-    truncations = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
-    action_dtype = torch.float32 if continuous else torch.uint8 if action_dim <= 256 else torch.int32
-    # Reward scaling's state: running statistics of the discounted return, and that return per env.
-    return_rms, discounted_return = RunningMeanStd(shape=()), np.zeros(args.num_envs)
-    action_log = []  # every action taken, for an exact resume by replay
-    obs_t, actions_t = obs.unbind(0), actions.unbind(0)  # per-step views: cheaper to write than obs[step]
-
-    # TRY NOT TO MODIFY: start the game
-    global_step, start_iteration, episodes = 0, 1, []
-    lr_schedule = (1, args.learning_rate)  # where the learning-rate decay starts: (iteration, rate)
-    next_obs, _ = envs.reset(seed=args.seed if args.env_backend == "gymnasium" else None)  # envpool: seeded at make
-    next_done = np.zeros(args.num_envs, dtype=bool)  # whether the last step ended an episode
-    if ckpt is not None:
-        agent.load_state_dict(ckpt["agent"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        if device.type == "cuda" and ckpt["rng"]["cuda"] is not None:
-            torch.cuda.set_rng_state(ckpt["rng"]["cuda"])
-        global_step, start_iteration = ckpt["global_step"], ckpt["iteration"] + 1
-        lr_schedule = resumed_lr_schedule(ckpt, args)
-        episodes = [tuple(e) for e in ckpt["episodes"]]
-        action_log = [ckpt["actions"]]
-        return_rms.mean, return_rms.var, return_rms.count = (x.item() for x in ckpt["return_rms"])
-        discounted_return = ckpt["discounted_return"].numpy().copy()
-        # Replaying the actions into the freshly seeded envs restores their exact state.
-        replay = ckpt["actions"].numpy() if continuous else ckpt["actions"].long().numpy()
-        for step_actions in replay if start_iteration <= args.num_iterations else []:
-            if continuous:
-                step_actions = np.clip(step_actions, envs.single_action_space.low, envs.single_action_space.high)
-            next_obs, _, term, trunc, _ = envs.step(step_actions)
-            next_done = term | trunc
-    # A resumed run's statistics already include this observation (the agent's state_dict restored them).
-    obs[args.num_steps] = torch.as_tensor(agent.normalize_obs(next_obs, update=ckpt is None), device=device)
-
-    def checkpoint(iteration):
-        save_checkpoint(
-            f"{run_dir}/checkpoint.pt",
-            {
-                "format": CHECKPOINT_FORMAT,
-                "args": asdict(args),
-                "run_name": run_name,
-                "iteration": iteration,
-                "global_step": global_step,
-                "lr_schedule": list(lr_schedule),
-                "agent": agent.state_dict(),  # includes the observation statistics
-                "return_rms": torch.tensor(
-                    [float(return_rms.mean), float(return_rms.var), float(return_rms.count)], dtype=torch.float64
-                ),
-                "discounted_return": torch.from_numpy(discounted_return.copy()),
-                "optimizer": optimizer.state_dict(),
-                "rng": {
-                    "torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None,
-                },
-                "actions": torch.cat(action_log),
-                "episodes": [list(e) for e in episodes],
-                "wandb_id": wandb_run.id if wandb_run else None,
-            },
-        )
-
-    history, uploaded_videos = [], set()
-    start_time, start_step, last_print, saved = time.time(), global_step, 0.0, False
-    # Ctrl-C (SIGINT) and SIGTERM (a cluster's preemption notice): finish the iteration, checkpoint, stop cleanly;
-    # --resume continues exactly. A second signal stops at once. Without --save-model, Ctrl-C stops at once.
-    preempted, previous_handlers = [], {}
-
-    def request_stop(signum, frame):
-        if preempted:
-            raise KeyboardInterrupt
-        preempted.append(signal.Signals(signum).name)
-        tqdm.write(f"{preempted[0]}: stopping after this iteration to save a checkpoint (again: stop at once)")
-
-    if args.save_model and threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            previous_handlers[signum] = signal.signal(signum, request_stop)
-    bar = (
-        tqdm(total=args.num_iterations * args.batch_size, initial=global_step, unit="step", dynamic_ncols=True)
-        if sys.stderr.isatty()
-        else None
-    )
-    try:
-        for iteration in range(start_iteration, args.num_iterations + 1):
-            # Annealing the rate if instructed to do so.
-            lrnow = (
-                annealed_lr(iteration, args.num_iterations, lr_schedule[1], lr_schedule[0])
-                if args.anneal_lr
-                else args.learning_rate
-            )
-            optimizer.param_groups[0]["lr"] = lrnow
-
-            obs[0] = obs[args.num_steps]
-            reset_first = next_done
-            iteration_episodes = []
-            with torch.inference_mode():
-                # Sampling with noise drawn for the whole rollout at once: Gaussian, mean + std * N(0, 1); Categorical,
-                # Gumbel-max, argmax(logits + G) with G ~ Gumbel(0, 1).
-                if continuous:
-                    noise = torch.randn((args.num_steps, args.num_envs, action_dim), device=device)
-                    action_std = agent.actor_logstd.exp()
-                else:
-                    noise = gumbel_noise((args.num_steps, args.num_envs, action_dim), device)
-                for step in range(0, args.num_steps):
-                    global_step += args.num_envs
-                    out = agent.actor(obs_t[step])
-                    if continuous:
-                        action = torch.addcmul(out, action_std, noise[step])
-                        env_action = torch.clamp(action, low, high)
-                    else:
-                        action = env_action = (out + noise[step]).argmax(-1)
-                    actions_t[step].copy_(action)
-
-                    # TRY NOT TO MODIFY: execute the game and log data.
-                    next_obs, rewards[step], terminations[step], truncations[step], infos = envs.step(
-                        env_action.cpu().numpy()
-                    )
-                    obs_t[step + 1].copy_(torch.from_numpy(agent.normalize_obs(next_obs, update=True)))
-                    if "episode" in infos:
-                        for i in np.nonzero(infos["_episode"])[0]:
-                            iteration_episodes.append(
-                                (global_step, float(infos["episode"]["r"][i]), int(infos["episode"]["l"][i]))
-                            )
-                next_done = (terminations[-1] + truncations[-1]) > 0
-                # A reset step (the step after an episode ended, its action ignored) is no transition: leave it out.
-                is_reset = np.concatenate([reset_first[None], (terminations[:-1] + truncations[:-1]) > 0])
-                b_inds = torch.from_numpy(np.flatnonzero(~is_reset)).to(device)
-                if norm_reward:
-                    rewards[:] = scale_rewards(
-                        rewards,
-                        is_reset,
-                        terminations,
-                        return_rms,
-                        discounted_return,
-                        args.gamma,
-                        reset_at_episode_end=args.norm_reward_reset == "episode-end",
-                    )
-
-                # Values in one batched pass: the parameters did not change during the rollout.
-                values = agent.get_value(obs)
-                t_rewards, t_terms, t_truncs = (
-                    torch.from_numpy(x).to(device) for x in (rewards, terminations, truncations)
-                )
-                advantages = compute_gae(t_rewards, values, t_terms, t_truncs, args.gamma, args.gae_lambda)
-                returns = advantages + values[:-1]
-            action_log.append(actions.to("cpu", action_dtype, copy=True))
-
-            # flatten the batch (indexing outside inference mode gives normal tensors that autograd accepts)
-            batch = {
-                "obs": obs[:-1].reshape(-1, obs_dim)[b_inds],
-                "actions": actions.reshape(-1, *actions.shape[2:])[b_inds],
-                "values": values[:-1].reshape(-1)[b_inds],
-                "advantages": advantages.reshape(-1)[b_inds],
-                "returns": returns.reshape(-1)[b_inds],
-            }
-            stats = a2c_update(agent, optimizer, batch, args)
-
-            # TRY NOT TO MODIFY: record rewards for plotting purposes
-            episodes.extend(iteration_episodes)
-            for step_, episodic_return, episodic_length in iteration_episodes:
-                writer.add_scalar("charts/episodic_return", episodic_return, step_)
-                writer.add_scalar("charts/episodic_length", episodic_length, step_)
-            sps = int((global_step - start_step) / (time.time() - start_time))
-            if iteration % args.log_every == 0 or iteration == args.num_iterations:
-                y_pred, y_true = batch["values"], batch["returns"]
-                var_y = y_true.var()
-                explained_var = (1 - (y_true - y_pred).var() / var_y).item() if var_y > 0 else float("nan")
-                scalars = {"charts/learning_rate": lrnow, "charts/SPS": sps}
-                scalars.update({f"losses/{k}": v.item() for k, v in stats.items()})
-                scalars["losses/explained_variance"] = explained_var
-                for tag, value in scalars.items():
-                    writer.add_scalar(tag, value, global_step)
-                history.append(scalars)
-            if wandb_run is not None and args.capture_video:  # wandb's monitor_gym fails on gymnasium 1.x
-                upload_new_videos(wandb_run, f"videos/{run_name}", uploaded_videos)
-
-            recent = [e[1] for e in episodes[-20:]]
-            if bar is not None:
-                bar.update(global_step - bar.n)
-                bar.set_postfix(SPS=sps, ret=f"{np.mean(recent):.1f}" if recent else "-", refresh=False)
-            elif time.time() - last_print > 10 or iteration == args.num_iterations:
-                last_print = time.time()
-                mean_return = f"{np.mean(recent):.1f}" if recent else "-"
-                print(
-                    f"global_step={global_step} SPS={sps} return(last {len(recent)} episodes)={mean_return}", flush=True
-                )
-            if args.save_model and (
-                iteration == args.num_iterations
-                or (args.checkpoint_every and iteration % args.checkpoint_every == 0)
-                or preempted
-            ):
-                checkpoint(iteration)
-                saved = True
-            if preempted:
-                print(
-                    f"{preempted[0]}: stopped after iteration {iteration}; resume with --resume {run_dir}/checkpoint.pt"
-                )
-                break
-        if bar is not None:
-            bar.close()  # the lines below start on a line of their own
-        for signum, handler in previous_handlers.items():  # training is over: a signal now stops at once
-            signal.signal(signum, handler)
-        recent = [e[1] for e in episodes[-100:]]
-        summary = f"{np.mean(recent):.2f} (last {len(recent)} episodes)" if recent else "- (no episode finished)"
-        print(f"finished at global_step={global_step}: mean return {summary}", flush=True)
-        if saved:
-            print(f"checkpoint saved to {run_dir}/checkpoint.pt", flush=True)
-
-        eval_result = {}
-        if args.eval_episodes and not preempted:
-            for mode, tag in (("sampled", "eval/episodic_return"), ("greedy", "eval/episodic_return_greedy")):
-                eval_returns = evaluate(agent, args, args.eval_episodes, greedy=mode == "greedy", device=device)
-                if writer is not None:  # a finished run that is only evaluated writes nothing
-                    for idx, episodic_return in enumerate(eval_returns):
-                        writer.add_scalar(tag, episodic_return, idx)
-                eval_result[mode] = float(eval_returns.mean())
-                print(
-                    f"eval ({mode}, {args.eval_episodes} episodes): mean return {eval_returns.mean():.2f} +- {eval_returns.std():.2f}"
-                )
-    except KeyboardInterrupt:
-        if not args.save_model:
-            raise KeyboardInterrupt(
-                f"interrupted at global_step={global_step}; nothing saved (with --save-model, Ctrl-C saves a "
-                "checkpoint to resume from)"
-            ) from None
-        earlier = os.path.isfile(f"{run_dir}/checkpoint.pt")
-        raise KeyboardInterrupt(
-            f"stopped at once at global_step={global_step}"
-            + ("" if saved else ", without saving this iteration")
-            + (f"; {run_dir}/checkpoint.pt resumes from the last one saved" if earlier else "")
-        ) from None
-    finally:
-        for signum, handler in previous_handlers.items():
-            signal.signal(signum, handler)
-        if bar is not None:
-            bar.close()
-        envs.close()
-        if writer is not None:
-            writer.close()
-        if wandb_run is not None:
-            wandb_run.finish()
-    return {
-        "run_name": run_name,
-        "run_dir": run_dir,
-        "history": history,
-        "episodes": episodes,
-        "eval": eval_result,
-        "agent": agent,
-    }
 
 
 if __name__ == "__main__":

@@ -1444,7 +1444,7 @@ class Run:
                 dist.destroy_process_group()
 
     def end_iteration(
-        self, iteration: int, global_step: int, lr: float, stats: dict, episodes: list, train: dict
+        self, iteration: int, global_step: int, lr: float, stats: dict | None, episodes: list, train: dict
     ) -> bool:
         """Log the iteration (the learning rate, the update's `stats`, the `episodes` that ended: [(global_step,
         return, length)]), checkpoint with --save-model when due (the last iteration, every --checkpoint-every, a
@@ -1554,12 +1554,14 @@ class RunLog:
 
     def iteration(self, global_step: int, lr: float, stats: dict, episodes: list, last: bool) -> None:
         """Record one iteration: the episodes that ended in it, the learning rate, SPS and the update's `stats`
-        (the key minibatch_updates as charts/, the others as losses/)."""
+        (the key minibatch_updates as charts/, the others as losses/; None: only the episodes this time)."""
         self.episodes.extend(episodes)
         sps = int((global_step - self.start_step) / (time.time() - self.start_time))
-        scalars = {"charts/learning_rate": lr, "charts/SPS": sps}
-        scalars.update({("charts/" if k == "minibatch_updates" else "losses/") + k: v for k, v in stats.items()})
-        self.history.append(scalars)
+        scalars = {}
+        if stats is not None:
+            scalars = {"charts/learning_rate": lr, "charts/SPS": sps}
+            scalars.update({("charts/" if k == "minibatch_updates" else "losses/") + k: v for k, v in stats.items()})
+            self.history.append(scalars)
         if self.writer is not None:
             for step_, episodic_return, episodic_length in episodes:
                 self.writer.add_scalar("charts/episodic_return", episodic_return, step_)
