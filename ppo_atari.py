@@ -143,47 +143,6 @@ class Args:
         return self.total_timesteps // (self.batch_size * world_size())
 
 
-def world_size() -> int:
-    """The number of processes training together: torchrun's WORLD_SIZE, 1 without torchrun."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def cleanrl_atari_id(args: Args) -> Args:
-    """`args` with an Atari id of CleanRL's commands put as this script's `<Game>-v5`, saying in one line what it
-    means here: `BreakoutNoFrameskip-v4` (CleanRL's ppo_atari.py) and `ALE/Breakout-v5` (gymnasium's id) are both
-    `Breakout-v5` with ATARI_PREPROCESSING and sticky actions at `--repeat-action-probability` (0 by default, as v4;
-    gymnasium's ALE/...-v5 defaults to 0.25). Other ids are returned unchanged."""
-    match = re.fullmatch(r"(?:ALE/)?([A-Z][A-Za-z0-9]*?)(?:NoFrameskip-v4|-v5)", args.env_id)
-    if match is None or args.env_id == f"{match[1]}-v5":
-        return args
-    game, sticky = f"{match[1]}-v5", args.repeat_action_probability
-    if args.env_id.endswith("-v4"):
-        means = "as v4, no sticky actions" if sticky == 0 else f"sticky actions {sticky} (v4 has none)"
-    else:
-        means = f"sticky actions {sticky} (--repeat-action-probability; gymnasium's ALE/ default is 0.25)"
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(f"--env-id {args.env_id}: plays {game} here, with CleanRL's Atari preprocessing and {means}", flush=True)
-    return replace(args, env_id=game)
-
-
-def did_you_mean(name: str, known) -> str:
-    """'; did you mean X?' for the closest of `known` to a mistyped `name` (difflib), or ''."""
-    close = difflib.get_close_matches(name, list(known), n=1)
-    return f"; did you mean {close[0]}?" if close else ""
-
-
-def ale_game(env_id: str) -> str:
-    """The ALE ROM id of an Atari env id: `Breakout-v5` -> `breakout`, `MontezumaRevenge-v5` -> `montezuma_revenge`.
-
-    Raises:
-        UsageError: naming `--env-id` when it is not of the form `<Game>-v5`.
-    """
-    match = re.fullmatch(r"([A-Z][A-Za-z0-9]*)-v5", env_id)
-    if match is None:
-        raise UsageError(f"--env-id {env_id}: not an Atari game id of the form <Game>-v5 (e.g. Breakout-v5)")
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", match[1]).lower()
-
-
 def make_envs(args: Args, num_envs: int, seed: int) -> tuple[gym.vector.VectorEnv, np.ndarray]:
     """A vector env of `num_envs` games with ATARI_PREPROCESSING on either backend, reset; returns it and the first
     observations, uint8 [num_envs, 4, 84, 84]. Env i is seeded with seed + i.
@@ -242,75 +201,6 @@ def make_envs(args: Args, num_envs: int, seed: int) -> tuple[gym.vector.VectorEn
     return envs, next_obs
 
 
-def fire_after_lost_life(args: Args) -> int | None:
-    """The action to take on the step after a lost life: on the ale backend, FIRE (its index in the game's
-    minimal action set) in games that have it, as envpool's fire reset and CleanRL's FireResetEnv press it after
-    every lost life (ale-py's life_loss_info does not); that step is a reset step, left out of the batch.
-    None on envpool (it fires itself) and in games without FIRE. The backends' one difference: ale plays that step
-    as one real 4-frame step (FIRE, or the ignored action), envpool as a hidden reset (0-29 no-op frames, FIRE; no
-    reward, no step counted)."""
-    if args.env_backend != "ale":
-        return None
-    import ale_py
-
-    ale = ale_py.ALEInterface()
-    ale.setLoggerMode(ale_py.LoggerMode.Error)
-    ale.loadROM(ale_py.roms.get_rom_path(ale_game(args.env_id)))
-    actions = list(ale.getMinimalActionSet())
-    return actions.index(ale_py.Action.FIRE) if ale_py.Action.FIRE in actions and len(actions) >= 3 else None
-
-
-def game_over(backend: str, infos: dict, terminations: np.ndarray, truncations: np.ndarray) -> np.ndarray:
-    """Whether each env's step ended the real game ([N] bool): the last life lost, or the game truncated at its
-    frame limit. A lost life that is not the last is a `terminated` for the learner only.
-    envpool tells the game's end in infos["terminated"]; on ale-py, a termination with no lives left is the end."""
-    ended = infos["terminated"].astype(bool) if backend == "envpool" else infos["lives"] == 0
-    return truncations.astype(bool) | (terminations.astype(bool) & ended)
-
-
-class GameStatistics:
-    """The real game's episode statistics, per env: the return is the unclipped reward summed over all lives, the
-    length the number of steps the agent acted in (each 4 frames; reset steps not counted). Both are reported
-    when the game ends (game_over), never per life and never clipped."""
-
-    def __init__(self, num_envs: int):
-        self.returns = np.zeros(num_envs)
-        self.lengths = np.zeros(num_envs, dtype=np.int64)
-
-    def update(self, rewards: np.ndarray, acted: np.ndarray, ended: np.ndarray) -> list[tuple[int, float, int]]:
-        """Add one step: unclipped `rewards` [N] float, `acted` [N] bool (False for a reset step, whose action the env
-        ignored), `ended` [N] bool (the step ended the game). Returns (env index, return, length) of each ended game."""
-        self.returns += rewards
-        self.lengths += acted
-        finished = [(int(i), float(self.returns[i]), int(self.lengths[i])) for i in np.flatnonzero(ended)]
-        self.returns[ended] = 0.0
-        self.lengths[ended] = 0
-        return finished
-
-
-def make_video_env(args: Args, video_dir: str | None) -> gym.Env:
-    """One game of gymnasium's `ALE/<Game>-v5` with ATARI_PREPROCESSING (gymnasium's AtariPreprocessing and
-    FrameStackObservation; FIRE after a reset and a lost life is pressed by `record_video`), every frame recorded
-    in colour to `video_dir` (None: no recording)."""
-    import ale_py
-
-    gym.register_envs(ale_py)
-    p = ATARI_PREPROCESSING
-    env = gym.make(
-        f"ALE/{args.env_id}",
-        render_mode="rgb_array",
-        frameskip=1,
-        repeat_action_probability=args.repeat_action_probability,
-        max_num_frames_per_episode=p["max_frames"],
-    )
-    if video_dir is not None:
-        env = gym.wrappers.RecordVideo(env, video_dir, episode_trigger=lambda episode: True, disable_logger=True)
-    env = gym.wrappers.AtariPreprocessing(
-        env, noop_max=p["noop_max"], frame_skip=p["frame_skip"], screen_size=p["size"], terminal_on_life_loss=False
-    )
-    return gym.wrappers.FrameStackObservation(env, p["stack"])
-
-
 def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
     torch.nn.init.orthogonal_(layer.weight, std)
     torch.nn.init.constant_(layer.bias, bias_const)
@@ -336,7 +226,7 @@ class Agent(nn.Module):
         )
         self.actor = layer_init(nn.Linear(512, num_actions), std=0.01)
         self.critic = layer_init(nn.Linear(512, 1), std=1)
-        self.to(memory_format=torch.channels_last)  # ~1.3x faster convolutions on CPU (measured: README)
+        self.to(memory_format=torch.channels_last)  # ~1.3x faster convolutions on CPU (benchmarks.speed)
 
     def hidden(self, x):
         """Features [B, 512] of uint8 frames [B, 4, 84, 84], scaled to [0, 1] here (x / 255), channels-last."""
@@ -502,6 +392,52 @@ def rollout(agent: Agent, envs, policy, buffers: dict, args: Args, global_step: 
                 episodes.append((global_step, game_return, game_length))
     buffers["next_done"] = (terminations[-1] + truncations[-1]) > 0
     return global_step, episodes
+
+
+def fire_after_lost_life(args: Args) -> int | None:
+    """The action to take on the step after a lost life: on the ale backend, FIRE (its index in the game's
+    minimal action set) in games that have it, as envpool's fire reset and CleanRL's FireResetEnv press it after
+    every lost life (ale-py's life_loss_info does not); that step is a reset step, left out of the batch.
+    None on envpool (it fires itself) and in games without FIRE. The backends' one difference: ale plays that step
+    as one real 4-frame step (FIRE, or the ignored action), envpool as a hidden reset (0-29 no-op frames, FIRE; no
+    reward, no step counted)."""
+    if args.env_backend != "ale":
+        return None
+    import ale_py
+
+    ale = ale_py.ALEInterface()
+    ale.setLoggerMode(ale_py.LoggerMode.Error)
+    ale.loadROM(ale_py.roms.get_rom_path(ale_game(args.env_id)))
+    actions = list(ale.getMinimalActionSet())
+    return actions.index(ale_py.Action.FIRE) if ale_py.Action.FIRE in actions and len(actions) >= 3 else None
+
+
+def game_over(backend: str, infos: dict, terminations: np.ndarray, truncations: np.ndarray) -> np.ndarray:
+    """Whether each env's step ended the real game ([N] bool): the last life lost, or the game truncated at its
+    frame limit. A lost life that is not the last is a `terminated` for the learner only.
+    envpool tells the game's end in infos["terminated"]; on ale-py, a termination with no lives left is the end."""
+    ended = infos["terminated"].astype(bool) if backend == "envpool" else infos["lives"] == 0
+    return truncations.astype(bool) | (terminations.astype(bool) & ended)
+
+
+class GameStatistics:
+    """The real game's episode statistics, per env: the return is the unclipped reward summed over all lives, the
+    length the number of steps the agent acted in (each 4 frames; reset steps not counted). Both are reported
+    when the game ends (game_over), never per life and never clipped."""
+
+    def __init__(self, num_envs: int):
+        self.returns = np.zeros(num_envs)
+        self.lengths = np.zeros(num_envs, dtype=np.int64)
+
+    def update(self, rewards: np.ndarray, acted: np.ndarray, ended: np.ndarray) -> list[tuple[int, float, int]]:
+        """Add one step: unclipped `rewards` [N] float, `acted` [N] bool (False for a reset step, whose action the env
+        ignored), `ended` [N] bool (the step ended the game). Returns (env index, return, length) of each ended game."""
+        self.returns += rewards
+        self.lengths += acted
+        finished = [(int(i), float(self.returns[i]), int(self.lengths[i])) for i in np.flatnonzero(ended)]
+        self.returns[ended] = 0.0
+        self.lengths[ended] = 0
+        return finished
 
 
 def make_batch(agent: Agent, buffers: dict, args: Args) -> dict:
@@ -813,6 +749,29 @@ def evaluate(agent: Agent, args: Args, episodes: int, greedy: bool, device: torc
     return np.array([r for env_returns in returns for r in env_returns])
 
 
+def make_video_env(args: Args, video_dir: str | None) -> gym.Env:
+    """One game of gymnasium's `ALE/<Game>-v5` with ATARI_PREPROCESSING (gymnasium's AtariPreprocessing and
+    FrameStackObservation; FIRE after a reset and a lost life is pressed by `record_video`), every frame recorded
+    in colour to `video_dir` (None: no recording)."""
+    import ale_py
+
+    gym.register_envs(ale_py)
+    p = ATARI_PREPROCESSING
+    env = gym.make(
+        f"ALE/{args.env_id}",
+        render_mode="rgb_array",
+        frameskip=1,
+        repeat_action_probability=args.repeat_action_probability,
+        max_num_frames_per_episode=p["max_frames"],
+    )
+    if video_dir is not None:
+        env = gym.wrappers.RecordVideo(env, video_dir, episode_trigger=lambda episode: True, disable_logger=True)
+    env = gym.wrappers.AtariPreprocessing(
+        env, noop_max=p["noop_max"], frame_skip=p["frame_skip"], screen_size=p["size"], terminal_on_life_loss=False
+    )
+    return gym.wrappers.FrameStackObservation(env, p["stack"])
+
+
 def record_video(agent: Agent, args: Args, video_dir: str, device: torch.device) -> float:
     """Play one game with the sampled policy in `make_video_env`, recorded to `video_dir`; FIRE is pressed after
     the reset and after each lost life in games that have it (as the training envs' fire reset). Returns the
@@ -837,6 +796,47 @@ def record_video(agent: Agent, args: Args, video_dir: str, device: torch.device)
 
 
 # ---- this script's checks (run by Run.start, before anything is built or written) ----
+
+
+def world_size() -> int:
+    """The number of processes training together: torchrun's WORLD_SIZE, 1 without torchrun."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def cleanrl_atari_id(args: Args) -> Args:
+    """`args` with an Atari id of CleanRL's commands put as this script's `<Game>-v5`, saying in one line what it
+    means here: `BreakoutNoFrameskip-v4` (CleanRL's ppo_atari.py) and `ALE/Breakout-v5` (gymnasium's id) are both
+    `Breakout-v5` with ATARI_PREPROCESSING and sticky actions at `--repeat-action-probability` (0 by default, as v4;
+    gymnasium's ALE/...-v5 defaults to 0.25). Other ids are returned unchanged."""
+    match = re.fullmatch(r"(?:ALE/)?([A-Z][A-Za-z0-9]*?)(?:NoFrameskip-v4|-v5)", args.env_id)
+    if match is None or args.env_id == f"{match[1]}-v5":
+        return args
+    game, sticky = f"{match[1]}-v5", args.repeat_action_probability
+    if args.env_id.endswith("-v4"):
+        means = "as v4, no sticky actions" if sticky == 0 else f"sticky actions {sticky} (v4 has none)"
+    else:
+        means = f"sticky actions {sticky} (--repeat-action-probability; gymnasium's ALE/ default is 0.25)"
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"--env-id {args.env_id}: plays {game} here, with CleanRL's Atari preprocessing and {means}", flush=True)
+    return replace(args, env_id=game)
+
+
+def did_you_mean(name: str, known) -> str:
+    """'; did you mean X?' for the closest of `known` to a mistyped `name` (difflib), or ''."""
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+def ale_game(env_id: str) -> str:
+    """The ALE ROM id of an Atari env id: `Breakout-v5` -> `breakout`, `MontezumaRevenge-v5` -> `montezuma_revenge`.
+
+    Raises:
+        UsageError: naming `--env-id` when it is not of the form `<Game>-v5`.
+    """
+    match = re.fullmatch(r"([A-Z][A-Za-z0-9]*)-v5", env_id)
+    if match is None:
+        raise UsageError(f"--env-id {env_id}: not an Atari game id of the form <Game>-v5 (e.g. Breakout-v5)")
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", match[1]).lower()
 
 
 def validate_args(args: Args) -> None:

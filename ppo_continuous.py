@@ -167,20 +167,6 @@ def make_envs(args: Args, num_envs: int, seed: int, capture_video: bool, run_nam
     return envs
 
 
-def start_envs(envs, agent, args: Args, buffers: dict, actions: list, replay: bool) -> None:
-    """Reset the envs (gymnasium: seeded with `args.seed`; envpool was seeded at make) into buffers["obs"][T],
-    normalised. A resumed run with iterations left first replays the `actions` it took ([steps, N, A] tensors,
-    clipped to the bounds as in training), which brings the freshly seeded envs to the exact state they were in; its
-    observation statistics already include the observation it resumes from (the agent's state_dict restored them)."""
-    next_obs, _ = envs.reset(seed=args.seed if args.env_backend == "gymnasium" else None)
-    low, high = envs.single_action_space.low, envs.single_action_space.high
-    for step_actions in torch.cat(actions).numpy() if actions and replay else []:
-        next_obs, _, term, trunc, _ = envs.step(np.clip(step_actions, low, high))
-        buffers["next_done"] = term | trunc
-    obs = agent.normalize_obs(next_obs, update=not actions)
-    buffers["obs"][args.num_steps] = torch.as_tensor(obs, device=buffers["obs"].device)
-
-
 def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
     torch.nn.init.orthogonal_(layer.weight, std)
     torch.nn.init.constant_(layer.bias, bias_const)
@@ -327,6 +313,20 @@ def main(args: Args) -> dict:
                 break
         run.finish(agent, global_step)
     return run.record
+
+
+def start_envs(envs, agent, args: Args, buffers: dict, actions: list, replay: bool) -> None:
+    """Reset the envs (gymnasium: seeded with `args.seed`; envpool was seeded at make) into buffers["obs"][T],
+    normalised. A resumed run with iterations left first replays the `actions` it took ([steps, N, A] tensors,
+    clipped to the bounds as in training), which brings the freshly seeded envs to the exact state they were in; its
+    observation statistics already include the observation it resumes from (the agent's state_dict restored them)."""
+    next_obs, _ = envs.reset(seed=args.seed if args.env_backend == "gymnasium" else None)
+    low, high = envs.single_action_space.low, envs.single_action_space.high
+    for step_actions in torch.cat(actions).numpy() if actions and replay else []:
+        next_obs, _, term, trunc, _ = envs.step(np.clip(step_actions, low, high))
+        buffers["next_done"] = term | trunc
+    obs = agent.normalize_obs(next_obs, update=not actions)
+    buffers["obs"][args.num_steps] = torch.as_tensor(obs, device=buffers["obs"].device)
 
 
 def make_buffers(args: Args, obs_dim: int, action_dim: int, device: torch.device, train: dict) -> dict:

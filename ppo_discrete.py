@@ -154,17 +154,6 @@ def make_envs(args: Args, num_envs: int, seed: int, capture_video: bool, run_nam
     return gym.wrappers.vector.RecordEpisodeStatistics(envs)
 
 
-def start_envs(envs, args: Args, buffers: dict, actions: list, replay: bool) -> None:
-    """Reset the envs (gymnasium: seeded with `args.seed`; envpool was seeded at make) into buffers["obs"][T]. A
-    resumed run with iterations left first replays the `actions` it took ([steps, N] tensors), which brings the
-    freshly seeded envs to the exact state they were in."""
-    next_obs, _ = envs.reset(seed=args.seed if args.env_backend == "gymnasium" else None)
-    for step_actions in torch.cat(actions).long().numpy() if actions and replay else []:
-        next_obs, _, term, trunc, _ = envs.step(step_actions)
-        buffers["next_done"] = term | trunc
-    buffers["obs"][args.num_steps] = torch.as_tensor(next_obs, device=buffers["obs"].device)
-
-
 def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
     torch.nn.init.orthogonal_(layer.weight, std)
     torch.nn.init.constant_(layer.bias, bias_const)
@@ -274,6 +263,17 @@ def main(args: Args) -> dict:
                 break
         run.finish(agent, global_step)
     return run.record
+
+
+def start_envs(envs, args: Args, buffers: dict, actions: list, replay: bool) -> None:
+    """Reset the envs (gymnasium: seeded with `args.seed`; envpool was seeded at make) into buffers["obs"][T]. A
+    resumed run with iterations left first replays the `actions` it took ([steps, N] tensors), which brings the
+    freshly seeded envs to the exact state they were in."""
+    next_obs, _ = envs.reset(seed=args.seed if args.env_backend == "gymnasium" else None)
+    for step_actions in torch.cat(actions).long().numpy() if actions and replay else []:
+        next_obs, _, term, trunc, _ = envs.step(step_actions)
+        buffers["next_done"] = term | trunc
+    buffers["obs"][args.num_steps] = torch.as_tensor(next_obs, device=buffers["obs"].device)
 
 
 def make_buffers(args: Args, obs_dim: int, device: torch.device, action_log: list) -> dict:

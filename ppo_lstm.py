@@ -152,7 +152,8 @@ class Args:
     torch_threads: int = 0
     """torch CPU threads (0: 1 for vector observations, where one is fastest; the cores this process may use for Atari)"""
     compile: bool = False
-    """compile the policy step and the minibatch update with torch.compile (README: Speed)"""
+    """compile the policy step and the minibatch update (loss, forward and backward) with torch.compile (minutes
+    the first time: the LSTM is unrolled in the graph)"""
     track: bool = False
     """if toggled, this experiment will be tracked with Weights and Biases"""
     wandb_project_name: str = "cleanRL"
@@ -184,75 +185,6 @@ class Args:
     def num_iterations(self) -> int:
         """the number of iterations (total_timesteps // batch_size)"""
         return self.total_timesteps // self.batch_size
-
-
-def cleanrl_atari_id(args: Args) -> Args:
-    """`args` with an Atari id of CleanRL's commands put as this script's `<Game>-v5`, saying in one line what it
-    means here: `BreakoutNoFrameskip-v4` (CleanRL's ppo_atari.py) and `ALE/Breakout-v5` (gymnasium's id) are both
-    `Breakout-v5` with ATARI_PREPROCESSING and sticky actions at `--repeat-action-probability` (0 by default, as v4;
-    gymnasium's ALE/...-v5 defaults to 0.25). Other ids are returned unchanged."""
-    match = re.fullmatch(r"(?:ALE/)?([A-Z][A-Za-z0-9]*?)(?:NoFrameskip-v4|-v5)", args.env_id)
-    if match is None or args.env_id == f"{match[1]}-v5":
-        return args
-    game, sticky = f"{match[1]}-v5", args.repeat_action_probability
-    if args.env_id.endswith("-v4"):
-        means = "as v4, no sticky actions" if sticky == 0 else f"sticky actions {sticky} (v4 has none)"
-    else:
-        means = f"sticky actions {sticky} (--repeat-action-probability; gymnasium's ALE/ default is 0.25)"
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(f"--env-id {args.env_id}: plays {game} here, with CleanRL's Atari preprocessing and {means}", flush=True)
-    return replace(args, env_id=game)
-
-
-def ale_roms() -> list[str]:
-    """ale-py's ROM ids (`breakout`, ...), or [] without ale-py."""
-    try:
-        import ale_py
-    except ImportError:
-        return []
-    return ale_py.roms.get_all_rom_ids()
-
-
-def did_you_mean(name: str, known) -> str:
-    """'; did you mean X?' for the closest of `known` to a mistyped `name` (difflib), or ''."""
-    close = difflib.get_close_matches(name, list(known), n=1)
-    return f"; did you mean {close[0]}?" if close else ""
-
-
-def ale_game(env_id: str) -> str:
-    """The ALE ROM id of an Atari env id: `Breakout-v5` -> `breakout`, `MontezumaRevenge-v5` -> `montezuma_revenge`.
-
-    Raises:
-        UsageError: naming `--env-id` when it is not of the form `<Game>-v5`.
-    """
-    match = re.fullmatch(r"([A-Z][A-Za-z0-9]*)-v5", env_id)
-    if match is None:
-        raise UsageError(f"--env-id {env_id}: not an Atari game id of the form <Game>-v5 (e.g. Breakout-v5)")
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", match[1]).lower()
-
-
-def atari_game(env_id: str) -> bool:
-    """Whether `env_id` is an Atari game: `<Game>-v5` with a ROM in ale-py (or, without ale-py, an envpool Atari
-    env). `Hopper-v5` is not."""
-    if re.fullmatch(r"[A-Z][A-Za-z0-9]*-v5", env_id) is None:
-        return False
-    try:
-        import ale_py
-
-        return ale_game(env_id) in ale_py.roms.get_all_rom_ids()
-    except ImportError:
-        pass
-    try:
-        import envpool
-    except ImportError:
-        return False
-    return env_id in envpool.list_all_envs() and "episodic_life" in envpool.make_spec(env_id).config._fields
-
-
-def with_task_defaults(args: Args) -> Args:
-    """`args` with each flag left at None set to its TASK_DEFAULTS value for the task `--env-id` names."""
-    defaults = TASK_DEFAULTS["atari" if atari_game(args.env_id) else "vector"]
-    return replace(args, **{name: value for name, value in defaults.items() if getattr(args, name) is None})
 
 
 VELOCITIES = [1, 3]  # CartPole's cart velocity and pole angular velocity in its observation [x, v, theta, omega]
@@ -377,83 +309,6 @@ def make_envs(args: Args, num_envs: int, seed: int) -> tuple[gym.vector.VectorEn
     return envs, next_obs
 
 
-def fire_after_lost_life(args: Args) -> int | None:
-    """The action to take on the step after a lost life: on the ale backend, FIRE (its index in the game's
-    minimal action set) in games that have it, as envpool's fire reset and CleanRL's FireResetEnv press it after
-    every lost life (ale-py's life_loss_info does not); that step is a reset step, left out of the batch.
-    None on envpool (it fires itself) and in games without FIRE. The backends' one difference: ale plays that step
-    as one real 4-frame step (FIRE, or the ignored action), envpool as a hidden reset (0-29 no-op frames, FIRE; no
-    reward, no step counted)."""
-    if args.env_backend != "ale":
-        return None
-    import ale_py
-
-    ale = ale_py.ALEInterface()
-    ale.setLoggerMode(ale_py.LoggerMode.Error)
-    ale.loadROM(ale_py.roms.get_rom_path(ale_game(args.env_id)))
-    actions = list(ale.getMinimalActionSet())
-    return actions.index(ale_py.Action.FIRE) if ale_py.Action.FIRE in actions and len(actions) >= 3 else None
-
-
-def game_over(args: Args, infos: dict, terminations: np.ndarray, truncations: np.ndarray) -> np.ndarray:
-    """Whether each env's step ended the real episode ([N] bool): terminated or truncated; on Atari, the last life
-    lost, or the game truncated at its frame limit (a lost life that is not the last is a `terminated` for the
-    learner only). envpool tells the game's end in infos["terminated"]; on ale-py, a termination with no lives left
-    is the end."""
-    if not atari_game(args.env_id):
-        return terminations.astype(bool) | truncations.astype(bool)
-    ended = infos["terminated"].astype(bool) if args.env_backend == "envpool" else infos["lives"] == 0
-    return truncations.astype(bool) | (terminations.astype(bool) & ended)
-
-
-class GameStatistics:
-    """The real game's episode statistics, per env: the return is the unclipped reward summed over all lives, the
-    length the number of steps the agent acted in (each 4 frames; reset steps not counted). Both are reported
-    when the game ends (game_over), never per life and never clipped."""
-
-    def __init__(self, num_envs: int):
-        self.returns = np.zeros(num_envs)
-        self.lengths = np.zeros(num_envs, dtype=np.int64)
-
-    def update(self, rewards: np.ndarray, acted: np.ndarray, ended: np.ndarray) -> list[tuple[int, float, int]]:
-        """Add one step: unclipped `rewards` [N] float, `acted` [N] bool (False for a reset step, whose action the env
-        ignored), `ended` [N] bool (the step ended the game). Returns (env index, return, length) of each ended game."""
-        self.returns += rewards
-        self.lengths += acted
-        finished = [(int(i), float(self.returns[i]), int(self.lengths[i])) for i in np.flatnonzero(ended)]
-        self.returns[ended] = 0.0
-        self.lengths[ended] = 0
-        return finished
-
-
-def make_video_env(args: Args, video_dir: str | None) -> gym.Env:
-    """One env of `--env-id` rendering rgb frames, every frame recorded to `video_dir` (None: no recording). Atari:
-    gymnasium's `ALE/<Game>-v5` with ATARI_PREPROCESSING (gymnasium's AtariPreprocessing and FrameStackObservation;
-    FIRE after a reset and a lost life is pressed by `record_video`), recorded in colour."""
-    if not atari_game(args.env_id):
-        env = gym.make(args.env_id, render_mode="rgb_array")
-        if video_dir is not None:
-            env = gym.wrappers.RecordVideo(env, video_dir, episode_trigger=lambda episode: True, disable_logger=True)
-        return env
-    import ale_py
-
-    gym.register_envs(ale_py)
-    p = ATARI_PREPROCESSING
-    env = gym.make(
-        f"ALE/{args.env_id}",
-        render_mode="rgb_array",
-        frameskip=1,
-        repeat_action_probability=args.repeat_action_probability,
-        max_num_frames_per_episode=p["max_frames"],
-    )
-    if video_dir is not None:
-        env = gym.wrappers.RecordVideo(env, video_dir, episode_trigger=lambda episode: True, disable_logger=True)
-    env = gym.wrappers.AtariPreprocessing(
-        env, noop_max=p["noop_max"], frame_skip=p["frame_skip"], screen_size=p["size"], terminal_on_life_loss=False
-    )
-    return gym.wrappers.FrameStackObservation(env, p["stack"])
-
-
 def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
     torch.nn.init.orthogonal_(layer.weight, std)
     torch.nn.init.constant_(layer.bias, bias_const)
@@ -505,7 +360,7 @@ class Agent(nn.Module):
         # gymnasium's running statistics, as in its NormalizeObservation wrapper (mean 0, var 1, count 1e-4 at first)
         self.obs_rms = RunningMeanStd(shape=obs_shape if norm_obs else ())
         if self.pixels:
-            self.to(memory_format=torch.channels_last)  # ~1.3x faster convolutions on CPU (measured: README)
+            self.to(memory_format=torch.channels_last)  # ~1.3x faster convolutions on CPU (benchmarks.speed)
 
     def normalize_obs(self, obs: np.ndarray, update: bool) -> np.ndarray:
         """Observations [N, D] float32 -> float32 [N, D]: (obs - mean) / sqrt(var + 1e-8), clipped to [-10, 10], as
@@ -768,6 +623,55 @@ def rollout(agent: Agent, envs, policy, buffers: dict, args: Args, global_step: 
         action_dtype = torch.uint8 if logp_all.shape[-1] <= 256 else torch.int32
         buffers["action_log"].append(actions.to("cpu", action_dtype, copy=True))
     return global_step, episodes
+
+
+def fire_after_lost_life(args: Args) -> int | None:
+    """The action to take on the step after a lost life: on the ale backend, FIRE (its index in the game's
+    minimal action set) in games that have it, as envpool's fire reset and CleanRL's FireResetEnv press it after
+    every lost life (ale-py's life_loss_info does not); that step is a reset step, left out of the batch.
+    None on envpool (it fires itself) and in games without FIRE. The backends' one difference: ale plays that step
+    as one real 4-frame step (FIRE, or the ignored action), envpool as a hidden reset (0-29 no-op frames, FIRE; no
+    reward, no step counted)."""
+    if args.env_backend != "ale":
+        return None
+    import ale_py
+
+    ale = ale_py.ALEInterface()
+    ale.setLoggerMode(ale_py.LoggerMode.Error)
+    ale.loadROM(ale_py.roms.get_rom_path(ale_game(args.env_id)))
+    actions = list(ale.getMinimalActionSet())
+    return actions.index(ale_py.Action.FIRE) if ale_py.Action.FIRE in actions and len(actions) >= 3 else None
+
+
+def game_over(args: Args, infos: dict, terminations: np.ndarray, truncations: np.ndarray) -> np.ndarray:
+    """Whether each env's step ended the real episode ([N] bool): terminated or truncated; on Atari, the last life
+    lost, or the game truncated at its frame limit (a lost life that is not the last is a `terminated` for the
+    learner only). envpool tells the game's end in infos["terminated"]; on ale-py, a termination with no lives left
+    is the end."""
+    if not atari_game(args.env_id):
+        return terminations.astype(bool) | truncations.astype(bool)
+    ended = infos["terminated"].astype(bool) if args.env_backend == "envpool" else infos["lives"] == 0
+    return truncations.astype(bool) | (terminations.astype(bool) & ended)
+
+
+class GameStatistics:
+    """The real game's episode statistics, per env: the return is the unclipped reward summed over all lives, the
+    length the number of steps the agent acted in (each 4 frames; reset steps not counted). Both are reported
+    when the game ends (game_over), never per life and never clipped."""
+
+    def __init__(self, num_envs: int):
+        self.returns = np.zeros(num_envs)
+        self.lengths = np.zeros(num_envs, dtype=np.int64)
+
+    def update(self, rewards: np.ndarray, acted: np.ndarray, ended: np.ndarray) -> list[tuple[int, float, int]]:
+        """Add one step: unclipped `rewards` [N] float, `acted` [N] bool (False for a reset step, whose action the env
+        ignored), `ended` [N] bool (the step ended the game). Returns (env index, return, length) of each ended game."""
+        self.returns += rewards
+        self.lengths += acted
+        finished = [(int(i), float(self.returns[i]), int(self.lengths[i])) for i in np.flatnonzero(ended)]
+        self.returns[ended] = 0.0
+        self.lengths[ended] = 0
+        return finished
 
 
 def make_batch(agent: Agent, buffers: dict, args: Args) -> dict:
@@ -1110,6 +1014,34 @@ def evaluate(agent: Agent, args: Args, episodes: int, greedy: bool, device: torc
     return np.array([r for env_returns in returns for r in env_returns])
 
 
+def make_video_env(args: Args, video_dir: str | None) -> gym.Env:
+    """One env of `--env-id` rendering rgb frames, every frame recorded to `video_dir` (None: no recording). Atari:
+    gymnasium's `ALE/<Game>-v5` with ATARI_PREPROCESSING (gymnasium's AtariPreprocessing and FrameStackObservation;
+    FIRE after a reset and a lost life is pressed by `record_video`), recorded in colour."""
+    if not atari_game(args.env_id):
+        env = gym.make(args.env_id, render_mode="rgb_array")
+        if video_dir is not None:
+            env = gym.wrappers.RecordVideo(env, video_dir, episode_trigger=lambda episode: True, disable_logger=True)
+        return env
+    import ale_py
+
+    gym.register_envs(ale_py)
+    p = ATARI_PREPROCESSING
+    env = gym.make(
+        f"ALE/{args.env_id}",
+        render_mode="rgb_array",
+        frameskip=1,
+        repeat_action_probability=args.repeat_action_probability,
+        max_num_frames_per_episode=p["max_frames"],
+    )
+    if video_dir is not None:
+        env = gym.wrappers.RecordVideo(env, video_dir, episode_trigger=lambda episode: True, disable_logger=True)
+    env = gym.wrappers.AtariPreprocessing(
+        env, noop_max=p["noop_max"], frame_skip=p["frame_skip"], screen_size=p["size"], terminal_on_life_loss=False
+    )
+    return gym.wrappers.FrameStackObservation(env, p["stack"])
+
+
 def record_video(agent: Agent, args: Args, video_dir: str, device: torch.device) -> float:
     """Play one episode (Atari: one game) with the sampled policy in `make_video_env`, recorded to `video_dir`.
     On Atari, FIRE is pressed after the reset and after each lost life in games that have it (as the training envs'
@@ -1144,6 +1076,75 @@ def record_video(agent: Agent, args: Args, video_dir: str, device: torch.device)
 
 
 # ---- this script's checks (run by Run.start, before anything is built or written) ----
+
+
+def cleanrl_atari_id(args: Args) -> Args:
+    """`args` with an Atari id of CleanRL's commands put as this script's `<Game>-v5`, saying in one line what it
+    means here: `BreakoutNoFrameskip-v4` (CleanRL's ppo_atari.py) and `ALE/Breakout-v5` (gymnasium's id) are both
+    `Breakout-v5` with ATARI_PREPROCESSING and sticky actions at `--repeat-action-probability` (0 by default, as v4;
+    gymnasium's ALE/...-v5 defaults to 0.25). Other ids are returned unchanged."""
+    match = re.fullmatch(r"(?:ALE/)?([A-Z][A-Za-z0-9]*?)(?:NoFrameskip-v4|-v5)", args.env_id)
+    if match is None or args.env_id == f"{match[1]}-v5":
+        return args
+    game, sticky = f"{match[1]}-v5", args.repeat_action_probability
+    if args.env_id.endswith("-v4"):
+        means = "as v4, no sticky actions" if sticky == 0 else f"sticky actions {sticky} (v4 has none)"
+    else:
+        means = f"sticky actions {sticky} (--repeat-action-probability; gymnasium's ALE/ default is 0.25)"
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"--env-id {args.env_id}: plays {game} here, with CleanRL's Atari preprocessing and {means}", flush=True)
+    return replace(args, env_id=game)
+
+
+def ale_roms() -> list[str]:
+    """ale-py's ROM ids (`breakout`, ...), or [] without ale-py."""
+    try:
+        import ale_py
+    except ImportError:
+        return []
+    return ale_py.roms.get_all_rom_ids()
+
+
+def did_you_mean(name: str, known) -> str:
+    """'; did you mean X?' for the closest of `known` to a mistyped `name` (difflib), or ''."""
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+def ale_game(env_id: str) -> str:
+    """The ALE ROM id of an Atari env id: `Breakout-v5` -> `breakout`, `MontezumaRevenge-v5` -> `montezuma_revenge`.
+
+    Raises:
+        UsageError: naming `--env-id` when it is not of the form `<Game>-v5`.
+    """
+    match = re.fullmatch(r"([A-Z][A-Za-z0-9]*)-v5", env_id)
+    if match is None:
+        raise UsageError(f"--env-id {env_id}: not an Atari game id of the form <Game>-v5 (e.g. Breakout-v5)")
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", match[1]).lower()
+
+
+def atari_game(env_id: str) -> bool:
+    """Whether `env_id` is an Atari game: `<Game>-v5` with a ROM in ale-py (or, without ale-py, an envpool Atari
+    env). `Hopper-v5` is not."""
+    if re.fullmatch(r"[A-Z][A-Za-z0-9]*-v5", env_id) is None:
+        return False
+    try:
+        import ale_py
+
+        return ale_game(env_id) in ale_py.roms.get_all_rom_ids()
+    except ImportError:
+        pass
+    try:
+        import envpool
+    except ImportError:
+        return False
+    return env_id in envpool.list_all_envs() and "episodic_life" in envpool.make_spec(env_id).config._fields
+
+
+def with_task_defaults(args: Args) -> Args:
+    """`args` with each flag left at None set to its TASK_DEFAULTS value for the task `--env-id` names."""
+    defaults = TASK_DEFAULTS["atari" if atari_game(args.env_id) else "vector"]
+    return replace(args, **{name: value for name, value in defaults.items() if getattr(args, name) is None})
 
 
 def validate_args(args: Args) -> None:

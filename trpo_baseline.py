@@ -155,30 +155,6 @@ def make_envs(args: Args, num_envs: int, seed: int, capture_video: bool, run_nam
     return envs
 
 
-def start_envs(envs, agent, args: Args, buffers: dict, actions: list, replay: bool) -> None:
-    """Reset the envs (gymnasium: seeded with `args.seed`; envpool was seeded at make) into buffers["obs"][T],
-    normalised. A resumed run with iterations left first replays the `actions` it took ([steps, N(, A)] tensors,
-    Box actions clipped to the bounds as in training), which brings the freshly seeded envs to the exact state they
-    were in; its observation statistics already include the observation it resumes from (the agent's state_dict)."""
-    next_obs, _ = envs.reset(seed=args.seed if args.env_backend == "gymnasium" else None)
-    continuous = isinstance(envs.single_action_space, gym.spaces.Box)
-    for step_actions in torch.cat(actions).numpy() if actions and replay else []:
-        if continuous:
-            step_actions = np.clip(step_actions, envs.single_action_space.low, envs.single_action_space.high)
-        next_obs, _, term, trunc, _ = envs.step(step_actions if continuous else step_actions.astype(np.int64))
-        buffers["next_done"] = term | trunc
-    obs = agent.normalize_obs(next_obs, update=not actions)
-    buffers["obs"][args.num_steps] = torch.as_tensor(obs, device=buffers["obs"].device)
-
-
-def action_bounds(action_space: gym.Space, device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """A Box action space's (low, high) as float32 tensors on `device`, for clipping actions; (None, None) for
-    a Discrete one."""
-    if not isinstance(action_space, gym.spaces.Box):
-        return None, None
-    return tuple(torch.as_tensor(b, dtype=torch.float32, device=device) for b in (action_space.low, action_space.high))
-
-
 def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
     torch.nn.init.orthogonal_(layer.weight, std)
     torch.nn.init.constant_(layer.bias, bias_const)
@@ -357,6 +333,30 @@ def main(args: Args) -> dict:
                 break
         run.finish(agent, global_step)
     return run.record
+
+
+def start_envs(envs, agent, args: Args, buffers: dict, actions: list, replay: bool) -> None:
+    """Reset the envs (gymnasium: seeded with `args.seed`; envpool was seeded at make) into buffers["obs"][T],
+    normalised. A resumed run with iterations left first replays the `actions` it took ([steps, N(, A)] tensors,
+    Box actions clipped to the bounds as in training), which brings the freshly seeded envs to the exact state they
+    were in; its observation statistics already include the observation it resumes from (the agent's state_dict)."""
+    next_obs, _ = envs.reset(seed=args.seed if args.env_backend == "gymnasium" else None)
+    continuous = isinstance(envs.single_action_space, gym.spaces.Box)
+    for step_actions in torch.cat(actions).numpy() if actions and replay else []:
+        if continuous:
+            step_actions = np.clip(step_actions, envs.single_action_space.low, envs.single_action_space.high)
+        next_obs, _, term, trunc, _ = envs.step(step_actions if continuous else step_actions.astype(np.int64))
+        buffers["next_done"] = term | trunc
+    obs = agent.normalize_obs(next_obs, update=not actions)
+    buffers["obs"][args.num_steps] = torch.as_tensor(obs, device=buffers["obs"].device)
+
+
+def action_bounds(action_space: gym.Space, device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """A Box action space's (low, high) as float32 tensors on `device`, for clipping actions; (None, None) for
+    a Discrete one."""
+    if not isinstance(action_space, gym.spaces.Box):
+        return None, None
+    return tuple(torch.as_tensor(b, dtype=torch.float32, device=device) for b in (action_space.low, action_space.high))
 
 
 def make_buffers(args: Args, obs_dim: int, act_space: gym.Space, device: torch.device, train: dict) -> dict:

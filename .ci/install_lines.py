@@ -13,8 +13,9 @@ import re
 import subprocess
 import sys
 import tempfile
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 SHORT = "--total-timesteps 256 --num-envs 2 --num-steps 64"  # appended to a quickstart command: a few steps
@@ -53,7 +54,7 @@ def checks() -> list[tuple[str, str]]:
         sys.exit(f".ci/install_lines.py: no check for the extra(s) {missing}: add a command to EXTRAS")
     for extra in extras:
         if EXTRAS[extra] is not None:
-            out.append((f'.[{extra}]', f'pip install -e ".[{extra}]" && {EXTRAS[extra]}'))
+            out.append((f".[{extra}]", f'pip install -e ".[{extra}]" && {EXTRAS[extra]}'))
     return out
 
 

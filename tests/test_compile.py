@@ -163,8 +163,8 @@ for n in (64, 63, 62):
     mb.update(logprobs=-0.7 + 0.3 * torch.randn(n, generator=g), logp_all=torch.full((n, 2), -0.69))
     mb.update(values=torch.randn(n, generator=g), advantages=torch.randn(n, generator=g))
     mb["returns"] = mb["values"] + torch.randn(n, generator=g)
-    eager = P.ppo_loss(agent, mb, args, 1.0)[1]
-    compiled = step.keywords["loss_fn"](agent, mb, args, torch.tensor(1.0))[1]
+    eager = torch.stack(list(P.ppo_loss(agent, mb, args, 1.0)[1].values()))
+    compiled = torch.stack(list(step.keywords["loss_fn"](agent, mb, args, torch.tensor(1.0))[1].values()))
     assert torch.allclose(eager, compiled, rtol=1e-5, atol=1e-6), (n, eager, compiled)
 """
 
