@@ -1030,11 +1030,7 @@ def flag(name: str) -> str:
 
 
 def check_extras(args: Args) -> None:
-    """Check that the optional packages the flags need are installed, before anything is built or written.
-
-    Raises:
-        UsageError: naming the flag and the package to install.
-    """
+    """Raises UsageError, naming the flag and the package, when a package a flag needs is not installed."""
     for wanted, module, purpose in (
         (args.track, "wandb", "--track"),
         (args.capture_video, "moviepy", "--capture-video"),
@@ -1066,12 +1062,8 @@ class Run:
 
     @classmethod
     def start(cls, args: Args) -> "Run":
-        """Check everything that can be checked before any work: the flags, the packages they need, the
-        environment (check_env: returns its spaces, `run.spaces`), and the --resume file with the flags it fixes.
-
-        Raises:
-            UsageError: naming the flag or file.
-        """
+        """Check the flags, the packages they need, the env (check_env: its spaces become `run.spaces`) and the
+        --resume file with the flags it fixes, before any work. Raises UsageError, naming the flag or file."""
         validate_args(args)
         check_extras(args)
         ckpt = load_checkpoint(args.resume) if args.resume else None
@@ -1080,14 +1072,9 @@ class Run:
         return cls(args, ckpt, check_env(args))
 
     def begin(self, train: dict) -> tuple[int, int]:
-        """Load a --resume checkpoint into `train` (and this process's RNG state), then claim the run folder and
-        start logging. A finished run resumed with nothing left to train is only evaluated and writes nothing.
-        Returns (first iteration to train, global_step).
-
-        Raises:
-            UsageError: naming --resume when the checkpoint does not fit what `train` holds, or the path that
-                cannot be written; nothing is written before.
-        """
+        """Load a --resume checkpoint into `train` (and this process's RNG state), claim the run folder, start
+        logging; a finished run with nothing left to train writes nothing. Returns (first iteration, global_step).
+        Raises UsageError (nothing written): a checkpoint that does not fit `train`, a path that cannot be written."""
         args, ckpt = self.args, self.ckpt
         start_iteration, global_step = 1, 0
         if ckpt is not None:
@@ -1134,22 +1121,22 @@ class Run:
 
     @contextlib.contextmanager
     def training(self, envs):
-        """Around the training loop: with --save-model, a first Ctrl-C or SIGTERM is noted (end_iteration
-        checkpoints and stops), a second one stops at once; at the end the envs and the logs close. A run stopped at
-        once raises a one-line KeyboardInterrupt saying where it stopped and what there is to resume from."""
+        """Around the training loop: with --save-model a first Ctrl-C or SIGTERM is noted (end_iteration checkpoints
+        and stops), a second stops at once with a one-line KeyboardInterrupt; the envs and logs close at the end."""
         self.stop = StopSignals(self.args.save_model)
         self.log.start()
         self.global_step = self.log.start_step
         try:
             yield self
         except KeyboardInterrupt:
-            checkpoint = f"{self.dir}/checkpoint.pt"
-            resume = f"; {checkpoint} resumes from the last one saved" if os.path.isfile(checkpoint) else ""
-            if not self.args.save_model:
-                resume = "; nothing saved (with --save-model, Ctrl-C saves a checkpoint to resume from)"
             self.log.end_progress()
-            where = "interrupted" if not self.args.save_model else "stopped at once"
-            raise KeyboardInterrupt(f"{where} at global_step={self.global_step}{resume}") from None
+            at, path = f"at global_step={self.global_step}", f"{self.dir}/checkpoint.pt"
+            if not self.args.save_model:
+                raise KeyboardInterrupt(
+                    f"interrupted {at}; nothing saved (with --save-model, Ctrl-C saves a checkpoint to resume from)"
+                ) from None
+            resume = f"; {path} resumes from the last one saved" if os.path.isfile(path) else ""
+            raise KeyboardInterrupt(f"stopped at once {at}{resume}") from None
         finally:
             self.stop.restore()
             envs.close()
@@ -1160,10 +1147,9 @@ class Run:
     def end_iteration(
         self, iteration: int, global_step: int, lr: float, stats: dict | None, episodes: list, train: dict
     ) -> bool:
-        """Log the iteration (the learning rate, the update's `stats`, the `episodes` that ended: [(global_step,
-        return, length)]), checkpoint with --save-model when due (the last iteration, every --checkpoint-every, a
-        signal), and say whether to stop now (a signal arrived). Under torchrun every process calls it: the episodes
-        of all go to rank 0's log and all stop together."""
+        """Log the iteration (`episodes`: [(global_step, return, length)]), checkpoint when due (the last iteration,
+        every --checkpoint-every, a signal), and say whether to stop now (a signal arrived). Under torchrun every
+        process calls it: all the episodes go to rank 0's log, and all the processes stop together."""
         self.global_step = global_step
         received = self.stop.received
         if dist.is_initialized():  # every process's episodes, and the signal any of them has received so far
@@ -1187,9 +1173,8 @@ class Run:
         return bool(received)
 
     def finish(self, agent: nn.Module, global_step: int) -> None:
-        """After training: print the last returns and where the checkpoint is, evaluate with --eval-episodes (not
-        after a stop), and fill `run.record`: run_name, run_dir, history (one dict of logged scalars per
-        iteration), episodes, eval (mean returns) and agent."""
+        """Print the last returns and the checkpoint's path, evaluate with --eval-episodes (not after a stop), and
+        fill `run.record`: run_name, run_dir, history, episodes, eval (mean returns) and agent."""
         self.stop.restore()  # training is over: a signal now stops at once
         self.global_step = global_step
         self.log.summary(global_step)
@@ -1208,10 +1193,9 @@ class Run:
 
 
 class RunLog:
-    """What a run reports as it trains: TensorBoard scalars under CleanRL's tags (W&B syncs them with `--track`,
-    and gets the videos), a progress bar on a terminal or a line every 10 s otherwise, and the run's record
-    (`history`: one dict of scalars per iteration; `episodes`: (global_step, return, length) of each one that
-    ended). A finished run that is only evaluated writes nothing; under torchrun only rank 0 writes and prints."""
+    """TensorBoard scalars under CleanRL's tags (W&B syncs them with --track, and gets the videos), a progress bar
+    (a line every 10 s off a terminal), and the record: `history` (scalars per iteration), `episodes` (global_step,
+    return, length). Under torchrun only rank 0 writes and prints."""
 
     def __init__(self, args: Args, run_name: str, run_dir: str, ckpt, evaluate_only: bool, rank: int, world_size: int):
         self.args, self.run_name, self.history, self.uploaded_videos = args, run_name, [], set()
@@ -1263,7 +1247,7 @@ class RunLog:
             self.bar = tqdm(total=total, initial=self.start_step, unit="step", dynamic_ncols=True)
 
     def start(self) -> None:
-        """Start the clock of the SPS figure just before the training loop: SPS counts the loop only, as CleanRL's."""
+        """Start the SPS clock: SPS counts the training loop only, as CleanRL's."""
         self.start_time = time.time()
 
     def iteration(self, global_step: int, lr: float, stats: dict, episodes: list, last: bool) -> None:
@@ -1294,8 +1278,7 @@ class RunLog:
             print(f"global_step={global_step} SPS={sps} return(last {len(recent)} episodes)={mean_return}", flush=True)
 
     def upload_videos(self) -> None:
-        """With --track and --capture-video, log each new .mp4 of videos/{run_name} to W&B (key `videos`): wandb's
-        own monitor_gym fails on gymnasium 1.x."""
+        """With --track, log each new .mp4 of videos/{run_name} to W&B (wandb's monitor_gym fails on gymnasium 1.x)."""
         video_dir = f"videos/{self.run_name}"
         if self.wandb_run is None or not self.args.capture_video or not os.path.isdir(video_dir):
             return
@@ -1314,7 +1297,7 @@ class RunLog:
         print(f"eval ({mode}, {len(returns)} episodes): mean return {returns.mean():.2f} +- {returns.std():.2f}")
 
     def summary(self, global_step: int) -> None:
-        """Close the progress bar (the lines below start on a line of their own) and print the last 100 returns."""
+        """Close the progress bar and print the mean of the last 100 returns."""
         self.end_progress()
         recent = [e[1] for e in self.episodes[-100:]]
         summary = f"{np.mean(recent):.2f} (last {len(recent)} episodes)" if recent else "- (no episode finished)"
@@ -1379,8 +1362,7 @@ def checkpoint_state(run: Run, iteration: int, global_step: int, train: dict) ->
 
 
 def save_checkpoint(path: str, state: dict) -> None:
-    """Write `state` with torch.save atomically: to a temporary file in the same folder, fsync'ed, then
-    renamed over `path`, so a crash mid-write leaves the previous checkpoint intact."""
+    """torch.save to a temporary file, fsync'ed, renamed over `path`: a crash mid-write keeps the last checkpoint."""
     tmp = f"{path}.tmp{os.getpid()}"
     try:
         with open(tmp, "wb") as f:
@@ -1394,12 +1376,8 @@ def save_checkpoint(path: str, state: dict) -> None:
 
 
 def load_checkpoint(path: str) -> dict:
-    """Load a checkpoint written by this script, with torch.load(weights_only=True) (no arbitrary objects).
-
-    Raises:
-        UsageError: naming `--resume` and the file when it is missing, a directory, corrupt or truncated, holds
-            objects no checkpoint holds, or is not this script's (or of an older version of it).
-    """
+    """A checkpoint of this script, with torch.load(weights_only=True). Raises UsageError naming --resume and the
+    file: missing, a directory, corrupt, holding arbitrary objects, not this script's or of an older version."""
     if os.path.isdir(path):
         raise UsageError(f"--resume {path}: is a directory, not a checkpoint file")
     if not os.path.isfile(path):
@@ -1420,12 +1398,8 @@ def load_checkpoint(path: str) -> dict:
 
 
 def check_resume(args: Args, ckpt: dict) -> None:
-    """A resumed run keeps the flags in RESUME_FIXED (they make its environment and agent) as the checkpoint has
-    them, and its number of torchrun processes.
-
-    Raises:
-        UsageError: naming the first flag that differs.
-    """
+    """A resumed run keeps the checkpoint's RESUME_FIXED flags (they make its env and agent) and number of torchrun
+    processes. Raises UsageError naming the first that differs."""
     for name in RESUME_FIXED:
         if getattr(args, name) != ckpt["args"][name]:
             raise UsageError(
@@ -1440,17 +1414,9 @@ def check_resume(args: Args, ckpt: dict) -> None:
 
 
 def prepare_run_dir(args: Args, run_name: str, new: bool) -> tuple[str, str]:
-    """Claim the run's folder and check that every path the run will write can be written, before training.
-
-    A new run's folder is runs/{run_name}, created with os.mkdir, which is atomic: when another run already holds
-    the name (two runs started in the same second), this one takes {run_name}-2 (then -3, ...), so two runs never
-    share a folder. A resumed run continues in its runs/{run_name}. Then runs/{run_name} (and its checkpoint.pt
-    with `--save-model`), videos/{run_name} with `--capture-video`, and W&B's folder with `--track` must take a
-    file. Returns (run_name, run_dir).
-
-    Raises:
-        UsageError: naming the path that cannot be written and why; the folders made here are removed again.
-    """
+    """Claim runs/{run_name} with os.mkdir (atomic: a name already taken becomes {run_name}-2, -3, ...; a resumed
+    run keeps its folder) and probe every folder the run writes (videos/ with --capture-video, W&B's with --track).
+    Returns (run_name, run_dir). Raises UsageError naming the path and why; the folders made here are removed."""
     base, suffix, made, path = run_name, 1, [], os.path.dirname(f"runs/{run_name}")
     try:
         os.makedirs(path, exist_ok=True)  # runs/, and a namespace's folder for env ids like "ALE/Pong-v5"
