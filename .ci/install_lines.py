@@ -30,7 +30,9 @@ EXTRAS = {
     " --num-envs 2 --num-steps 64 --num-minibatches 2",
     "wandb": f"WANDB_MODE=offline python ppo_discrete.py --track {SHORT}",
     "video": f"python ppo_discrete.py --capture-video {SHORT}",
-    "bench": "python -m benchmarks.report benchmarks/results/classic --out {tmp}/report",
+    # the report of a committed run's events (Breakout, 1M steps), in the runs/ layout the report reads
+    "bench": "mkdir -p {tmp}/runs/Breakout-v5__ppo_atari__1__0 && cp benchmarks/results/ppo_atari_breakout_seed1_fixed/"
+    "events.* {tmp}/runs/Breakout-v5__ppo_atari__1__0 && python -m benchmarks.report {tmp}/runs --out {tmp}/report",
     "dev": None,
 }
 
