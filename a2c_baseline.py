@@ -4,7 +4,6 @@
 # --capture-video: moviepy pygame). Paper: Mnih et al. 2016, "Asynchronous Methods for Deep Reinforcement Learning", arXiv 1602.01783
 # (here synchronous, with Stable-Baselines3's A2C defaults).
 import contextlib
-import importlib
 import importlib.util
 import math
 import os
@@ -212,13 +211,18 @@ class Agent(nn.Module):
         return action, logprob, entropy, self.get_value(x), params
 
     def get_action(self, x, noise):
-        """The rollout's sample for observations x [N, D], with noise drawn for it: Box, mean + std * `noise` [N, A]
-        standard normal (unclipped: the env gets it clipped); Discrete, the Gumbel-max trick, argmax(logits +
-        `noise`) with `noise` [N, A] from gumbel_noise."""
+        """The rollout's sample for observations x [N, D] with `noise` [N, A] from action_noise: Box, mean + noise
+        (unclipped: the env gets it clipped); Discrete, the Gumbel-max trick, argmax(logits + noise)."""
         out = self.actor(x)
+        return out + noise if self.continuous else (out + noise).argmax(-1)
+
+    def action_noise(self, shape, generator=None):
+        """Noise of `shape` [..., A] for get_action, drawn for a whole rollout at once: Box, std * N(0, 1) (std =
+        exp(actor_logstd), the same for every state); Discrete, Gumbel(0, 1) (Maddison et al. 2014)."""
+        noise = torch.empty(shape, device=next(self.parameters()).device)
         if self.continuous:
-            return torch.addcmul(out, self.actor_logstd.exp(), noise)
-        return (out + noise).argmax(-1)
+            return noise.normal_(generator=generator) * self.actor_logstd.exp()
+        return -noise.exponential_(generator=generator).log()
 
     def get_greedy_action(self, x):
         """The mean action [N, A] (Box), or argmax_a pi(a|x) [N] int64 (Discrete)."""
@@ -397,9 +401,8 @@ def rollout(agent: Agent, envs, buffers: dict, args: Args, global_step: int) -> 
     low, high = action_bounds(envs.single_action_space, obs.device)
     continuous, episodes = agent.continuous, []
     with torch.inference_mode():
-        # Noise for the whole rollout at once: Gaussian N(0, 1), or Gumbel(0, 1) for the Gumbel-max trick.
         shape = (args.num_steps, args.num_envs, agent.action_dim)
-        noise = torch.randn(shape, device=obs.device) if continuous else gumbel_noise(shape, obs.device)
+        noise = agent.action_noise(shape)
         for step in range(0, args.num_steps):
             global_step += args.num_envs
             action = agent.get_action(obs_t[step], noise[step])
@@ -636,12 +639,7 @@ def evaluate(agent: Agent, args: Args, episodes: int, greedy: bool, device: torc
             if greedy:
                 action = agent.get_greedy_action(obs)
             else:
-                noise = torch.empty((num_envs, agent.action_dim), device=device)
-                noise = (
-                    noise.normal_(generator=generator)
-                    if agent.continuous
-                    else -noise.exponential_(generator=generator).log()
-                )
+                noise = agent.action_noise((num_envs, agent.action_dim), generator)
                 action = agent.get_action(obs, noise)
             action = torch.clamp(action, low, high) if agent.continuous else action
             next_obs, _, _, _, infos = envs.step(action.cpu().numpy())
@@ -728,13 +726,11 @@ def env_spaces(env_id: str, backend: str) -> tuple[gym.Space, gym.Space]:
             raise UsageError(f"--env-id {env_id}: not an envpool environment")
         spec = envpool.make_spec(env_id)
         return spec.gymnasium_observation_space, spec.gymnasium_action_space
-    try:
-        gym.spec(env_id)
-    except gym.error.Error as e:
-        raise UsageError(f"--env-id {env_id}: not a registered gymnasium environment ({e})") from None
     quiet_mujoco(env_id)
     try:
-        env = gym.make(env_id)
+        env = gym.make(env_id)  # gymnasium's "module:EnvId" imports the module, which registers the env
+    except (gym.error.UnregisteredEnv, gym.error.DeprecatedEnv, ModuleNotFoundError) as e:
+        raise UsageError(f"--env-id {env_id}: not a registered gymnasium environment ({e})") from None
     except gym.error.Error as e:  # e.g. DependencyNotInstalled
         raise UsageError(f"--env-id {env_id}: cannot be made ({e})") from None
     env.close()
@@ -767,8 +763,11 @@ def quiet_mujoco(env_id: str) -> None:
     """For a MuJoCo env: MuJoCo's warnings go to stderr, each once, instead of to the console and a MUJOCO_LOG.TXT
     in the working directory, and its notices that gymnasium's model files use deprecated attributes (nothing a
     user can act on) are dropped."""
-    if "mujoco" not in str(gym.spec(env_id).entry_point):
-        return
+    try:
+        if "mujoco" not in str(gym.spec(env_id).entry_point):
+            return
+    except gym.error.Error:
+        return  # gym.make says what is wrong with the id
     try:
         import mujoco
     except ImportError:
@@ -784,12 +783,6 @@ def quiet_mujoco(env_id: str) -> None:
 
 
 # ---- speed ----
-
-
-def gumbel_noise(shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """Standard Gumbel noise G = -log(E), E ~ Exponential(1), float32 of `shape`: argmax(logits + G) over the last
-    dimension is a sample of Categorical(logits) (the Gumbel-max trick; Maddison et al. 2014, arXiv 1411.0030)."""
-    return -torch.empty(shape, device=device).exponential_().log()
 
 
 def flat_parameters(module: nn.Module) -> nn.Parameter:
@@ -829,10 +822,8 @@ def flag(name: str) -> str:
 
 def check_extras(args: Args) -> None:
     """Raises UsageError, naming the flag and the package, when a package a flag needs is not installed."""
-    for wanted, module, purpose in (
-        (args.track, "wandb", "--track"),
-        (args.capture_video, "moviepy", "--capture-video"),
-    ):
+    video = getattr(args, "capture_video", False)  # (a script without videos has no such flag)
+    for wanted, module, purpose in ((args.track, "wandb", "--track"), (video, "moviepy", "--capture-video")):
         if wanted and importlib.util.find_spec(module) is None:
             raise UsageError(f"{purpose} needs {module}: pip install {module}")
 
@@ -918,7 +909,7 @@ class Run:
         return start_iteration, global_step
 
     @contextlib.contextmanager
-    def training(self, envs):
+    def training(self, envs=None):
         """Around the training loop: with --save-model a first Ctrl-C or SIGTERM is noted (end_iteration checkpoints
         and stops), a second stops at once with a one-line KeyboardInterrupt; the envs and logs close at the end."""
         self.stop = StopSignals(self.args.save_model)
@@ -937,7 +928,8 @@ class Run:
             raise KeyboardInterrupt(f"stopped at once {at}{resume}") from None
         finally:
             self.stop.restore()
-            envs.close()
+            if envs is not None:
+                envs.close()
             self.log.close()
             if dist.is_initialized():
                 dist.destroy_process_group()
@@ -1050,13 +1042,14 @@ class RunLog:
 
     def iteration(self, global_step: int, lr: float, stats: dict, episodes: list, last: bool) -> None:
         """Record one iteration: the episodes that ended in it, the learning rate, SPS and the update's `stats`
-        (the key minibatch_updates as charts/, the others as losses/; None: only the episodes this time)."""
+        (tags with a / as they are, minibatch_updates as charts/, the others as losses/; None: only the episodes)."""
         self.episodes.extend(episodes)
         sps = int((global_step - self.start_step) / (time.time() - self.start_time))
         scalars = {}
         if stats is not None:
             scalars = {"charts/learning_rate": lr, "charts/SPS": sps}
-            scalars.update({("charts/" if k == "minibatch_updates" else "losses/") + k: v for k, v in stats.items()})
+            tags = {k: k if "/" in k else ("charts/" if k == "minibatch_updates" else "losses/") + k for k in stats}
+            scalars.update({tags[k]: v for k, v in stats.items()})
             self.history.append(scalars)
         if self.writer is not None:
             for step_, episodic_return, episodic_length in episodes:
@@ -1078,7 +1071,7 @@ class RunLog:
     def upload_videos(self) -> None:
         """With --track, log each new .mp4 of videos/{run_name} to W&B (wandb's monitor_gym fails on gymnasium 1.x)."""
         video_dir = f"videos/{self.run_name}"
-        if self.wandb_run is None or not self.args.capture_video or not os.path.isdir(video_dir):
+        if self.wandb_run is None or not getattr(self.args, "capture_video", False) or not os.path.isdir(video_dir):
             return
         import wandb
 
@@ -1228,7 +1221,9 @@ def prepare_run_dir(args: Args, run_name: str, new: bool) -> tuple[str, str]:
                 run_name = f"{base}-{suffix}"
         run_dir = f"runs/{run_name}"
         folders = (
-            [run_dir] + [f"videos/{run_name}"] * args.capture_video + [os.environ.get("WANDB_DIR", ".")] * args.track
+            [run_dir]
+            + [f"videos/{run_name}"] * getattr(args, "capture_video", False)
+            + [os.environ.get("WANDB_DIR", ".")] * args.track
         )
         for path in folders:
             if not os.path.isdir(path):

@@ -7,7 +7,6 @@
 import contextlib
 import difflib
 import functools
-import importlib
 import importlib.util
 import os
 import random
@@ -1031,10 +1030,8 @@ def flag(name: str) -> str:
 
 def check_extras(args: Args) -> None:
     """Raises UsageError, naming the flag and the package, when a package a flag needs is not installed."""
-    for wanted, module, purpose in (
-        (args.track, "wandb", "--track"),
-        (args.capture_video, "moviepy", "--capture-video"),
-    ):
+    video = getattr(args, "capture_video", False)  # (a script without videos has no such flag)
+    for wanted, module, purpose in ((args.track, "wandb", "--track"), (video, "moviepy", "--capture-video")):
         if wanted and importlib.util.find_spec(module) is None:
             raise UsageError(f"{purpose} needs {module}: pip install {module}")
 
@@ -1120,7 +1117,7 @@ class Run:
         return start_iteration, global_step
 
     @contextlib.contextmanager
-    def training(self, envs):
+    def training(self, envs=None):
         """Around the training loop: with --save-model a first Ctrl-C or SIGTERM is noted (end_iteration checkpoints
         and stops), a second stops at once with a one-line KeyboardInterrupt; the envs and logs close at the end."""
         self.stop = StopSignals(self.args.save_model)
@@ -1139,7 +1136,8 @@ class Run:
             raise KeyboardInterrupt(f"stopped at once {at}{resume}") from None
         finally:
             self.stop.restore()
-            envs.close()
+            if envs is not None:
+                envs.close()
             self.log.close()
             if dist.is_initialized():
                 dist.destroy_process_group()
@@ -1252,13 +1250,14 @@ class RunLog:
 
     def iteration(self, global_step: int, lr: float, stats: dict, episodes: list, last: bool) -> None:
         """Record one iteration: the episodes that ended in it, the learning rate, SPS and the update's `stats`
-        (the key minibatch_updates as charts/, the others as losses/; None: only the episodes this time)."""
+        (tags with a / as they are, minibatch_updates as charts/, the others as losses/; None: only the episodes)."""
         self.episodes.extend(episodes)
         sps = int((global_step - self.start_step) / (time.time() - self.start_time))
         scalars = {}
         if stats is not None:
             scalars = {"charts/learning_rate": lr, "charts/SPS": sps}
-            scalars.update({("charts/" if k == "minibatch_updates" else "losses/") + k: v for k, v in stats.items()})
+            tags = {k: k if "/" in k else ("charts/" if k == "minibatch_updates" else "losses/") + k for k in stats}
+            scalars.update({tags[k]: v for k, v in stats.items()})
             self.history.append(scalars)
         if self.writer is not None:
             for step_, episodic_return, episodic_length in episodes:
@@ -1280,7 +1279,7 @@ class RunLog:
     def upload_videos(self) -> None:
         """With --track, log each new .mp4 of videos/{run_name} to W&B (wandb's monitor_gym fails on gymnasium 1.x)."""
         video_dir = f"videos/{self.run_name}"
-        if self.wandb_run is None or not self.args.capture_video or not os.path.isdir(video_dir):
+        if self.wandb_run is None or not getattr(self.args, "capture_video", False) or not os.path.isdir(video_dir):
             return
         import wandb
 
@@ -1430,7 +1429,9 @@ def prepare_run_dir(args: Args, run_name: str, new: bool) -> tuple[str, str]:
                 run_name = f"{base}-{suffix}"
         run_dir = f"runs/{run_name}"
         folders = (
-            [run_dir] + [f"videos/{run_name}"] * args.capture_video + [os.environ.get("WANDB_DIR", ".")] * args.track
+            [run_dir]
+            + [f"videos/{run_name}"] * getattr(args, "capture_video", False)
+            + [os.environ.get("WANDB_DIR", ".")] * args.track
         )
         for path in folders:
             if not os.path.isdir(path):

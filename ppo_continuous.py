@@ -4,7 +4,6 @@
 # Paper: Schulman et al. 2017, "Proximal Policy Optimization Algorithms", arXiv 1707.06347.
 import contextlib
 import functools
-import importlib
 import importlib.util
 import math
 import os
@@ -216,10 +215,15 @@ class Agent(nn.Module):
         return action, logprob, entropy, self.get_value(x), (mean, self.actor_logstd)
 
     def get_action(self, x, noise):
-        """The rollout's sample: actions [N, A] from Normal(actor_mean(x), std), as actor_mean(x) + std * `noise`,
-        the noise [N, A] standard normal (std = exp(actor_logstd), the same for every state). Unclipped: the env gets
-        them clipped."""
-        return self.actor_mean(x) + self.actor_logstd.exp() * noise
+        """The rollout's sample: actions [N, A] from Normal(actor_mean(x), std), as actor_mean(x) + `noise`, the
+        noise [N, A] from action_noise. Unclipped: the env gets them clipped."""
+        return self.actor_mean(x) + noise
+
+    def action_noise(self, shape, generator=None):
+        """Gaussian noise std * N(0, 1) of `shape` [..., A] for get_action, drawn for a whole rollout at once
+        (std = exp(actor_logstd), the same for every state)."""
+        noise = torch.randn(shape, generator=generator, device=self.actor_logstd.device)
+        return noise * self.actor_logstd.exp()
 
     def get_greedy_action(self, x):
         """The mean action: [N, A]."""
@@ -368,7 +372,7 @@ def rollout(agent: Agent, envs, policy, buffers: dict, args: Args, global_step: 
         for b in (envs.single_action_space.low, envs.single_action_space.high)
     )
     with torch.inference_mode():
-        noise = torch.randn(actions.shape, device=obs.device)  # the Gaussian noise of the whole rollout at once
+        noise = agent.action_noise(actions.shape)  # the Gaussian noise of the whole rollout at once
         for step in range(0, args.num_steps):
             global_step += args.num_envs
             action = policy(agent, obs_t[step], noise[step])
@@ -755,7 +759,7 @@ def evaluate(agent: Agent, args: Args, episodes: int, greedy: bool, device: torc
             if greedy:
                 action = agent.get_greedy_action(obs)
             else:
-                noise = torch.randn((num_envs, envs.single_action_space.shape[0]), generator=generator, device=device)
+                noise = agent.action_noise((num_envs, envs.single_action_space.shape[0]), generator)
                 action = agent.get_action(obs, noise)
             next_obs, _, _, _, infos = envs.step(torch.clamp(action, low, high).cpu().numpy())
             if "episode" in infos:
@@ -843,13 +847,11 @@ def env_spaces(env_id: str, backend: str) -> tuple[gym.Space, gym.Space]:
             raise UsageError(f"--env-id {env_id}: not an envpool environment")
         spec = envpool.make_spec(env_id)
         return spec.gymnasium_observation_space, spec.gymnasium_action_space
-    try:
-        gym.spec(env_id)
-    except gym.error.Error as e:
-        raise UsageError(f"--env-id {env_id}: not a registered gymnasium environment ({e})") from None
     quiet_mujoco(env_id)
     try:
-        env = gym.make(env_id)
+        env = gym.make(env_id)  # gymnasium's "module:EnvId" imports the module, which registers the env
+    except (gym.error.UnregisteredEnv, gym.error.DeprecatedEnv, ModuleNotFoundError) as e:
+        raise UsageError(f"--env-id {env_id}: not a registered gymnasium environment ({e})") from None
     except gym.error.Error as e:  # e.g. DependencyNotInstalled
         raise UsageError(f"--env-id {env_id}: cannot be made ({e})") from None
     env.close()
@@ -880,8 +882,11 @@ def quiet_mujoco(env_id: str) -> None:
     """For a MuJoCo env: MuJoCo's warnings go to stderr, each once, instead of to the console and a MUJOCO_LOG.TXT
     in the working directory, and its notices that gymnasium's model files use deprecated attributes (nothing a
     user can act on) are dropped."""
-    if "mujoco" not in str(gym.spec(env_id).entry_point):
-        return
+    try:
+        if "mujoco" not in str(gym.spec(env_id).entry_point):
+            return
+    except gym.error.Error:
+        return  # gym.make says what is wrong with the id
     try:
         import mujoco
     except ImportError:
@@ -932,10 +937,8 @@ def flag(name: str) -> str:
 
 def check_extras(args: Args) -> None:
     """Raises UsageError, naming the flag and the package, when a package a flag needs is not installed."""
-    for wanted, module, purpose in (
-        (args.track, "wandb", "--track"),
-        (args.capture_video, "moviepy", "--capture-video"),
-    ):
+    video = getattr(args, "capture_video", False)  # (a script without videos has no such flag)
+    for wanted, module, purpose in ((args.track, "wandb", "--track"), (video, "moviepy", "--capture-video")):
         if wanted and importlib.util.find_spec(module) is None:
             raise UsageError(f"{purpose} needs {module}: pip install {module}")
 
@@ -1021,7 +1024,7 @@ class Run:
         return start_iteration, global_step
 
     @contextlib.contextmanager
-    def training(self, envs):
+    def training(self, envs=None):
         """Around the training loop: with --save-model a first Ctrl-C or SIGTERM is noted (end_iteration checkpoints
         and stops), a second stops at once with a one-line KeyboardInterrupt; the envs and logs close at the end."""
         self.stop = StopSignals(self.args.save_model)
@@ -1040,7 +1043,8 @@ class Run:
             raise KeyboardInterrupt(f"stopped at once {at}{resume}") from None
         finally:
             self.stop.restore()
-            envs.close()
+            if envs is not None:
+                envs.close()
             self.log.close()
             if dist.is_initialized():
                 dist.destroy_process_group()
@@ -1153,13 +1157,14 @@ class RunLog:
 
     def iteration(self, global_step: int, lr: float, stats: dict, episodes: list, last: bool) -> None:
         """Record one iteration: the episodes that ended in it, the learning rate, SPS and the update's `stats`
-        (the key minibatch_updates as charts/, the others as losses/; None: only the episodes this time)."""
+        (tags with a / as they are, minibatch_updates as charts/, the others as losses/; None: only the episodes)."""
         self.episodes.extend(episodes)
         sps = int((global_step - self.start_step) / (time.time() - self.start_time))
         scalars = {}
         if stats is not None:
             scalars = {"charts/learning_rate": lr, "charts/SPS": sps}
-            scalars.update({("charts/" if k == "minibatch_updates" else "losses/") + k: v for k, v in stats.items()})
+            tags = {k: k if "/" in k else ("charts/" if k == "minibatch_updates" else "losses/") + k for k in stats}
+            scalars.update({tags[k]: v for k, v in stats.items()})
             self.history.append(scalars)
         if self.writer is not None:
             for step_, episodic_return, episodic_length in episodes:
@@ -1181,7 +1186,7 @@ class RunLog:
     def upload_videos(self) -> None:
         """With --track, log each new .mp4 of videos/{run_name} to W&B (wandb's monitor_gym fails on gymnasium 1.x)."""
         video_dir = f"videos/{self.run_name}"
-        if self.wandb_run is None or not self.args.capture_video or not os.path.isdir(video_dir):
+        if self.wandb_run is None or not getattr(self.args, "capture_video", False) or not os.path.isdir(video_dir):
             return
         import wandb
 
@@ -1331,7 +1336,9 @@ def prepare_run_dir(args: Args, run_name: str, new: bool) -> tuple[str, str]:
                 run_name = f"{base}-{suffix}"
         run_dir = f"runs/{run_name}"
         folders = (
-            [run_dir] + [f"videos/{run_name}"] * args.capture_video + [os.environ.get("WANDB_DIR", ".")] * args.track
+            [run_dir]
+            + [f"videos/{run_name}"] * getattr(args, "capture_video", False)
+            + [os.environ.get("WANDB_DIR", ".")] * args.track
         )
         for path in folders:
             if not os.path.isdir(path):

@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPTS = ["ppo_discrete.py", "ppo_continuous.py", "ppo_atari.py", "ppo_lstm.py", "trpo_baseline.py", "a2c_baseline.py"]
+SCRIPTS = [
+    "ppo_discrete.py",
+    "ppo_continuous.py",
+    "ppo_atari.py",
+    "ppo_lstm.py",
+    "trpo_baseline.py",
+    "a2c_baseline.py",
+    "ppo_rlhf.py",
+]
 BANNER = (
     "# ---- run plumbing: TRY NOT TO MODIFY (checks, run folder, logging, Ctrl-C, checkpoints and resume, "
     "evaluation) ----"
@@ -26,6 +34,11 @@ LOOP_BY_LINE = {
     "ppo_lstm.py": 520,
     "trpo_baseline.py": 330,
     "a2c_baseline.py": 330,
+    "ppo_rlhf.py": 330,
+}
+# What main calls, in the order the script defines it (ppo_rlhf.py has no envs: its task is built in).
+CALL_ORDER = {
+    "ppo_rlhf.py": ["Args", "Agent", "main", "pretrain", "rollout", "token_gae", "ppo_update", "rlhf_loss"],
 }
 
 
@@ -55,9 +68,11 @@ def test_the_script_reads_top_to_bottom_in_call_order(script):
     speed = [i + 1 for i, line in enumerate(lines) if line.startswith("# ---- speed ----")]
     assert len(speed) == 1 and where["main"] < speed[0] < banner
     # imports and Args, the envs and the network, then main, then what main calls, in its order
-    assert where["Args"] < where["make_envs"] < where["Agent"] < where["main"]
     update = "ppo_update" if "ppo_update" in where else "trpo_update" if "trpo_update" in where else "a2c_update"
-    assert where["main"] < where["rollout"] < where["make_batch"] < where["compute_gae"] < where[update]
+    order = CALL_ORDER.get(
+        script, ["Args", "make_envs", "Agent", "main", "rollout", "make_batch", "compute_gae", update]
+    )
+    assert [where[name] for name in order] == sorted(where[name] for name in order), order
     assert where["evaluate"] < speed[0] and where["validate_args"] < speed[0]
     for name in ("Run", "RunLog", "StopSignals", "save_checkpoint", "load_checkpoint", "prepare_run_dir", "parse_args"):
         assert where[name] > banner, f"{name} belongs to the plumbing"

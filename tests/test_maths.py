@@ -168,10 +168,14 @@ def test_logprobs_and_entropy_match_torch_distributions(ppo_discrete):
 
 @pytest.mark.parametrize("name", ["ppo_discrete", "trpo_baseline", "a2c_baseline"])
 def test_gumbel_max_sampling_matches_the_categorical_distribution(name):
-    """The rollout samples argmax(logits + G) with G from the script's gumbel_noise: the law of Categorical(logits)."""
+    """The rollout samples argmax(logits + G) with G from the script's gumbel_noise (the baselines: the discrete
+    Agent's action_noise): the law of Categorical(logits)."""
     torch.manual_seed(0)
-    logits = torch.tensor([0.3, -1.0, 1.2])
-    gumbel = importlib.import_module(name).gumbel_noise((200_000, 3), torch.device("cpu"))
+    logits, P = torch.tensor([0.3, -1.0, 1.2]), importlib.import_module(name)
+    if hasattr(P, "gumbel_noise"):
+        gumbel = P.gumbel_noise((200_000, 3), torch.device("cpu"))
+    else:
+        gumbel = P.Agent(2, 3, continuous=False).action_noise((200_000, 3))
     freq = torch.bincount((logits + gumbel).argmax(-1), minlength=3).float() / 200_000
     assert torch.allclose(freq, logits.softmax(-1), atol=0.005)
 

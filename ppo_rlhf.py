@@ -1,0 +1,1135 @@
+# PPO for language models (RLHF, as InstructGPT): a small GPT pre-trained on a synthetic review language, then tuned
+# by PPO against a reward with a per-token KL penalty to the frozen reference; one file of the ppo-single-file project
+# that runs on its own when copied. Needs: pip install torch numpy tyro tensorboard tqdm   (--track: wandb;
+# --model-name: transformers). Sources: Ouyang et al. 2022 (InstructGPT, arXiv 2203.02155); Ziegler et al. 2019
+# (arXiv 1909.08593, the adaptive KL controller); Huang et al. 2024, "The N Implementation Details of RLHF with PPO"
+# (arXiv 2403.17031); TRL's PPO trainer (v0.11 and trl.experimental.ppo); Shao et al. 2024 (DeepSeekMath, GRPO).
+import contextlib
+import copy
+import importlib.util
+import os
+import random
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, fields
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+CHECKPOINT_FORMAT = "ppo_rlhf.py checkpoint v1"
+# Flags a resumed run must keep: they make its task and model, or change what its saved model computes.
+RESUME_FIXED = ("env_id", "seed", "n_layer", "d_model", "n_head", "response_length", "critic", "model_name")
+
+
+@dataclass
+class Args:
+    # Algorithm specific arguments
+    env_id: str = "synthetic-reviews"
+    """the task: the synthetic review language built into this script (the only one)"""
+    total_timesteps: int = 6400
+    """total episodes (prompt-response pairs) of PPO: num_iterations = total_timesteps // num_prompts"""
+    num_prompts: int = 64
+    """prompts per iteration (the batch of episodes)"""
+    response_length: int = 16
+    """tokens generated per prompt (a response that has not ended by then gets --missing-eos-penalty)"""
+    temperature: float = 0.7
+    """sampling temperature; the logits are divided by it everywhere (rollout, reference, update)"""
+    learning_rate: float = 3e-4
+    """Adam learning rate of the policy (and value head or critic)"""
+    anneal_lr: bool = False
+    """linear learning-rate decay to 0 over the iterations"""
+    update_epochs: int = 4
+    """passes over the batch per iteration"""
+    num_minibatches: int = 4
+    """minibatches per epoch"""
+    clip_coef: float = 0.2
+    """the surrogate clipping coefficient"""
+    clip_vloss: bool = True
+    """clip the value loss as in PPO (range --vf-clip-coef)"""
+    vf_clip_coef: float = 0.2
+    """the value clipping range"""
+    vf_coef: float = 0.1
+    """coefficient of the value loss"""
+    max_grad_norm: float = 1.0
+    """the maximum norm for the gradient clipping"""
+    gamma: float = 1.0
+    """the discount over tokens"""
+    gae_lambda: float = 0.95
+    """GAE's lambda over tokens"""
+    kl_coef: float = 0.05
+    """the KL penalty's coefficient beta (the start value with --adaptive-kl)"""
+    kl_estimator: Literal["k1", "k3"] = "k1"
+    """the per-token KL estimate: k1 = log pi - log pi_ref; k3 = (r - 1) - log r with r = pi_ref / pi (>= 0)"""
+    adaptive_kl: bool = False
+    """Ziegler et al.'s adaptive controller: beta follows --kl-target with horizon --kl-horizon"""
+    kl_target: float = 3.0
+    """the adaptive controller's target for the mean sequence KL (nats)"""
+    kl_horizon: int = 10000
+    """the adaptive controller's horizon (episodes)"""
+    missing_eos_penalty: float = 1.0
+    """subtracted from the score of a response with no EOS token"""
+    whiten_rewards: bool = False
+    """whiten the per-token rewards over the batch's valid tokens before GAE"""
+    critic: Literal["shared", "separate"] = "shared"
+    """the value head on the policy's backbone (zero-init), or a separate critic transformer"""
+    advantage: Literal["gae", "grpo"] = "gae"
+    """PPO's token GAE with a critic, or GRPO's group-normalised sequence advantage with the k3 KL in the loss"""
+    group_size: int = 4
+    """GRPO: samples per prompt (num_prompts must be a multiple)"""
+    reward: Literal["gold", "model"] = "gold"
+    """the reward: the programmatic gold score, or a Bradley-Terry reward model trained on synthetic preferences"""
+    n_layer: int = 2
+    """transformer layers"""
+    d_model: int = 64
+    """transformer width"""
+    n_head: int = 4
+    """attention heads"""
+    pretrain_steps: int = 600
+    """supervised steps that make the reference policy (batch 64 sentences of the grammar)"""
+    reward_model_steps: int = 300
+    """with --reward model: Bradley-Terry steps (batch 64 preference pairs)"""
+    model_name: str | None = None
+    """a transformers causal LM (path or hub id) instead of the built-in GPT; its tokenizer must be loadable too"""
+
+    # Run options
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """if toggled, cuda will be enabled by default"""
+    torch_threads: int = 1
+    """torch CPU threads (1 is fastest for this small model)"""
+    track: bool = False
+    """if toggled, this experiment will be tracked with Weights and Biases"""
+    wandb_project_name: str = "cleanRL"
+    """the wandb's project name"""
+    wandb_entity: str | None = None
+    """the entity (team) of wandb's project"""
+    sample_every: int = 20
+    """log a table of sample responses every this many iterations (TensorBoard text)"""
+    save_model: bool = False
+    """whether to save a checkpoint to `runs/{run_name}/checkpoint.pt` at the end (and every `--checkpoint-every` iterations)"""
+    checkpoint_every: int = 0
+    """with `--save-model`, also checkpoint every this many iterations (0: only at the end)"""
+    resume: str | None = None
+    """path of a checkpoint of this script to continue from (its flags become the defaults)"""
+    eval_episodes: int = 0
+    """after training, score this many responses to held-out prompts, sampled and greedy (0: no evaluation)"""
+
+    @property
+    def batch_size(self) -> int:
+        """episodes per iteration (num_prompts)"""
+        return self.num_prompts
+
+    @property
+    def num_iterations(self) -> int:
+        """the number of iterations (total_timesteps // num_prompts)"""
+        return self.total_timesteps // self.num_prompts
+
+
+# ---- the task: a synthetic review language --------------------------------------------------------------------
+SPECIALS = ["<pad>", "<bos>", "<eos>"]
+NOUNS = [
+    "movie",
+    "film",
+    "plot",
+    "actor",
+    "story",
+    "music",
+    "ending",
+    "scene",
+    "book",
+    "show",
+    "cast",
+    "song",
+    "script",
+]
+VERBS = ["is", "was", "seems", "feels", "looks"]
+POSITIVE = ["good", "great", "wonderful", "brilliant", "lovely", "fun"]
+NEGATIVE = ["bad", "awful", "boring", "dull", "terrible", "weak"]
+NEUTRAL = ["long", "short", "old", "new", "loud", "quiet"]
+VOCAB = SPECIALS + ["the", ".", "very", "and", "but"] + NOUNS + VERBS + POSITIVE + NEGATIVE + NEUTRAL
+TOKEN = {word: i for i, word in enumerate(VOCAB)}
+PAD, BOS, EOS = TOKEN["<pad>"], TOKEN["<bos>"], TOKEN["<eos>"]
+ADJECTIVES = POSITIVE + NEGATIVE + NEUTRAL
+PROMPT_LENGTH = 3  # <bos> the NOUN: the policy continues the first sentence from its verb
+
+
+def make_prompts(num: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """[num, 3] int64 prompts `<bos> the NOUN`, the noun uniform (from `generator`, or torch's global RNG)."""
+    nouns = torch.tensor([TOKEN[n] for n in NOUNS], device=device)
+    choice = nouns[torch.randint(len(NOUNS), (num,), generator=generator).to(device)]
+    start = torch.tensor([BOS, TOKEN["the"]], device=device).expand(num, 2)
+    return torch.cat([start, choice[:, None]], 1)
+
+
+# ---- the network ----------------------------------------------------------------------------------------------
+class Block(nn.Module):
+    """A pre-LayerNorm transformer block (GPT-2's): causal multi-head self-attention and a 4x GELU MLP."""
+
+    def __init__(self, d_model: int, n_head: int):
+        super().__init__()
+        self.ln1, self.ln2, self.n_head = nn.LayerNorm(d_model), nn.LayerNorm(d_model), n_head
+        self.qkv, self.proj = nn.Linear(d_model, 3 * d_model), nn.Linear(d_model, d_model)
+        self.mlp = nn.Sequential(nn.Linear(d_model, 4 * d_model), nn.GELU(), nn.Linear(4 * d_model, d_model))
+
+    def forward(self, x):
+        B, T, C = x.shape
+        q, k, v = self.qkv(self.ln1(x)).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
+        attention = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.proj(attention.transpose(1, 2).reshape(B, T, C))
+        return x + self.mlp(self.ln2(x))
+
+
+class GPT(nn.Module):
+    """A small causal transformer: token and position embeddings, `n_layer` blocks, a final LayerNorm. forward:
+    tokens [B, T] int64 -> hidden states [B, T, d_model]. No dropout (RLHF's ratios must be 1 at the start)."""
+
+    def __init__(self, vocab_size: int, n_layer: int, d_model: int, n_head: int, max_len: int = 64):
+        super().__init__()
+        self.tok, self.pos = nn.Embedding(vocab_size, d_model), nn.Embedding(max_len, d_model)
+        self.blocks = nn.Sequential(*[Block(d_model, n_head) for _ in range(n_layer)])
+        self.ln = nn.LayerNorm(d_model)
+
+    def forward(self, tokens):
+        positions = torch.arange(tokens.shape[1], device=tokens.device)
+        return self.ln(self.blocks(self.tok(tokens) + self.pos(positions)))
+
+
+class Agent(nn.Module):
+    """The policy (a GPT and its LM head) with its value function: a zero-initialised value head on the policy's
+    backbone (`critic` "shared"), or a separate GPT with its own value head ("separate"); none for GRPO. Every use
+    of the model goes through its methods, so another network is an edit in this class."""
+
+    def __init__(self, args: Args):
+        super().__init__()
+        self.backbone = GPT(len(VOCAB), args.n_layer, args.d_model, args.n_head)
+        self.lm_head = nn.Linear(args.d_model, len(VOCAB), bias=False)
+        self.critic = None
+        if args.advantage == "gae" and args.critic == "separate":
+            self.critic = GPT(len(VOCAB), args.n_layer, args.d_model, args.n_head)
+        self.value_head = nn.Linear(args.d_model, 1) if args.advantage == "gae" else None
+        if self.value_head is not None:
+            nn.init.zeros_(self.value_head.weight)
+            nn.init.zeros_(self.value_head.bias)
+        self.temperature = args.temperature
+
+    def logits(self, tokens):
+        """Next-token logits [B, T, V] divided by the temperature, for tokens [B, T]."""
+        return self.lm_head(self.backbone(tokens)) / self.temperature
+
+    def get_action_and_value(self, query_responses, context: int):
+        """For sequences [B, P + R] (P = `context` prompt tokens): (log pi(r_t | ...) [B, R], entropy [B, R], V [B, R]
+        (None without a critic)), at the sampling temperature. Position P - 1 + t predicts response token t."""
+        hidden = self.backbone(query_responses)
+        logits = self.lm_head(hidden[:, context - 1 : -1]) / self.temperature
+        logp_all = torch.log_softmax(logits, -1)
+        logprob = logp_all.gather(-1, query_responses[:, context:, None]).squeeze(-1)
+        entropy = -(logp_all.exp() * logp_all).sum(-1)
+        return logprob, entropy, self.get_value(query_responses, context, hidden)
+
+    def get_value(self, query_responses, context: int, hidden=None):
+        """V at each response position [B, R] (the value of the state before token t), or None without a critic."""
+        if self.value_head is None:
+            return None
+        if self.critic is not None:
+            hidden = self.critic(query_responses)
+        elif hidden is None:
+            hidden = self.backbone(query_responses)
+        return self.value_head(hidden[:, context - 1 : -1]).squeeze(-1)
+
+    @torch.no_grad()
+    def generate(self, prompts, length: int, generator: torch.Generator | None = None, greedy: bool = False):
+        """Sample `length` tokens after prompts [B, P] at the temperature (greedy: argmax). Returns [B, P + length]."""
+        tokens = prompts
+        for _ in range(length):
+            logits = self.logits(tokens)[:, -1]
+            if greedy:
+                token = logits.argmax(-1)
+            else:
+                token = torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+            tokens = torch.cat([tokens, token[:, None]], 1)
+        return tokens
+
+
+def main(args: Args) -> dict:
+    """Pre-train the reference (and the reward model), then PPO as `args` says. Returns the run's record
+    (Run.finish): run_name, run_dir, history, episodes (one per response: global_step, score, length), eval and
+    the trained agent.
+
+    Raises:
+        UsageError: bad flags or `--resume` file, before anything is built or written.
+    """
+    run = Run.start(args)  # checks the flags and a --resume file, before anything is built or written
+
+    # TRY NOT TO MODIFY: seeding
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    torch.set_num_threads(args.torch_threads)
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    agent = Agent(args).to(device)
+    reward_model = RewardModel(args).to(device) if args.reward == "model" else None
+    if run.ckpt is None:  # stage 1 (and 2): the reference policy, and the reward model, from the grammar
+        pretrain(agent, args, device)
+        if reward_model is not None:
+            train_reward_model(reward_model, agent, args, device)
+    reference = copy.deepcopy(agent).requires_grad_(False)  # the frozen reference policy
+    optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
+    # What a checkpoint saves besides the flags and progress (the reference too: a resumed run does not pre-train).
+    train = {"agent": agent, "reference": reference, "optimizer": optimizer, "kl_coef": args.kl_coef}
+    if reward_model is not None:
+        train["reward_model"] = reward_model
+    start_iteration, global_step = run.begin(train)  # a --resume checkpoint is loaded into `train` here
+
+    with run.training(envs=None):  # Ctrl-C and SIGTERM checkpoint and stop; the logs close at the end
+        for iteration in range(start_iteration, args.num_iterations + 1):
+            lrnow = args.learning_rate * (1.0 - (iteration - 1.0) / args.num_iterations if args.anneal_lr else 1.0)
+            optimizer.param_groups[0]["lr"] = lrnow
+
+            batch, episodes = rollout(agent, reference, reward_model, args, train["kl_coef"], device)
+            global_step += args.num_prompts
+            episodes = [(global_step, score, length) for score, length in episodes]
+            stats = ppo_update(agent, optimizer, batch, args)
+            stats.update(rollout_stats(batch, train["kl_coef"]))
+            if args.adaptive_kl:
+                train["kl_coef"] = adaptive_kl_coef(train["kl_coef"], stats["objective/kl"], args)
+            if run.log.writer is not None and args.sample_every and iteration % args.sample_every in (0, 1):
+                run.log.writer.add_text("samples", sample_table(batch), global_step)
+            if run.end_iteration(iteration, global_step, lrnow, stats, episodes, train):
+                break
+        run.finish(agent, global_step)
+    return run.record
+
+
+def pretrain(agent: Agent, args: Args, device: torch.device) -> None:
+    """Stage 1: next-token cross-entropy (at temperature 1) on reviews sampled from the grammar, `pretrain_steps`
+    Adam steps of 64 reviews: the reference policy, a grammatical, sentiment-neutral language model."""
+    rng, optimizer = random.Random(args.seed), torch.optim.Adam(agent.parameters(), lr=3e-3)
+    for step in range(args.pretrain_steps):
+        tokens = review_batch(rng, 64, device)
+        logits = agent.lm_head(agent.backbone(tokens[:, :-1]))
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1), ignore_index=PAD)
+        for group in optimizer.param_groups:
+            group["lr"] = 3e-3 * min(1.0, (step + 1) / 50) * (1 - step / args.pretrain_steps)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
+def review_batch(rng: random.Random, num: int, device: torch.device) -> torch.Tensor:
+    """[num, 3 + 16] int64: <bos> review <eos>, right-padded with <pad>."""
+    rows = [[BOS] + [TOKEN[w] for w in sample_review(rng)] + [EOS] for _ in range(num)]
+    return torch.tensor([row + [PAD] * (PROMPT_LENGTH + 16 - len(row)) for row in rows], device=device)
+
+
+def sample_review(rng: random.Random) -> list[str]:
+    """One review of the grammar `the NOUN VERB [very] ADJ ((and|but) [very] ADJ)* . [the NOUN VERB ... .]`,
+    adjectives uniform over all 18 (so sentiment-neutral on average), at most 1 + 16 tokens after the prompt."""
+    while True:
+        words = []
+        for sentence in range(1 + (rng.random() < 0.3)):
+            words += ["the", rng.choice(NOUNS), rng.choice(VERBS)]
+            for conjunct in range(1 + (rng.random() < 0.4)):
+                words += ([rng.choice(["and", "but"])] if conjunct else []) + ["very"] * (rng.random() < 0.3)
+                words.append(rng.choice(ADJECTIVES))
+            words.append(".")
+        if len(words) - 2 + 1 <= 16:  # the response (after "the NOUN") and its <eos> fit 16 tokens
+            return words
+
+
+def rollout(agent: Agent, reference: Agent, reward_model, args: Args, kl_coef: float, device: torch.device):
+    """Generate, truncate, score: the batch of one iteration.
+
+    Prompts (GRPO: each repeated `group_size` times) get `response_length` sampled tokens; everything after a
+    response's first <eos> becomes <pad> and leaves the mask (the <eos> itself stays: the score is given there). The
+    old log-probabilities and values, and the reference's log-probabilities, come from one batched pass each at the
+    sampling temperature. Per-token rewards: -kl_coef * kl_t (the k1 or k3 estimate) plus the score at the last valid
+    token (GRPO: no KL in the reward, it is in the loss). Returns (batch of [B, R] tensors, [(score, length)]).
+    """
+    repeat = args.group_size if args.advantage == "grpo" else 1
+    prompts = make_prompts(args.num_prompts // repeat, None, device)
+    prompts = prompts.repeat_interleave(repeat, 0)
+    query_responses = agent.generate(prompts, args.response_length)
+    responses, mask = truncate_after_eos(query_responses[:, PROMPT_LENGTH:])
+    query_responses = torch.cat([prompts, responses], 1)
+    with torch.no_grad():
+        logprobs, _, values = agent.get_action_and_value(query_responses, PROMPT_LENGTH)
+        ref_logprobs, _, _ = reference.get_action_and_value(query_responses, PROMPT_LENGTH)
+        scores = score_responses(query_responses, reward_model)
+        has_eos = (responses == EOS).any(1)
+        scores = scores - args.missing_eos_penalty * (~has_eos).float()
+        kl = kl_estimate(logprobs, ref_logprobs, args.kl_estimator) * mask
+        rewards = torch.zeros_like(logprobs) if args.advantage == "grpo" else -kl_coef * kl
+        last = mask.sum(1).long() - 1  # the <eos> (or the last token of a response that has none)
+        rewards[torch.arange(len(rewards)), last] += scores
+    batch = dict(query_responses=query_responses, mask=mask, logprobs=logprobs, ref_logprobs=ref_logprobs)
+    batch.update(rewards=rewards, scores=scores, kl=kl, has_eos=has_eos)
+    if args.advantage == "grpo":
+        batch["advantages"] = group_advantages(scores, args.group_size)[:, None].expand_as(mask) * mask
+    else:
+        if args.whiten_rewards:
+            rewards = masked_whiten(rewards, mask, shift_mean=False)
+        advantages = token_gae(rewards, values, mask, args.gamma, args.gae_lambda)
+        batch.update(values=values, returns=advantages + values, advantages=masked_whiten(advantages, mask))
+    episodes = [(float(s), int(n)) for s, n in zip(scores.tolist(), mask.sum(1).tolist())]
+    return batch, episodes
+
+
+def truncate_after_eos(responses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Responses [B, R] int64 with every token after the first <eos> set to <pad>, and the mask [B, R] float of the
+    valid tokens: those up to and including the first <eos> (all of them when there is none)."""
+    is_eos = responses == EOS
+    after = (is_eos.cumsum(1) - is_eos.long()) > 0  # strictly after the first <eos>
+    return responses.masked_fill(after, PAD), (~after).float()
+
+
+def score_responses(query_responses: torch.Tensor, reward_model) -> torch.Tensor:
+    """The score [B] of each prompt + response: the gold score, or the reward model's (normalised)."""
+    if reward_model is not None:
+        return reward_model(query_responses)
+    return torch.tensor([gold_score(decode(row)) for row in query_responses.tolist()], device=query_responses.device)
+
+
+def gold_score(words: list[str]) -> float:
+    """The programmatic reward of a response: (#positive - #negative) / #adjectives in [-1, 1] (0 without one)."""
+    adjectives = [w for w in words if w in ADJECTIVES]
+    return (sum(w in POSITIVE for w in adjectives) - sum(w in NEGATIVE for w in adjectives)) / max(len(adjectives), 1)
+
+
+def grammatical(words: list[str]) -> bool:
+    """Whether prompt + response (words up to and including <eos>) parse as a review of the grammar: the first
+    sentence, at most one more, then <eos>. The reward never sees this: it measures whether the policy stayed a
+    language model."""
+    if not words or words[-1] != "<eos>":
+        return False
+    i, sentences, n = 0, 0, len(words) - 1
+    while i < n:
+        if not (i + 2 < n and words[i] == "the" and words[i + 1] in NOUNS and words[i + 2] in VERBS):
+            return False
+        i += 3
+        while True:
+            i += i < n and words[i] == "very"
+            if not (i < n and words[i] in ADJECTIVES):
+                return False
+            i += 1
+            if i < n and words[i] in ("and", "but"):
+                i += 1
+                continue
+            break
+        if not (i < n and words[i] == "."):
+            return False
+        i, sentences = i + 1, sentences + 1
+    return 1 <= sentences <= 2
+
+
+def decode(tokens) -> list[str]:
+    """Token ids -> words, <pad> dropped."""
+    return [VOCAB[t] for t in tokens if t != PAD]
+
+
+def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str) -> torch.Tensor:
+    """Per-token estimate of KL(pi || pi_ref) from the sampled tokens' log-probabilities [B, R] (Schulman,
+    http://joschu.net/blog/kl-approx.html): k1 = log pi - log pi_ref (unbiased, can be negative); k3 = (r - 1) -
+    log r with r = pi_ref / pi (unbiased, >= 0)."""
+    logr = ref_logprobs - logprobs
+    return -logr if estimator == "k1" else torch.expm1(logr) - logr
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of x over the entries where mask [same shape, 0/1 float] is 1."""
+    return (x * mask).sum() / mask.sum()
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """(x - mean) / sqrt(var + 1e-8) over the valid entries (unbiased var, as TRL's masked_whiten); without
+    `shift_mean` the mean is added back (whitened scale, original mean). Invalid entries come out 0."""
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask) * mask.sum() / (mask.sum() - 1)
+    whitened = (x - mean) * torch.rsqrt(var + 1e-8)
+    return (whitened if shift_mean else whitened + mean) * mask
+
+
+def token_gae(rewards, values, mask, gamma: float, gae_lambda: float) -> torch.Tensor:
+    """GAE over the tokens of each response (Schulman et al. 2016, eq. 16), [B, R]: delta_t = r_t + gamma *
+    V_{t+1} - V_t with V past the last valid token 0, A_t = delta_t + gamma * lambda * A_{t+1}."""
+    values = torch.cat([values * mask, torch.zeros_like(values[:, :1])], 1)  # 0 past the last valid token
+    advantages, last = torch.zeros_like(rewards), torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.shape[1])):
+        last = rewards[:, t] + gamma * values[:, t + 1] - values[:, t] + gamma * gae_lambda * last
+        advantages[:, t] = last
+    return advantages * mask
+
+
+def group_advantages(scores: torch.Tensor, group_size: int) -> torch.Tensor:
+    """GRPO's sequence advantage [B] (Shao et al. 2024, section 4.1.2): each score minus its group's mean, over the
+    group's std (+1e-4); a group is `group_size` consecutive samples of one prompt."""
+    groups = scores.view(-1, group_size)
+    return ((groups - groups.mean(1, keepdim=True)) / (groups.std(1, keepdim=True) + 1e-4)).view(-1)
+
+
+def ppo_update(agent: Agent, optimizer: torch.optim.Optimizer, batch: dict, args: Args) -> dict:
+    """`update_epochs` passes over the batch's sequences in `num_minibatches` shuffled minibatches, each one Adam
+    step on rlhf_loss, the gradient clipped. Returns TRL's statistics: the averages over the minibatch steps
+    (policy/approxkl_avg, policy/clipfrac_avg, loss/policy_avg, loss/value_avg, val/ratio) and minibatch_updates."""
+    logs = []
+    for epoch in range(args.update_epochs):
+        for mb_inds in torch.randperm(len(batch["mask"])).tensor_split(args.num_minibatches):
+            mb = {k: v[mb_inds.to(v.device)] for k, v in batch.items()}
+            loss, stats = rlhf_loss(agent, mb, args)
+            optimizer.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+            optimizer.step()
+            logs.append(stats)
+    means = torch.stack([torch.stack(list(s.values())) for s in logs]).mean(0).tolist()
+    return {"minibatch_updates": len(logs), **dict(zip(logs[0], means))}
+
+
+def rlhf_loss(agent: Agent, mb: dict, args: Args) -> tuple[torch.Tensor, dict]:
+    """The loss on one minibatch of sequences, masked means over the valid tokens: PPO's clipped surrogate
+    (arXiv 1707.06347, eq. 7) plus vf_coef times the clipped value loss, or for GRPO the surrogate plus kl_coef
+    times the k3 KL to the reference (Shao et al. 2024, eq. 3). Returns (loss, {TRL tag: detached 0-d})."""
+    mask = mb["mask"]
+    logprob, entropy, value = agent.get_action_and_value(mb["query_responses"], PROMPT_LENGTH)
+    logratio = (logprob - mb["logprobs"]) * mask
+    ratio = logratio.exp()
+    pg_losses = torch.max(
+        -mb["advantages"] * ratio, -mb["advantages"] * ratio.clamp(1 - args.clip_coef, 1 + args.clip_coef)
+    )
+    pg_loss = masked_mean(pg_losses, mask)
+    stats = {"loss/policy_avg": pg_loss, "policy/entropy_avg": masked_mean(entropy, mask)}
+    if args.advantage == "grpo":
+        loss = pg_loss + args.kl_coef * masked_mean(kl_estimate(logprob, mb["ref_logprobs"], "k3"), mask)
+    else:
+        v_loss = (value - mb["returns"]) ** 2
+        if args.clip_vloss:
+            clipped = mb["values"] + (value - mb["values"]).clamp(-args.vf_clip_coef, args.vf_clip_coef)
+            v_loss = torch.max(v_loss, (clipped - mb["returns"]) ** 2)
+        v_loss = 0.5 * masked_mean(v_loss, mask)
+        loss = pg_loss + args.vf_coef * v_loss
+        stats["loss/value_avg"] = v_loss
+    clipfrac = masked_mean(((ratio - 1).abs() > args.clip_coef).float(), mask)
+    approxkl = masked_mean(0.5 * logratio**2, mask)  # TRL's approxkl: half the mean squared log-ratio
+    stats.update(
+        {"policy/approxkl_avg": approxkl, "policy/clipfrac_avg": clipfrac, "val/ratio": masked_mean(ratio, mask)}
+    )
+    return loss, {k: v.detach() for k, v in stats.items()}
+
+
+def rollout_stats(batch: dict, kl_coef: float) -> dict:
+    """TRL's objective/ statistics of the rollout, plus the gold ones: mean sequence KL and entropy proxy, scores,
+    the RLHF reward (score - kl_coef * KL), the number of responses with an <eos>, response length, grammaticality."""
+    seq_kl = batch["kl"].sum(1)
+    words = [decode(row) for row in batch["query_responses"].tolist()]
+    return {
+        "objective/kl": seq_kl.mean().item(),
+        "objective/entropy": (-batch["logprobs"] * batch["mask"]).sum(1).mean().item(),
+        "objective/scores": batch["scores"].mean().item(),
+        "objective/non_score_reward": (-kl_coef * seq_kl).mean().item(),
+        "objective/rlhf_reward": (batch["scores"] - kl_coef * seq_kl).mean().item(),
+        "objective/kl_coef": kl_coef,
+        "val/num_eos_tokens": batch["has_eos"].sum().item(),
+        "charts/response_length": batch["mask"].sum(1).mean().item(),
+        "gold/score": float(np.mean([gold_score(w[PROMPT_LENGTH:]) for w in words])),
+        "gold/grammatical": float(np.mean([grammatical(w[1:]) for w in words])),
+    }
+
+
+def adaptive_kl_coef(kl_coef: float, kl: float, args: Args) -> float:
+    """Ziegler et al. 2019's adaptive controller (section 2.2): e = clip(KL / target - 1, -0.2, 0.2),
+    beta <- beta * (1 + e * n / horizon) with n the episodes of this iteration."""
+    error = float(np.clip(kl / args.kl_target - 1, -0.2, 0.2))
+    return kl_coef * (1 + error * args.num_prompts / args.kl_horizon)
+
+
+def sample_table(batch: dict, rows: int = 8) -> str:
+    """A markdown table of the first `rows` responses with their scores (TensorBoard text)."""
+    lines = ["|response|score|", "|-|-|"]
+    for tokens, score in list(zip(batch["query_responses"].tolist(), batch["scores"].tolist()))[:rows]:
+        lines.append(f"|{' '.join(decode(tokens[1:]))}|{score:.2f}|")
+    return "\n".join(lines)
+
+
+class RewardModel(nn.Module):
+    """Stage 2 (`--reward model`): a GPT with a scalar head on the last valid token, trained by Bradley-Terry on
+    synthetic preference pairs (the pair's higher gold score preferred), its output normalised to mean 0 and std 1 on
+    reference samples (InstructGPT's reward normalisation). forward: sequences [B, T] -> scores [B]."""
+
+    def __init__(self, args: Args):
+        super().__init__()
+        self.backbone = GPT(len(VOCAB), args.n_layer, args.d_model, args.n_head)
+        self.head = nn.Linear(args.d_model, 1)
+        self.register_buffer("shift", torch.zeros(())), self.register_buffer("scale", torch.ones(()))
+
+    def forward(self, tokens):
+        last = ((tokens != PAD).sum(1) - 1).clamp(min=0)
+        hidden = self.backbone(tokens)[torch.arange(len(tokens)), last]
+        return (self.head(hidden).squeeze(-1) - self.shift) / self.scale
+
+
+def train_reward_model(reward_model: RewardModel, agent: Agent, args: Args, device: torch.device) -> None:
+    """Bradley-Terry: minimise -log sigmoid(r(chosen) - r(rejected)) over `reward_model_steps` batches of 64 pairs of
+    grammar samples (ties skipped); then normalise on 512 responses of the reference policy."""
+    rng, optimizer = random.Random(args.seed + 1), torch.optim.Adam(reward_model.parameters(), lr=1e-3)
+    for _ in range(args.reward_model_steps):
+        a, b = review_batch(rng, 64, device), review_batch(rng, 64, device)
+        ga, gb = (torch.tensor([gold_score(decode(r)) for r in x.tolist()], device=device) for x in (a, b))
+        keep = ga != gb
+        chosen, rejected = torch.where((ga > gb)[:, None], a, b)[keep], torch.where((ga > gb)[:, None], b, a)[keep]
+        loss = -F.logsigmoid(reward_model(chosen) - reward_model(rejected)).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        prompts = make_prompts(512, torch.Generator().manual_seed(args.seed + 2), device)
+        responses, _ = truncate_after_eos(agent.generate(prompts, args.response_length)[:, PROMPT_LENGTH:])
+        scores = reward_model(torch.cat([prompts, responses], 1))
+        reward_model.shift.fill_(scores.mean())
+        reward_model.scale.fill_(scores.std())
+
+
+def evaluate(agent: Agent, args: Args, episodes: int, greedy: bool, device: torch.device) -> np.ndarray:
+    """Score `episodes` responses to held-out prompts (their own generator, seed + 10000), sampled or greedy, and
+    print their grammaticality and how many end with <eos>. Returns [episodes] float64 gold scores."""
+    generator = torch.Generator(device=device).manual_seed(args.seed + 10000)
+    with torch.no_grad():
+        prompts = make_prompts(episodes, torch.Generator().manual_seed(args.seed + 10000), device)
+        generated = agent.generate(prompts, args.response_length, generator=generator, greedy=greedy)
+        responses, _ = truncate_after_eos(generated[:, PROMPT_LENGTH:])
+    words = [decode(row) for row in torch.cat([prompts, responses], 1).tolist()]
+    gram = np.mean([grammatical(w[1:]) for w in words])
+    eos = np.mean([w[-1] == "<eos>" for w in words])
+    print(f"eval ({'greedy' if greedy else 'sampled'}): grammatical {gram:.2f}, ends with <eos> {eos:.2f}", flush=True)
+    return np.array([gold_score(w[PROMPT_LENGTH:]) for w in words])
+
+
+# ---- this script's checks (run by Run.start, before anything is built or written) ----
+
+
+def validate_args(args: Args) -> None:
+    """Check the flags.
+
+    Raises:
+        UsageError: naming the first bad flag.
+    """
+    for name in ("total_timesteps", "num_prompts", "response_length", "update_epochs", "num_minibatches", "n_layer"):
+        if getattr(args, name) <= 0:
+            raise UsageError(f"{flag(name)} must be positive, got {getattr(args, name)}")
+    for name in ("temperature", "learning_rate", "clip_coef", "vf_clip_coef", "max_grad_norm", "kl_target"):
+        if not getattr(args, name) > 0:
+            raise UsageError(f"{flag(name)} must be positive, got {getattr(args, name)}")
+    for name in ("gamma", "gae_lambda"):
+        if not 0 <= getattr(args, name) <= 1:
+            raise UsageError(f"{flag(name)} must be in [0, 1], got {getattr(args, name)}")
+    for name in ("kl_coef", "vf_coef", "missing_eos_penalty", "pretrain_steps", "checkpoint_every", "eval_episodes"):
+        if getattr(args, name) < 0:
+            raise UsageError(f"{flag(name)} must not be negative, got {getattr(args, name)}")
+    if args.d_model % args.n_head:
+        raise UsageError(f"--n-head {args.n_head} must divide --d-model {args.d_model}")
+    if args.advantage == "grpo" and (args.group_size < 2 or args.num_prompts % args.group_size):
+        raise UsageError(f"--group-size {args.group_size} must be >= 2 and divide --num-prompts {args.num_prompts}")
+    if args.num_prompts < args.num_minibatches:
+        raise UsageError(f"--num-minibatches {args.num_minibatches} is more than --num-prompts {args.num_prompts}")
+    if args.total_timesteps < args.num_prompts:
+        raise UsageError(f"--total-timesteps {args.total_timesteps} is less than one batch (--num-prompts)")
+    if PROMPT_LENGTH + args.response_length > 64:
+        raise UsageError(f"--response-length {args.response_length}: at most {64 - PROMPT_LENGTH} (the position table)")
+    if args.checkpoint_every and not args.save_model:
+        raise UsageError("--checkpoint-every needs --save-model")
+
+
+def check_env(args: Args) -> tuple:
+    """The task is built in: only `synthetic-reviews`; --model-name needs transformers. Returns (None, None).
+
+    Raises:
+        UsageError: naming --env-id or --model-name.
+    """
+    if args.env_id != "synthetic-reviews":
+        raise UsageError(f"--env-id {args.env_id}: the only task is synthetic-reviews")
+    if args.model_name is not None:
+        raise UsageError("--model-name: not supported yet in this version (the built-in GPT only)")
+    return None, None
+
+
+# ---- speed ----
+# Nothing here yet: the model is small enough that the eager path is the fast one on a CPU.
+
+
+# ---- run plumbing: TRY NOT TO MODIFY (checks, run folder, logging, Ctrl-C, checkpoints and resume, evaluation) ----
+# The same text in every script of ppo-single-file (a test compares them). What differs between the scripts comes
+# from the script's own part above, by name: Args, CHECKPOINT_FORMAT, RESUME_FIXED, validate_args, check_env and
+# evaluate. Under torchrun (WORLD_SIZE set) every process runs it; rank 0 alone writes and prints.
+
+
+class UsageError(Exception):
+    """Bad flags or files: reported as one line and a non-zero exit before any work starts."""
+
+
+def flag(name: str) -> str:
+    """The command-line spelling of an Args field: `num_envs` -> `--num-envs`."""
+    return "--" + name.replace("_", "-")
+
+
+def check_extras(args: Args) -> None:
+    """Raises UsageError, naming the flag and the package, when a package a flag needs is not installed."""
+    video = getattr(args, "capture_video", False)  # (a script without videos has no such flag)
+    for wanted, module, purpose in ((args.track, "wandb", "--track"), (video, "moviepy", "--capture-video")):
+        if wanted and importlib.util.find_spec(module) is None:
+            raise UsageError(f"{purpose} needs {module}: pip install {module}")
+
+
+class Run:
+    """The plumbing of one training run, reached from main() through a few calls:
+
+        run = Run.start(args)                       # checks: flags, packages, env, --resume file; writes nothing
+        start_iteration, global_step = run.begin(train)   # resume into `train`, run folder, logging
+        with run.training(envs):                    # Ctrl-C/SIGTERM checkpoint and stop; envs and logs close
+            ... if run.end_iteration(iteration, global_step, lr, stats, episodes, train): break
+            run.finish(agent, global_step)          # summary, final evaluation
+        return run.record
+
+    `train` is what a checkpoint holds besides the flags and progress: objects with a state_dict (agent,
+    optimizer) are saved and loaded through it, lists (of tensors: the actions taken) are saved concatenated, any
+    other value (floats, tuples, tensors) as it is.
+    """
+
+    def __init__(self, args: Args, ckpt: dict | None, spaces: tuple):
+        self.args, self.ckpt, self.spaces = args, ckpt, spaces
+        self.rank, self.world_size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+        self.name = self.dir = self.log = None
+        self.saved, self.stop, self.record = False, None, {}
+
+    @classmethod
+    def start(cls, args: Args) -> "Run":
+        """Check the flags, the packages they need, the env (check_env: its spaces become `run.spaces`) and the
+        --resume file with the flags it fixes, before any work. Raises UsageError, naming the flag or file."""
+        validate_args(args)
+        check_extras(args)
+        ckpt = load_checkpoint(args.resume) if args.resume else None
+        if ckpt is not None:
+            check_resume(args, ckpt)
+        return cls(args, ckpt, check_env(args))
+
+    def begin(self, train: dict) -> tuple[int, int]:
+        """Load a --resume checkpoint into `train` (and this process's RNG state), claim the run folder, start
+        logging; a finished run with nothing left to train writes nothing. Returns (first iteration, global_step).
+        Raises UsageError (nothing written): a checkpoint that does not fit `train`, a path that cannot be written."""
+        args, ckpt = self.args, self.ckpt
+        start_iteration, global_step = 1, 0
+        if ckpt is not None:
+            for key, value in train.items():
+                if hasattr(value, "load_state_dict"):
+                    try:
+                        value.load_state_dict(ckpt[key])
+                    except (RuntimeError, ValueError, KeyError) as e:
+                        reason = [line.strip() for line in str(e).splitlines() if line.strip()][-1]
+                        raise UsageError(
+                            f"--resume {args.resume}: its {key} does not fit this run's: {reason}"
+                        ) from None
+                else:
+                    train[key] = [ckpt[key]] if isinstance(value, list) else ckpt[key]
+            rng = ckpt["rng"][self.rank]
+            torch.set_rng_state(rng["torch"])
+            if rng["cuda"] is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state(rng["cuda"])
+            start_iteration, global_step = ckpt["iteration"] + 1, ckpt["global_step"]
+        evaluate_only = ckpt is not None and ckpt["iteration"] >= args.num_iterations
+        self.name = ckpt["run_name"] if ckpt else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+        self.dir = f"runs/{self.name}"
+        if not evaluate_only:  # rank 0 claims the folder; every process learns its name, or the error
+            outcome = [None]
+            if self.rank == 0:
+                try:
+                    outcome[0] = prepare_run_dir(args, self.name, new=ckpt is None)
+                except UsageError as e:
+                    outcome[0] = str(e)
+            if dist.is_initialized():
+                dist.broadcast_object_list(outcome, src=0)
+            if isinstance(outcome[0], str):
+                raise UsageError(outcome[0])
+            self.name, self.dir = outcome[0]
+        try:
+            self.log = RunLog(args, self.name, self.dir, ckpt, evaluate_only, self.rank, self.world_size)
+        except UsageError:  # W&B cannot log in: a new run leaves no folder behind
+            if ckpt is None and self.rank == 0:
+                shutil.rmtree(self.dir, ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    os.removedirs(os.path.dirname(self.dir))
+            raise
+        return start_iteration, global_step
+
+    @contextlib.contextmanager
+    def training(self, envs=None):
+        """Around the training loop: with --save-model a first Ctrl-C or SIGTERM is noted (end_iteration checkpoints
+        and stops), a second stops at once with a one-line KeyboardInterrupt; the envs and logs close at the end."""
+        self.stop = StopSignals(self.args.save_model)
+        self.log.start()
+        self.global_step = self.log.start_step
+        try:
+            yield self
+        except KeyboardInterrupt:
+            self.log.end_progress()
+            at, path = f"at global_step={self.global_step}", f"{self.dir}/checkpoint.pt"
+            if not self.args.save_model:
+                raise KeyboardInterrupt(
+                    f"interrupted {at}; nothing saved (with --save-model, Ctrl-C saves a checkpoint to resume from)"
+                ) from None
+            resume = f"; {path} resumes from the last one saved" if os.path.isfile(path) else ""
+            raise KeyboardInterrupt(f"stopped at once {at}{resume}") from None
+        finally:
+            self.stop.restore()
+            if envs is not None:
+                envs.close()
+            self.log.close()
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+    def end_iteration(
+        self, iteration: int, global_step: int, lr: float, stats: dict | None, episodes: list, train: dict
+    ) -> bool:
+        """Log the iteration (`episodes`: [(global_step, return, length)]), checkpoint when due (the last iteration,
+        every --checkpoint-every, a signal), and say whether to stop now (a signal arrived). Under torchrun every
+        process calls it: all the episodes go to rank 0's log, and all the processes stop together."""
+        self.global_step = global_step
+        received = self.stop.received
+        if dist.is_initialized():  # every process's episodes, and the signal any of them has received so far
+            gathered = [None] * self.world_size
+            dist.all_gather_object(gathered, (episodes, received))
+            episodes = sorted(e for process_episodes, _ in gathered for e in process_episodes)
+            received = next((r for _, r in gathered if r), None)
+            self.stop.received = self.stop.received or received
+        last = iteration == self.args.num_iterations
+        self.log.iteration(global_step, lr, stats, episodes, last)
+        every = self.args.checkpoint_every
+        if self.args.save_model and (last or (every and iteration % every == 0) or received):
+            state = checkpoint_state(self, iteration, global_step, train)  # every process: it gathers their RNGs
+            if self.rank == 0:
+                save_checkpoint(f"{self.dir}/checkpoint.pt", state)
+            self.saved = True
+        if received:
+            self.log.end_progress()
+            if self.rank == 0:
+                print(f"{received}: stopped after iteration {iteration}; resume with --resume {self.dir}/checkpoint.pt")
+        return bool(received)
+
+    def finish(self, agent: nn.Module, global_step: int) -> None:
+        """Print the last returns and the checkpoint's path, evaluate with --eval-episodes (not after a stop), and
+        fill `run.record`: run_name, run_dir, history, episodes, eval (mean returns) and agent."""
+        self.stop.restore()  # training is over: a signal now stops at once
+        self.global_step = global_step
+        self.log.summary(global_step)
+        if self.saved and self.rank == 0:
+            print(f"checkpoint saved to {self.dir}/checkpoint.pt", flush=True)
+        device = next(agent.parameters()).device
+        result = {}
+        if not self.stop.received and self.rank == 0:
+            self.log.upload_videos()
+            for mode in ("sampled", "greedy") if self.args.eval_episodes else ():
+                returns = evaluate(agent, self.args, self.args.eval_episodes, greedy=mode == "greedy", device=device)
+                self.log.evaluation(mode, returns)
+                result[mode] = float(returns.mean())
+        self.record.update(run_name=self.name, run_dir=self.dir, history=self.log.history)
+        self.record.update(episodes=self.log.episodes, eval=result, agent=agent)
+
+
+class RunLog:
+    """TensorBoard scalars under CleanRL's tags (W&B syncs them with --track, and gets the videos), a progress bar
+    (a line every 10 s off a terminal), and the record: `history` (scalars per iteration), `episodes` (global_step,
+    return, length). Under torchrun only rank 0 writes and prints."""
+
+    def __init__(self, args: Args, run_name: str, run_dir: str, ckpt, evaluate_only: bool, rank: int, world_size: int):
+        self.args, self.run_name, self.history, self.uploaded_videos = args, run_name, [], set()
+        self.episodes = [tuple(e) for e in ckpt["episodes"]] if ckpt else []
+        self.wandb_run, self.writer, self.bar, self.last_print, self.rank = None, None, None, 0.0, rank
+        self.start_step = ckpt["global_step"] if ckpt else 0
+        if evaluate_only or rank != 0:
+            if evaluate_only and ckpt is not None and rank == 0:  # nothing left to train
+                print(
+                    f"--resume: the checkpoint has trained {ckpt['global_step']} steps, --total-timesteps "
+                    f"{args.total_timesteps} asks no more: nothing to train (a larger --total-timesteps trains on)",
+                    flush=True,
+                )
+            return
+        if ckpt is not None:
+            print(f"resumed from iteration {ckpt['iteration']} (global_step {ckpt['global_step']})", flush=True)
+        batch = args.batch_size * world_size  # steps per iteration, all processes together
+        if args.total_timesteps % batch:
+            print(
+                f"--total-timesteps {args.total_timesteps} is not a multiple of the batch size {batch}: "
+                f"training {args.num_iterations * batch} steps ({args.num_iterations} iterations)",
+                flush=True,
+            )
+        config = {**asdict(args), "batch_size": args.batch_size, "num_iterations": args.num_iterations}
+        config.update(world_size=world_size)
+        if args.track:
+            import wandb
+
+            try:
+                self.wandb_run = wandb.init(
+                    project=args.wandb_project_name,
+                    entity=args.wandb_entity,
+                    sync_tensorboard=True,
+                    config=config,
+                    name=run_name,
+                    id=ckpt.get("wandb_id") if ckpt else None,
+                    resume="allow",
+                    save_code=True,
+                )
+            except wandb.errors.UsageError as e:  # no API key: wandb's own message says how to log in
+                raise UsageError(f"--track: {str(e).splitlines()[0]} (or set WANDB_MODE=offline)") from None
+        self.writer = SummaryWriter(run_dir, purge_step=ckpt["global_step"] + 1 if ckpt else None)
+        self.writer.add_text(
+            "hyperparameters",
+            "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in config.items()])),
+        )
+        if sys.stderr.isatty():
+            total = args.num_iterations * batch
+            self.bar = tqdm(total=total, initial=self.start_step, unit="step", dynamic_ncols=True)
+
+    def start(self) -> None:
+        """Start the SPS clock: SPS counts the training loop only, as CleanRL's."""
+        self.start_time = time.time()
+
+    def iteration(self, global_step: int, lr: float, stats: dict, episodes: list, last: bool) -> None:
+        """Record one iteration: the episodes that ended in it, the learning rate, SPS and the update's `stats`
+        (tags with a / as they are, minibatch_updates as charts/, the others as losses/; None: only the episodes)."""
+        self.episodes.extend(episodes)
+        sps = int((global_step - self.start_step) / (time.time() - self.start_time))
+        scalars = {}
+        if stats is not None:
+            scalars = {"charts/learning_rate": lr, "charts/SPS": sps}
+            tags = {k: k if "/" in k else ("charts/" if k == "minibatch_updates" else "losses/") + k for k in stats}
+            scalars.update({tags[k]: v for k, v in stats.items()})
+            self.history.append(scalars)
+        if self.writer is not None:
+            for step_, episodic_return, episodic_length in episodes:
+                self.writer.add_scalar("charts/episodic_return", episodic_return, step_)
+                self.writer.add_scalar("charts/episodic_length", episodic_length, step_)
+            for tag, value in scalars.items():
+                self.writer.add_scalar(tag, value, global_step)
+            self.upload_videos()
+
+        recent = [e[1] for e in self.episodes[-20:]]
+        if self.bar is not None:
+            self.bar.update(global_step - self.bar.n)
+            self.bar.set_postfix(SPS=sps, ret=f"{np.mean(recent):.1f}" if recent else "-", refresh=False)
+        elif self.rank == 0 and (time.time() - self.last_print > 10 or last):
+            self.last_print = time.time()
+            mean_return = f"{np.mean(recent):.1f}" if recent else "-"
+            print(f"global_step={global_step} SPS={sps} return(last {len(recent)} episodes)={mean_return}", flush=True)
+
+    def upload_videos(self) -> None:
+        """With --track, log each new .mp4 of videos/{run_name} to W&B (wandb's monitor_gym fails on gymnasium 1.x)."""
+        video_dir = f"videos/{self.run_name}"
+        if self.wandb_run is None or not getattr(self.args, "capture_video", False) or not os.path.isdir(video_dir):
+            return
+        import wandb
+
+        for name in sorted(set(os.listdir(video_dir)) - self.uploaded_videos):
+            if name.endswith(".mp4"):
+                self.wandb_run.log({"videos": wandb.Video(os.path.join(video_dir, name), format="mp4")})
+                self.uploaded_videos.add(name)
+
+    def evaluation(self, mode: str, returns: np.ndarray) -> None:
+        """Print and log (eval/episodic_return, or eval/episodic_return_greedy) one evaluation's returns."""
+        tag = "eval/episodic_return" + ("_greedy" if mode == "greedy" else "")
+        for idx, episodic_return in enumerate(returns if self.writer is not None else []):
+            self.writer.add_scalar(tag, episodic_return, idx)
+        print(f"eval ({mode}, {len(returns)} episodes): mean return {returns.mean():.2f} +- {returns.std():.2f}")
+
+    def summary(self, global_step: int) -> None:
+        """Close the progress bar and print the mean of the last 100 returns."""
+        self.end_progress()
+        recent = [e[1] for e in self.episodes[-100:]]
+        summary = f"{np.mean(recent):.2f} (last {len(recent)} episodes)" if recent else "- (no episode finished)"
+        if self.rank == 0:
+            print(f"finished at global_step={global_step}: mean return {summary}", flush=True)
+
+    def end_progress(self) -> None:
+        """Close the progress bar, so that a line printed now starts on a line of its own."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def close(self) -> None:
+        self.end_progress()
+        if self.writer is not None:
+            self.writer.close()
+        if self.wandb_run is not None:
+            self.wandb_run.finish()
+
+
+class StopSignals:
+    """Ctrl-C (SIGINT) and SIGTERM (a cluster's preemption notice) during training, with `--save-model`: the first
+    one is noted in `received` (the loop finishes the iteration, checkpoints and stops; --resume continues exactly),
+    a second one stops at once (KeyboardInterrupt). Without --save-model, or outside the main thread, Python's
+    handlers stay: Ctrl-C stops at once."""
+
+    def __init__(self, enabled: bool):
+        self.received, self.previous = None, {}
+        if enabled and threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self.previous[signum] = signal.signal(signum, self.request_stop)
+
+    def request_stop(self, signum, frame):
+        if self.received:
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+        tqdm.write(f"{self.received}: stopping after this iteration to save a checkpoint (again: stop at once)")
+
+    def restore(self) -> None:
+        """Put the previous handlers back: after training a signal stops at once."""
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        self.previous = {}
+
+
+def checkpoint_state(run: Run, iteration: int, global_step: int, train: dict) -> dict:
+    """What --save-model saves after `iteration`: the format, flags, progress, every process's RNG states (gathered
+    under torchrun, so that each resumes its own), the episodes, the W&B run id, and `train` (see Run)."""
+    rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
+    rngs = [rng]
+    if dist.is_initialized():
+        rngs = [None] * run.world_size
+        dist.all_gather_object(rngs, rng)
+    state = {"format": CHECKPOINT_FORMAT, "args": asdict(run.args), "run_name": run.name, "iteration": iteration}
+    state.update(global_step=global_step, world_size=run.world_size, rng=rngs)
+    state.update(episodes=[list(e) for e in run.log.episodes], wandb_id=run.log.wandb_run and run.log.wandb_run.id)
+    for key, value in train.items():
+        state[key] = value.state_dict() if hasattr(value, "state_dict") else value
+        if isinstance(value, list):
+            state[key] = torch.cat(value)
+    return state
+
+
+def save_checkpoint(path: str, state: dict) -> None:
+    """torch.save to a temporary file, fsync'ed, renamed over `path`: a crash mid-write keeps the last checkpoint."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_checkpoint(path: str) -> dict:
+    """A checkpoint of this script, with torch.load(weights_only=True). Raises UsageError naming --resume and the
+    file: missing, a directory, corrupt, holding arbitrary objects, not this script's or of an older version."""
+    if os.path.isdir(path):
+        raise UsageError(f"--resume {path}: is a directory, not a checkpoint file")
+    if not os.path.isfile(path):
+        raise UsageError(f"--resume {path}: no such file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        if "Unsupported global" in str(e):  # weights_only refused to unpickle an arbitrary object
+            raise UsageError(f"--resume {path}: holds Python objects that no checkpoint contains; not loaded") from None
+        raise UsageError(f"--resume {path}: cannot be read: the file is corrupt or truncated") from None
+    if not isinstance(ckpt, dict) or not str(ckpt.get("format")).startswith(f"{os.path.basename(__file__)} "):
+        raise UsageError(f"--resume {path}: not a {os.path.basename(__file__)} checkpoint")
+    if ckpt["format"] != CHECKPOINT_FORMAT:
+        raise UsageError(
+            f"--resume {path}: written by an older version of this script ({ckpt['format']}); start a new run"
+        )
+    return ckpt
+
+
+def check_resume(args: Args, ckpt: dict) -> None:
+    """A resumed run keeps the checkpoint's RESUME_FIXED flags (they make its env and agent) and number of torchrun
+    processes. Raises UsageError naming the first that differs."""
+    for name in RESUME_FIXED:
+        if getattr(args, name) != ckpt["args"][name]:
+            raise UsageError(
+                f"{flag(name)} {getattr(args, name)} differs from the checkpoint's {ckpt['args'][name]}: "
+                "a resumed run keeps the environment and agent it was built with"
+            )
+    if ckpt["world_size"] != int(os.environ.get("WORLD_SIZE", "1")):
+        raise UsageError(
+            f"--resume {args.resume}: saved by {ckpt['world_size']} process(es), resumed by "
+            f"{os.environ.get('WORLD_SIZE', '1')}: a resumed run keeps its number of torchrun processes"
+        )
+
+
+def prepare_run_dir(args: Args, run_name: str, new: bool) -> tuple[str, str]:
+    """Claim runs/{run_name} with os.mkdir (atomic: a name already taken becomes {run_name}-2, -3, ...; a resumed
+    run keeps its folder) and probe every folder the run writes (videos/ with --capture-video, W&B's with --track).
+    Returns (run_name, run_dir). Raises UsageError naming the path and why; the folders made here are removed."""
+    base, suffix, made, path = run_name, 1, [], os.path.dirname(f"runs/{run_name}")
+    try:
+        os.makedirs(path, exist_ok=True)  # runs/, and a namespace's folder for env ids like "ALE/Pong-v5"
+        while new:
+            try:
+                os.mkdir(f"runs/{run_name}")
+                made.append(f"runs/{run_name}")
+                break
+            except FileExistsError:
+                suffix += 1
+                run_name = f"{base}-{suffix}"
+        run_dir = f"runs/{run_name}"
+        folders = (
+            [run_dir]
+            + [f"videos/{run_name}"] * getattr(args, "capture_video", False)
+            + [os.environ.get("WANDB_DIR", ".")] * args.track
+        )
+        for path in folders:
+            if not os.path.isdir(path):
+                os.makedirs(path)
+                made.append(path)
+            tempfile.TemporaryFile(dir=path).close()  # a probe: the folder takes a new file
+        for folder in made:
+            if folder != run_dir:
+                os.removedirs(folder)  # only probed: RecordVideo and wandb make their folders themselves
+    except OSError as e:
+        for folder in reversed(made):
+            shutil.rmtree(folder, ignore_errors=True)
+        reason = "a file is in the way" if isinstance(e, (FileExistsError, NotADirectoryError)) else e.strerror
+        raise UsageError(f"cannot write {os.path.abspath(path)}: {reason}") from None
+    if args.save_model and os.path.isdir(f"{run_dir}/checkpoint.pt"):
+        raise UsageError(f"cannot write {os.path.abspath(run_dir)}/checkpoint.pt: is a directory")
+    return run_name, run_dir
+
+
+def parse_args(argv: list[str]) -> Args:
+    """tyro CLI; with `--resume PATH`, the checkpoint's flags are the defaults that the command line overrides."""
+    resume = None
+    for i, arg in enumerate(argv):
+        if arg.startswith("--resume="):
+            resume = arg.split("=", 1)[1]
+        elif arg == "--resume" and i + 1 < len(argv):
+            resume = argv[i + 1]
+    default = Args()
+    if resume not in (None, "None"):
+        saved = load_checkpoint(resume)["args"]
+        default = Args(**{f.name: saved[f.name] for f in fields(Args) if f.name in saved})
+    return tyro.cli(Args, args=argv, default=default)
+
+
+if __name__ == "__main__":
+    try:
+        main(parse_args(sys.argv[1:]))
+    except UsageError as e:
+        sys.exit(f"{os.path.basename(__file__)}: error: {e}")
+    except KeyboardInterrupt as e:  # Ctrl-C: one line, no traceback
+        print(f"{os.path.basename(__file__)}: {e or 'interrupted'}", file=sys.stderr)
+        sys.exit(130)
