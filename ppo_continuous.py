@@ -915,7 +915,7 @@ def compile_functions(args: Args, device: torch.device) -> tuple:
     # Python floats (the loss's coefficients) are baked into the graph: left dynamic, a warm compile cache can hand a
     # graph made with other values to a run (pytorch/pytorch#194976). kl_beta, which changes, comes as a tensor.
     torch._dynamo.config.specialize_float = True
-    print("--compile: compiling the update, about 30 s the first time", flush=True)
+    print("--compile: compiling the update, about 15 s the first time (a warm cache: less)", flush=True)
     policy = torch.compile(Agent.get_action) if device.type == "cuda" else Agent.get_action
     return policy, functools.partial(minibatch_step, loss_fn=torch.compile(ppo_loss, dynamic=True))
 

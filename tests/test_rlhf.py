@@ -178,3 +178,14 @@ def test_ppo_raises_the_gold_score_and_keeps_the_kl_bounded(workdir, advantage):
     assert start < 0.4 and end > 0.8, (start, end)
     assert np.mean([h["objective/kl"] for h in history[-5:]]) < 4.0
     assert np.mean([h["gold/grammatical"] for h in history[-5:]]) > 0.85
+
+
+def test_the_rlhf_report_reads_the_runs(workdir):
+    from benchmarks import rlhf
+
+    for name in ("ppo_rlhf", "ppo_rlhf_kl0"):
+        R.main(tiny(total_timesteps=48, exp_name=name, kl_coef=0.0 if name.endswith("kl0") else 0.05))
+    rlhf.main(rlhf.Args(runs="runs", out="report"))
+    table = (workdir / "report" / "results.md").read_text()
+    assert "| ppo_rlhf | 1 |" in table and "| ppo_rlhf_kl0 | 1 |" in table
+    assert (workdir / "report" / "kl_penalty.png").stat().st_size > 0
