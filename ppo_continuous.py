@@ -937,8 +937,10 @@ def flag(name: str) -> str:
 
 def check_extras(args: Args) -> None:
     """Raises UsageError, naming the flag and the package, when a package a flag needs is not installed."""
-    video = getattr(args, "capture_video", False)  # (a script without videos has no such flag)
-    for wanted, module, purpose in ((args.track, "wandb", "--track"), (video, "moviepy", "--capture-video")):
+    for wanted, module, purpose in (
+        (args.track, "wandb", "--track"),
+        (args.capture_video, "moviepy", "--capture-video"),
+    ):
         if wanted and importlib.util.find_spec(module) is None:
             raise UsageError(f"{purpose} needs {module}: pip install {module}")
 
@@ -1186,7 +1188,7 @@ class RunLog:
     def upload_videos(self) -> None:
         """With --track, log each new .mp4 of videos/{run_name} to W&B (wandb's monitor_gym fails on gymnasium 1.x)."""
         video_dir = f"videos/{self.run_name}"
-        if self.wandb_run is None or not getattr(self.args, "capture_video", False) or not os.path.isdir(video_dir):
+        if self.wandb_run is None or not self.args.capture_video or not os.path.isdir(video_dir):
             return
         import wandb
 
@@ -1336,9 +1338,7 @@ def prepare_run_dir(args: Args, run_name: str, new: bool) -> tuple[str, str]:
                 run_name = f"{base}-{suffix}"
         run_dir = f"runs/{run_name}"
         folders = (
-            [run_dir]
-            + [f"videos/{run_name}"] * getattr(args, "capture_video", False)
-            + [os.environ.get("WANDB_DIR", ".")] * args.track
+            [run_dir] + [f"videos/{run_name}"] * args.capture_video + [os.environ.get("WANDB_DIR", ".")] * args.track
         )
         for path in folders:
             if not os.path.isdir(path):

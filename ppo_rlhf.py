@@ -1,7 +1,7 @@
 # PPO for language models (RLHF, as InstructGPT): a small GPT pre-trained on a synthetic review language, then tuned
 # by PPO against a reward with a per-token KL penalty to the frozen reference; one file of the ppo-single-file project
-# that runs on its own when copied. Needs: pip install torch numpy tyro tensorboard tqdm   (--track: wandb;
-# --model-name: transformers). Sources: Ouyang et al. 2022 (InstructGPT, arXiv 2203.02155); Ziegler et al. 2019
+# that runs on its own when copied. Needs: pip install torch numpy tyro tensorboard tqdm   (--track: wandb).
+# Sources: Ouyang et al. 2022 (InstructGPT, arXiv 2203.02155); Ziegler et al. 2019
 # (arXiv 1909.08593, the adaptive KL controller); Huang et al. 2024, "The N Implementation Details of RLHF with PPO"
 # (arXiv 2403.17031); TRL's PPO trainer (v0.11 and trl.experimental.ppo); Shao et al. 2024 (DeepSeekMath, GRPO).
 import contextlib
@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 CHECKPOINT_FORMAT = "ppo_rlhf.py checkpoint v1"
 # Flags a resumed run must keep: they make its task and model, or change what its saved model computes.
-RESUME_FIXED = ("env_id", "seed", "n_layer", "d_model", "n_head", "response_length", "critic", "model_name")
+RESUME_FIXED = ("env_id", "seed", "n_layer", "d_model", "n_head", "response_length", "critic")
 
 
 @dataclass
@@ -99,8 +99,6 @@ class Args:
     """supervised steps that make the reference policy (batch 64 sentences of the grammar)"""
     reward_model_steps: int = 300
     """with --reward model: Bradley-Terry steps (batch 64 preference pairs)"""
-    model_name: str | None = None
-    """a transformers causal LM (path or hub id) instead of the built-in GPT; its tokenizer must be loadable too"""
 
     # Run options
     exp_name: str = os.path.basename(__file__)[: -len(".py")]
@@ -139,6 +137,11 @@ class Args:
     def num_iterations(self) -> int:
         """the number of iterations (total_timesteps // num_prompts)"""
         return self.total_timesteps // self.num_prompts
+
+    @property
+    def capture_video(self) -> bool:
+        """no videos of text: False (what the shared run plumbing reads)"""
+        return False
 
 
 # ---- the task: a synthetic review language --------------------------------------------------------------------
@@ -656,15 +659,13 @@ def validate_args(args: Args) -> None:
 
 
 def check_env(args: Args) -> tuple:
-    """The task is built in: only `synthetic-reviews`; --model-name needs transformers. Returns (None, None).
+    """The task is built in: only `synthetic-reviews`. Returns (None, None) (no env spaces).
 
     Raises:
-        UsageError: naming --env-id or --model-name.
+        UsageError: naming --env-id.
     """
     if args.env_id != "synthetic-reviews":
         raise UsageError(f"--env-id {args.env_id}: the only task is synthetic-reviews")
-    if args.model_name is not None:
-        raise UsageError("--model-name: not supported yet in this version (the built-in GPT only)")
     return None, None
 
 
@@ -689,8 +690,10 @@ def flag(name: str) -> str:
 
 def check_extras(args: Args) -> None:
     """Raises UsageError, naming the flag and the package, when a package a flag needs is not installed."""
-    video = getattr(args, "capture_video", False)  # (a script without videos has no such flag)
-    for wanted, module, purpose in ((args.track, "wandb", "--track"), (video, "moviepy", "--capture-video")):
+    for wanted, module, purpose in (
+        (args.track, "wandb", "--track"),
+        (args.capture_video, "moviepy", "--capture-video"),
+    ):
         if wanted and importlib.util.find_spec(module) is None:
             raise UsageError(f"{purpose} needs {module}: pip install {module}")
 
@@ -938,7 +941,7 @@ class RunLog:
     def upload_videos(self) -> None:
         """With --track, log each new .mp4 of videos/{run_name} to W&B (wandb's monitor_gym fails on gymnasium 1.x)."""
         video_dir = f"videos/{self.run_name}"
-        if self.wandb_run is None or not getattr(self.args, "capture_video", False) or not os.path.isdir(video_dir):
+        if self.wandb_run is None or not self.args.capture_video or not os.path.isdir(video_dir):
             return
         import wandb
 
@@ -1088,9 +1091,7 @@ def prepare_run_dir(args: Args, run_name: str, new: bool) -> tuple[str, str]:
                 run_name = f"{base}-{suffix}"
         run_dir = f"runs/{run_name}"
         folders = (
-            [run_dir]
-            + [f"videos/{run_name}"] * getattr(args, "capture_video", False)
-            + [os.environ.get("WANDB_DIR", ".")] * args.track
+            [run_dir] + [f"videos/{run_name}"] * args.capture_video + [os.environ.get("WANDB_DIR", ".")] * args.track
         )
         for path in folders:
             if not os.path.isdir(path):

@@ -8,8 +8,6 @@ gold score on held-out prompts (`--eval-episodes`, sampled), and the wall time. 
 and grammaticality of the groups named by --figure side by side against episodes.
 """
 
-import glob
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
@@ -17,6 +15,8 @@ from typing import Annotated
 import numpy as np
 import tyro
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from benchmarks.report import load_runs, pyplot, seeds
 
 
 @dataclass
@@ -40,11 +40,16 @@ def last(series, n: int = 10) -> float:
     return float(np.mean([v for _, v, _ in series[-n:]]))
 
 
+def prompts(run: dict) -> int:
+    """Responses per iteration (--num-prompts): the episodes the run logged at its last step."""
+    final = run["charts/episodic_return"][-1][0]
+    return sum(step == final for step, _, _ in run["charts/episodic_return"])
+
+
 def main(args: Args) -> None:
     groups: dict[str, list[dict]] = {}
-    for run_dir in sorted(glob.glob(os.path.join(args.runs, "*__*__*__*"))):
-        env_id, exp_name, seed, _ = os.path.basename(run_dir).split("__")
-        groups.setdefault(exp_name, []).append({"seed": int(seed), **scalars(run_dir)})
+    for run in load_runs(args.runs):  # the report's reader: run names parsed, the latest of repeated seeds
+        groups.setdefault(run.exp_name, []).append({"seed": run.seed, **scalars(run.path)})
     if not groups:
         raise SystemExit(f"benchmarks.rlhf: error: no runs under {args.runs}")
     lines = [
@@ -55,22 +60,18 @@ def main(args: Args) -> None:
         cells = []
         for tag in ("gold/score", "gold/grammatical", "val/num_eos_tokens", "objective/kl"):
             values = [last(r[tag]) for r in runs]
-            if tag == "val/num_eos_tokens":
-                values = [v / 64 for v in values]  # --num-prompts 64
+            if tag == "val/num_eos_tokens":  # a fraction of the responses: one episode each per iteration
+                values = [v / prompts(r) for v, r in zip(values, runs)]
             cells.append(f"{np.mean(values):.3f} ({', '.join(f'{v:.2f}' for v in values)})")
         evals = [np.mean([v for _, v, _ in r["eval/episodic_return"]]) for r in runs if "eval/episodic_return" in r]
         cells.append(f"{np.mean(evals):.3f}" if evals else "-")
         walls = [r["objective/kl"][-1][2] - r["objective/kl"][0][2] for r in runs]
         cells.append(f"{np.mean(walls):.0f} (PPO loop)")
-        lines.append(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | {seeds(len(runs))} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     print(table)
     if args.out:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
+        plt = pyplot()
         Path(args.out).mkdir(parents=True, exist_ok=True)
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
         for name in args.figure:

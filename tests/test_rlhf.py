@@ -187,5 +187,5 @@ def test_the_rlhf_report_reads_the_runs(workdir):
         R.main(tiny(total_timesteps=48, exp_name=name, kl_coef=0.0 if name.endswith("kl0") else 0.05))
     rlhf.main(rlhf.Args(runs="runs", out="report"))
     table = (workdir / "report" / "results.md").read_text()
-    assert "| ppo_rlhf | 1 |" in table and "| ppo_rlhf_kl0 | 1 |" in table
+    assert "| ppo_rlhf | 1 seed |" in table and "| ppo_rlhf_kl0 | 1 seed |" in table
     assert (workdir / "report" / "kl_penalty.png").stat().st_size > 0
