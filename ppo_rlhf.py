@@ -9,6 +9,7 @@ import copy
 import importlib.util
 import os
 import random
+import re
 import shutil
 import signal
 import sys
@@ -30,6 +31,7 @@ from tqdm import tqdm
 CHECKPOINT_FORMAT = "ppo_rlhf.py checkpoint v1"
 # Flags a resumed run must keep: they make its task and model, or change what its saved model computes.
 RESUME_FIXED = ("env_id", "seed", "n_layer", "d_model", "n_head", "response_length", "critic")
+RESUME_FIXED += ("model_name", "reward_model_name")
 
 
 @dataclass
@@ -99,6 +101,12 @@ class Args:
     """supervised steps that make the reference policy (batch 64 sentences of the grammar)"""
     reward_model_steps: int = 300
     """with --reward model: Bradley-Terry steps (batch 64 preference pairs)"""
+    model_name: str | None = None
+    """a transformers causal LM (hub id or folder) instead of the built-in GPT, with its tokenizer (needs
+    transformers); pre-trained on the grammar for --pretrain-steps (0: used as it is)"""
+    reward_model_name: str | None = None
+    """with --reward model and --model-name: a transformers sequence-classification model (1 label, the policy's
+    tokenizer) as the reward model, used as it is (no Bradley-Terry training)"""
 
     # Run options
     exp_name: str = os.path.basename(__file__)[: -len(".py")]
@@ -180,6 +188,49 @@ def make_prompts(num: int, generator: torch.Generator | None, device: torch.devi
     return torch.cat([start, choice[:, None]], 1)
 
 
+class Vocabulary:
+    """The review language in a model's token ids: the words above, or (--model-name) the model's transformers
+    tokenizer, given a pad token distinct from its EOS when it has none (as TRL) and prompts padded on the left."""
+
+    def __init__(self, tokenizer=None):
+        self.tokenizer = tokenizer
+        if tokenizer is None:
+            self.size, self.pad, self.eos = len(VOCAB), PAD, EOS
+            return
+        if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+            tokenizer.add_special_tokens({"pad_token": "[PAD]"})
+        tokenizer.padding_side = "left"
+        self.size, self.pad, self.eos = len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id
+
+    def prompts(self, num: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+        """[num, P] int64 prompts `<bos> the NOUN` (a tokenizer's `the NOUN`, left-padded), the noun uniform."""
+        if self.tokenizer is None:
+            return make_prompts(num, generator, device)
+        nouns = torch.randint(len(NOUNS), (num,), generator=generator).tolist()
+        text = [f"the {NOUNS[i]}" for i in nouns]
+        return self.tokenizer(text, return_tensors="pt", padding=True).input_ids.to(device)
+
+    def encode(self, reviews: list[list[str]], device: torch.device) -> torch.Tensor:
+        """[num, T] int64: each review (words from `the`) then EOS, right-padded (T >= 19): pre-training data."""
+        if self.tokenizer is None:
+            rows = [[BOS] + [TOKEN[w] for w in review] + [EOS] for review in reviews]
+        else:
+            rows = [self.tokenizer(" ".join(review)).input_ids + [self.eos] for review in reviews]
+        width = max(PROMPT_LENGTH + 16, *map(len, rows))
+        return torch.tensor([row + [self.pad] * (width - len(row)) for row in rows], device=device)
+
+    def words(self, tokens: list[int]) -> list[str]:
+        """The words of one prompt + response, pads and <bos> dropped, "<eos>" last if it has one (as the parser and
+        the gold score read them)."""
+        if self.tokenizer is None:
+            return [w for w in decode(tokens) if w != "<bos>"]
+        ids = [t for t in tokens if t != self.pad]
+        start = int(bool(ids) and ids[0] == self.tokenizer.bos_token_id)
+        end = ids.index(self.eos, start) if self.eos in ids[start:] else len(ids)
+        text = self.tokenizer.decode(ids[start:end], skip_special_tokens=True)
+        return re.findall(r"[^\s.]+|\.", text) + ["<eos>"] * (end < len(ids))
+
+
 # ---- the network ----------------------------------------------------------------------------------------------
 class Block(nn.Module):
     """A pre-LayerNorm transformer block (GPT-2's): causal multi-head self-attention and a 4x GELU MLP."""
@@ -220,27 +271,41 @@ class Agent(nn.Module):
 
     def __init__(self, args: Args):
         super().__init__()
-        self.backbone = GPT(len(VOCAB), args.n_layer, args.d_model, args.n_head)
-        self.lm_head = nn.Linear(args.d_model, len(VOCAB), bias=False)
+        self.temperature, self.model_name = args.temperature, args.model_name
+        self.vocab = Vocabulary(load_transformers("AutoTokenizer", args.model_name) if args.model_name else None)
+        separate = args.advantage == "gae" and args.critic == "separate"
         self.critic = None
-        if args.advantage == "gae" and args.critic == "separate":
-            self.critic = GPT(len(VOCAB), args.n_layer, args.d_model, args.n_head)
-        self.value_head = nn.Linear(args.d_model, 1) if args.advantage == "gae" else None
+        if args.model_name is None:
+            self.backbone = GPT(self.vocab.size, args.n_layer, args.d_model, args.n_head)
+            self.lm_head = nn.Linear(args.d_model, self.vocab.size, bias=False)
+            self.critic = GPT(self.vocab.size, args.n_layer, args.d_model, args.n_head) if separate else None
+            width = args.d_model
+        else:  # a transformers causal LM: its hidden states are the backbone's, its logits the LM head's
+            self.lm = load_transformers("AutoModelForCausalLM", args.model_name, self.vocab)
+            self.critic = load_transformers("AutoModelForCausalLM", args.model_name, self.vocab) if separate else None
+            width = self.lm.config.hidden_size
+        self.value_head = nn.Linear(width, 1) if args.advantage == "gae" else None
         if self.value_head is not None:
             nn.init.zeros_(self.value_head.weight)
             nn.init.zeros_(self.value_head.bias)
-        self.temperature = args.temperature
+
+    def forward_lm(self, tokens):
+        """(hidden states [B, T, H], raw next-token logits [B, T, V]) of the policy for tokens [B, T]."""
+        if self.model_name is None:
+            hidden = self.backbone(tokens)
+            return hidden, self.lm_head(hidden)
+        out = transformers_forward(self.lm, tokens, self.vocab.pad)
+        return out.hidden_states[-1], out.logits
 
     def logits(self, tokens):
         """Next-token logits [B, T, V] divided by the temperature, for tokens [B, T]."""
-        return self.lm_head(self.backbone(tokens)) / self.temperature
+        return self.forward_lm(tokens)[1] / self.temperature
 
     def get_action_and_value(self, query_responses, context: int):
         """For sequences [B, P + R] (P = `context` prompt tokens): (log pi(r_t | ...) [B, R], entropy [B, R], V [B, R]
         (None without a critic)), at the sampling temperature. Position P - 1 + t predicts response token t."""
-        hidden = self.backbone(query_responses)
-        logits = self.lm_head(hidden[:, context - 1 : -1]) / self.temperature
-        logp_all = torch.log_softmax(logits, -1)
+        hidden, logits = self.forward_lm(query_responses)
+        logp_all = torch.log_softmax(logits[:, context - 1 : -1] / self.temperature, -1)
         logprob = logp_all.gather(-1, query_responses[:, context:, None]).squeeze(-1)
         entropy = -(logp_all.exp() * logp_all).sum(-1)
         return logprob, entropy, self.get_value(query_responses, context, hidden)
@@ -249,15 +314,21 @@ class Agent(nn.Module):
         """V at each response position [B, R] (the value of the state before token t), or None without a critic."""
         if self.value_head is None:
             return None
-        if self.critic is not None:
+        if self.critic is not None and self.model_name is None:
             hidden = self.critic(query_responses)
+        elif self.critic is not None:
+            hidden = transformers_forward(self.critic, query_responses, self.vocab.pad).hidden_states[-1]
         elif hidden is None:
-            hidden = self.backbone(query_responses)
+            hidden = self.forward_lm(query_responses)[0]
         return self.value_head(hidden[:, context - 1 : -1]).squeeze(-1)
 
     @torch.no_grad()
     def generate(self, prompts, length: int, generator: torch.Generator | None = None, greedy: bool = False):
-        """Sample `length` tokens after prompts [B, P] at the temperature (greedy: argmax). Returns [B, P + length]."""
+        """Sample `length` tokens after prompts [B, P] at the temperature, no top-k or top-p (greedy: argmax), from
+        `generator` or torch's RNG; a transformers model through its `generate` (KV cache), stopping at EOS. Returns
+        [B, P + length] int64 (after an EOS anything: the rollout truncates)."""
+        if self.model_name is not None:
+            return transformers_generate(self, prompts, length, generator, greedy)
         tokens = prompts
         for _ in range(length):
             logits = self.logits(tokens)[:, -1]
@@ -288,13 +359,14 @@ def main(args: Args) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
     agent = Agent(args).to(device)
-    reward_model = RewardModel(args).to(device) if args.reward == "model" else None
+    reward_model = RewardModel(args, agent.vocab).to(device) if args.reward == "model" else None
     if run.ckpt is None:  # stage 1 (and 2): the reference policy, and the reward model, from the grammar
         pretrain(agent, args, device)
-        if reward_model is not None:
+        if reward_model is not None and args.reward_model_name is None:
             train_reward_model(reward_model, agent, args, device)
     reference = copy.deepcopy(agent).requires_grad_(False)  # the frozen reference policy
-    optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
+    agent.reference = [reference]  # for the final evaluation's KL (in a list: not a submodule of the agent)
+    optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=True)  # see "speed"
     # What a checkpoint saves besides the flags and progress (the reference too: a resumed run does not pre-train).
     train = {"agent": agent, "reference": reference, "optimizer": optimizer, "kl_coef": args.kl_coef}
     if reward_model is not None:
@@ -310,11 +382,11 @@ def main(args: Args) -> dict:
             global_step += args.num_prompts
             episodes = [(global_step, score, length) for score, length in episodes]
             stats = ppo_update(agent, optimizer, batch, args)
-            stats.update(rollout_stats(batch, train["kl_coef"]))
+            stats.update(rollout_stats(batch, train["kl_coef"], agent.vocab))
             if args.adaptive_kl:
                 train["kl_coef"] = adaptive_kl_coef(train["kl_coef"], stats["objective/kl"], args)
             if run.log.writer is not None and args.sample_every and iteration % args.sample_every in (0, 1):
-                run.log.writer.add_text("samples", sample_table(batch), global_step)
+                run.log.writer.add_text("samples", sample_table(batch, agent.vocab), global_step)
             if run.end_iteration(iteration, global_step, lrnow, stats, episodes, train):
                 break
         run.finish(agent, global_step)
@@ -326,20 +398,15 @@ def pretrain(agent: Agent, args: Args, device: torch.device) -> None:
     Adam steps of 64 reviews: the reference policy, a grammatical, sentiment-neutral language model."""
     rng, optimizer = random.Random(args.seed), torch.optim.Adam(agent.parameters(), lr=3e-3)
     for step in range(args.pretrain_steps):
-        tokens = review_batch(rng, 64, device)
-        logits = agent.lm_head(agent.backbone(tokens[:, :-1]))
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1), ignore_index=PAD)
+        tokens = agent.vocab.encode([sample_review(rng) for _ in range(64)], device)
+        logits = agent.forward_lm(tokens[:, :-1])[1]
+        targets = tokens[:, 1:].reshape(-1)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets, ignore_index=agent.vocab.pad)
         for group in optimizer.param_groups:
             group["lr"] = 3e-3 * min(1.0, (step + 1) / 50) * (1 - step / args.pretrain_steps)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-
-
-def review_batch(rng: random.Random, num: int, device: torch.device) -> torch.Tensor:
-    """[num, 3 + 16] int64: <bos> review <eos>, right-padded with <pad>."""
-    rows = [[BOS] + [TOKEN[w] for w in sample_review(rng)] + [EOS] for _ in range(num)]
-    return torch.tensor([row + [PAD] * (PROMPT_LENGTH + 16 - len(row)) for row in rows], device=device)
 
 
 def sample_review(rng: random.Random) -> list[str]:
@@ -367,16 +434,16 @@ def rollout(agent: Agent, reference: Agent, reward_model, args: Args, kl_coef: f
     token (GRPO: no KL in the reward, it is in the loss). Returns (batch of [B, R] tensors, [(score, length)]).
     """
     repeat = args.group_size if args.advantage == "grpo" else 1
-    prompts = make_prompts(args.num_prompts // repeat, None, device)
-    prompts = prompts.repeat_interleave(repeat, 0)
+    prompts = agent.vocab.prompts(args.num_prompts // repeat, None, device).repeat_interleave(repeat, 0)
+    context, vocab = prompts.shape[1], agent.vocab
     query_responses = agent.generate(prompts, args.response_length)
-    responses, mask = truncate_after_eos(query_responses[:, PROMPT_LENGTH:])
+    responses, mask = truncate_after_eos(query_responses[:, context:], vocab.eos, vocab.pad)
     query_responses = torch.cat([prompts, responses], 1)
     with torch.no_grad():
-        logprobs, _, values = agent.get_action_and_value(query_responses, PROMPT_LENGTH)
-        ref_logprobs, _, _ = reference.get_action_and_value(query_responses, PROMPT_LENGTH)
-        scores = score_responses(query_responses, reward_model)
-        has_eos = (responses == EOS).any(1)
+        logprobs, _, values = agent.get_action_and_value(query_responses, context)
+        ref_logprobs, _, _ = reference.get_action_and_value(query_responses, context)
+        scores = score_responses(query_responses, reward_model, vocab)
+        has_eos = (responses == vocab.eos).any(1)
         scores = scores - args.missing_eos_penalty * (~has_eos).float()
         kl = kl_estimate(logprobs, ref_logprobs, args.kl_estimator) * mask
         rewards = torch.zeros_like(logprobs) if args.advantage == "grpo" else -kl_coef * kl
@@ -395,19 +462,20 @@ def rollout(agent: Agent, reference: Agent, reward_model, args: Args, kl_coef: f
     return batch, episodes
 
 
-def truncate_after_eos(responses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Responses [B, R] int64 with every token after the first <eos> set to <pad>, and the mask [B, R] float of the
-    valid tokens: those up to and including the first <eos> (all of them when there is none)."""
-    is_eos = responses == EOS
+def truncate_after_eos(responses: torch.Tensor, eos: int = EOS, pad: int = PAD) -> tuple[torch.Tensor, torch.Tensor]:
+    """Responses [B, R] int64 with every token after the first `eos` set to `pad`, and the mask [B, R] float of the
+    valid tokens: those up to and including the first `eos` (all of them when there is none)."""
+    is_eos = responses == eos
     after = (is_eos.cumsum(1) - is_eos.long()) > 0  # strictly after the first <eos>
-    return responses.masked_fill(after, PAD), (~after).float()
+    return responses.masked_fill(after, pad), (~after).float()
 
 
-def score_responses(query_responses: torch.Tensor, reward_model) -> torch.Tensor:
-    """The score [B] of each prompt + response: the gold score, or the reward model's (normalised)."""
+def score_responses(query_responses: torch.Tensor, reward_model, vocab: Vocabulary) -> torch.Tensor:
+    """The score [B] of each prompt + response: the gold score of its words, or the reward model's."""
     if reward_model is not None:
         return reward_model(query_responses)
-    return torch.tensor([gold_score(decode(row)) for row in query_responses.tolist()], device=query_responses.device)
+    scores = [gold_score(vocab.words(row)) for row in query_responses.tolist()]
+    return torch.tensor(scores, device=query_responses.device)
 
 
 def gold_score(words: list[str]) -> float:
@@ -510,7 +578,8 @@ def rlhf_loss(agent: Agent, mb: dict, args: Args) -> tuple[torch.Tensor, dict]:
     (arXiv 1707.06347, eq. 7) plus vf_coef times the clipped value loss, or for GRPO the surrogate plus kl_coef
     times the k3 KL to the reference (Shao et al. 2024, eq. 3). Returns (loss, {TRL tag: detached 0-d})."""
     mask = mb["mask"]
-    logprob, entropy, value = agent.get_action_and_value(mb["query_responses"], PROMPT_LENGTH)
+    context = mb["query_responses"].shape[1] - mask.shape[1]  # the prompt's tokens
+    logprob, entropy, value = agent.get_action_and_value(mb["query_responses"], context)
     logratio = (logprob - mb["logprobs"]) * mask
     ratio = logratio.exp()
     pg_losses = torch.max(
@@ -536,11 +605,11 @@ def rlhf_loss(agent: Agent, mb: dict, args: Args) -> tuple[torch.Tensor, dict]:
     return loss, {k: v.detach() for k, v in stats.items()}
 
 
-def rollout_stats(batch: dict, kl_coef: float) -> dict:
+def rollout_stats(batch: dict, kl_coef: float, vocab: Vocabulary) -> dict:
     """TRL's objective/ statistics of the rollout, plus the gold ones: mean sequence KL and entropy proxy, scores,
     the RLHF reward (score - kl_coef * KL), the number of responses with an <eos>, response length, grammaticality."""
     seq_kl = batch["kl"].sum(1)
-    words = [decode(row) for row in batch["query_responses"].tolist()]
+    words = [vocab.words(row) for row in batch["query_responses"].tolist()]
     return {
         "objective/kl": seq_kl.mean().item(),
         "objective/entropy": (-batch["logprobs"] * batch["mask"]).sum(1).mean().item(),
@@ -550,8 +619,8 @@ def rollout_stats(batch: dict, kl_coef: float) -> dict:
         "objective/kl_coef": kl_coef,
         "val/num_eos_tokens": batch["has_eos"].sum().item(),
         "charts/response_length": batch["mask"].sum(1).mean().item(),
-        "gold/score": float(np.mean([gold_score(w[PROMPT_LENGTH:]) for w in words])),
-        "gold/grammatical": float(np.mean([grammatical(w[1:]) for w in words])),
+        "gold/score": float(np.mean([gold_score(w) for w in words])),
+        "gold/grammatical": float(np.mean([grammatical(w) for w in words])),
     }
 
 
@@ -562,26 +631,33 @@ def adaptive_kl_coef(kl_coef: float, kl: float, args: Args) -> float:
     return kl_coef * (1 + error * args.num_prompts / args.kl_horizon)
 
 
-def sample_table(batch: dict, rows: int = 8) -> str:
+def sample_table(batch: dict, vocab: Vocabulary, rows: int = 8) -> str:
     """A markdown table of the first `rows` responses with their scores (TensorBoard text)."""
     lines = ["|response|score|", "|-|-|"]
     for tokens, score in list(zip(batch["query_responses"].tolist(), batch["scores"].tolist()))[:rows]:
-        lines.append(f"|{' '.join(decode(tokens[1:]))}|{score:.2f}|")
+        lines.append(f"|{' '.join(vocab.words(tokens))}|{score:.2f}|")
     return "\n".join(lines)
 
 
 class RewardModel(nn.Module):
     """Stage 2 (`--reward model`): a GPT with a scalar head on the last valid token, trained by Bradley-Terry on
     synthetic preference pairs (the pair's higher gold score preferred), its output normalised to mean 0 and std 1 on
-    reference samples (InstructGPT's reward normalisation). forward: sequences [B, T] -> scores [B]."""
+    reference samples (InstructGPT's reward normalisation); or (--reward-model-name) a transformers
+    sequence-classification model as it is. forward: sequences [B, T] -> scores [B]."""
 
-    def __init__(self, args: Args):
+    def __init__(self, args: Args, vocab: Vocabulary):
         super().__init__()
+        self.register_buffer("shift", torch.zeros(())), self.register_buffer("scale", torch.ones(()))
+        self.pad, self.model = vocab.pad, None
+        if args.reward_model_name is not None:
+            self.model = load_transformers("AutoModelForSequenceClassification", args.reward_model_name, vocab)
+            return
         self.backbone = GPT(len(VOCAB), args.n_layer, args.d_model, args.n_head)
         self.head = nn.Linear(args.d_model, 1)
-        self.register_buffer("shift", torch.zeros(())), self.register_buffer("scale", torch.ones(()))
 
     def forward(self, tokens):
+        if self.model is not None:  # it finds each row's last non-pad token itself (config.pad_token_id)
+            return transformers_forward(self.model, tokens, self.pad).logits[:, 0]
         last = ((tokens != PAD).sum(1) - 1).clamp(min=0)
         hidden = self.backbone(tokens)[torch.arange(len(tokens)), last]
         return (self.head(hidden).squeeze(-1) - self.shift) / self.scale
@@ -592,7 +668,7 @@ def train_reward_model(reward_model: RewardModel, agent: Agent, args: Args, devi
     grammar samples (ties skipped); then normalise on 512 responses of the reference policy."""
     rng, optimizer = random.Random(args.seed + 1), torch.optim.Adam(reward_model.parameters(), lr=1e-3)
     for _ in range(args.reward_model_steps):
-        a, b = review_batch(rng, 64, device), review_batch(rng, 64, device)
+        a, b = (agent.vocab.encode([sample_review(rng) for _ in range(64)], device) for _ in range(2))
         ga, gb = (torch.tensor([gold_score(decode(r)) for r in x.tolist()], device=device) for x in (a, b))
         keep = ga != gb
         chosen, rejected = torch.where((ga > gb)[:, None], a, b)[keep], torch.where((ga > gb)[:, None], b, a)[keep]
@@ -610,17 +686,23 @@ def train_reward_model(reward_model: RewardModel, agent: Agent, args: Args, devi
 
 def evaluate(agent: Agent, args: Args, episodes: int, greedy: bool, device: torch.device) -> np.ndarray:
     """Score `episodes` responses to held-out prompts (their own generator, seed + 10000), sampled or greedy, and
-    print their grammaticality and how many end with <eos>. Returns [episodes] float64 gold scores."""
+    print their grammaticality, how many end with <eos> and their mean sequence KL to the reference (the k1 sum
+    over the valid tokens, nats). Returns [episodes] float64 gold scores."""
     generator = torch.Generator(device=device).manual_seed(args.seed + 10000)
+    vocab, reference = agent.vocab, agent.reference[0]
     with torch.no_grad():
-        prompts = make_prompts(episodes, torch.Generator().manual_seed(args.seed + 10000), device)
+        prompts = vocab.prompts(episodes, torch.Generator().manual_seed(args.seed + 10000), device)
         generated = agent.generate(prompts, args.response_length, generator=generator, greedy=greedy)
-        responses, _ = truncate_after_eos(generated[:, PROMPT_LENGTH:])
-    words = [decode(row) for row in torch.cat([prompts, responses], 1).tolist()]
-    gram = np.mean([grammatical(w[1:]) for w in words])
-    eos = np.mean([w[-1] == "<eos>" for w in words])
-    print(f"eval ({'greedy' if greedy else 'sampled'}): grammatical {gram:.2f}, ends with <eos> {eos:.2f}", flush=True)
-    return np.array([gold_score(w[PROMPT_LENGTH:]) for w in words])
+        responses, mask = truncate_after_eos(generated[:, prompts.shape[1] :], vocab.eos, vocab.pad)
+        query_responses = torch.cat([prompts, responses], 1)
+        logprobs, _, _ = agent.get_action_and_value(query_responses, prompts.shape[1])
+        ref_logprobs, _, _ = reference.get_action_and_value(query_responses, prompts.shape[1])
+        kl = (kl_estimate(logprobs, ref_logprobs, "k1") * mask).sum(1).mean().item()
+    words = [vocab.words(row) for row in query_responses.tolist()]
+    gram, eos = np.mean([grammatical(w) for w in words]), np.mean([w[-1:] == ["<eos>"] for w in words])
+    mode = "greedy" if greedy else "sampled"
+    print(f"eval ({mode}): grammatical {gram:.2f}, ends with <eos> {eos:.2f}, KL to the reference {kl:.2f}", flush=True)
+    return np.array([gold_score(w) for w in words])
 
 
 # ---- this script's checks (run by Run.start, before anything is built or written) ----
@@ -652,25 +734,102 @@ def validate_args(args: Args) -> None:
         raise UsageError(f"--num-minibatches {args.num_minibatches} is more than --num-prompts {args.num_prompts}")
     if args.total_timesteps < args.num_prompts:
         raise UsageError(f"--total-timesteps {args.total_timesteps} is less than one batch (--num-prompts)")
-    if PROMPT_LENGTH + args.response_length > 64:
+    if args.reward_model_name is not None and (args.model_name is None or args.reward != "model"):
+        raise UsageError("--reward-model-name needs --reward model and --model-name (it reads the policy's tokens)")
+    if args.model_name is not None and args.reward == "model" and args.reward_model_name is None:
+        raise UsageError("--reward model with --model-name needs --reward-model-name (the built-in one reads 44 words)")
+    if args.model_name is None and PROMPT_LENGTH + args.response_length > 64:
         raise UsageError(f"--response-length {args.response_length}: at most {64 - PROMPT_LENGTH} (the position table)")
     if args.checkpoint_every and not args.save_model:
         raise UsageError("--checkpoint-every needs --save-model")
 
 
 def check_env(args: Args) -> tuple:
-    """The task is built in: only `synthetic-reviews`. Returns (None, None) (no env spaces).
+    """The task is built in: only `synthetic-reviews`; --model-name and --reward-model-name must load (their
+    tokenizer and config). Returns (None, None) (no env spaces).
 
     Raises:
-        UsageError: naming --env-id.
+        UsageError: naming --env-id, --model-name or --reward-model-name.
     """
     if args.env_id != "synthetic-reviews":
         raise UsageError(f"--env-id {args.env_id}: the only task is synthetic-reviews")
+    for name in ("model_name", "reward_model_name"):
+        if getattr(args, name) is None:
+            continue
+        if importlib.util.find_spec("transformers") is None:
+            raise UsageError(f"{flag(name)} needs transformers: pip install transformers")
+        import transformers
+
+        try:
+            transformers.AutoConfig.from_pretrained(getattr(args, name))
+            tokenizer = load_transformers("AutoTokenizer", getattr(args, name)) if name == "model_name" else None
+        except (OSError, ValueError) as error:
+            raise UsageError(f"{flag(name)} {getattr(args, name)}: {str(error).splitlines()[0]}") from None
+        if tokenizer is not None and tokenizer.eos_token_id is None:
+            raise UsageError(f"--model-name {args.model_name}: its tokenizer has no EOS token")
     return None, None
 
 
+# ---- transformers models (--model-name, --reward-model-name): imported only when used ----
+
+
+def load_transformers(kind: str, name: str, vocab: Vocabulary | None = None):
+    """transformers' `kind` (AutoTokenizer, AutoModelForCausalLM, AutoModelForSequenceClassification with 1 label)
+    from `name`; a model in float32 with its embeddings grown to `vocab` (an added pad token) and dropout off (the
+    first ratios must be 1). transformers is imported here: only --model-name needs it."""
+    import transformers
+
+    if kind == "AutoTokenizer":
+        return transformers.AutoTokenizer.from_pretrained(name)
+    extra = {"num_labels": 1} if kind == "AutoModelForSequenceClassification" else {}
+    config = fast_config(transformers.AutoConfig.from_pretrained(name, **extra))
+    model = getattr(transformers, kind).from_pretrained(name, config=config, dtype=torch.float32)
+    if model.get_input_embeddings().num_embeddings < vocab.size:
+        model.resize_token_embeddings(vocab.size)
+    model.config.pad_token_id = vocab.pad
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+    return model
+
+
+def transformers_forward(model, tokens: torch.Tensor, pad: int):
+    """A transformers model on tokens [B, T] with pads (left and after EOS) masked out and positions counted from
+    each row's first token, as TRL's forward; returns its output with the hidden states."""
+    mask = tokens != pad
+    positions = (mask.cumsum(1) - 1).clamp(min=0)
+    return model(input_ids=tokens, attention_mask=mask.long(), position_ids=positions, output_hidden_states=True)
+
+
+def transformers_generate(agent: Agent, prompts, length: int, generator: torch.Generator | None, greedy: bool):
+    """Agent.generate for a transformers model: `generate` at the agent's temperature, top_k 0, top_p 1, padded to
+    [B, P + length]; a `generator` seeds a forked torch RNG (transformers samples from the global one)."""
+    from transformers import GenerationConfig
+
+    sampling = {} if greedy else {"do_sample": True, "temperature": agent.temperature, "top_k": 0, "top_p": 1.0}
+    config = GenerationConfig(max_new_tokens=length, pad_token_id=agent.vocab.pad, eos_token_id=agent.vocab.eos)
+    config.update(**sampling)
+    forked = torch.random.fork_rng(devices=[prompts.device] if prompts.is_cuda else [])
+    with forked if generator is not None else contextlib.nullcontext():
+        if generator is not None:
+            torch.manual_seed(generator.initial_seed())
+        attention_mask = (prompts != agent.vocab.pad).long()
+        out = agent.lm.generate(input_ids=prompts, attention_mask=attention_mask, generation_config=config)
+    return F.pad(out, (0, prompts.shape[1] + length - out.shape[1]), value=agent.vocab.pad)
+
+
 # ---- speed ----
-# Nothing here yet: the model is small enough that the eager path is the fast one on a CPU.
+# Adam is fused (main: one kernel over all parameters; +6% episodes/s with the built-in GPT, more with two
+# transformers models) and a GPT-2 model's GELU is torch's own kernel. Measured with benchmarks/rlhf_speed.py.
+
+
+def fast_config(config):
+    """A transformers config with GPT-2's `gelu_new` (the tanh GELU written as 8 tensor operations) as
+    `gelu_pytorch_tanh`: the same function as one torch kernel, forward and backward (+20% episodes/s with fused Adam
+    on the tiny GPT-2, 1 thread; the logits agree to float rounding, tested)."""
+    if getattr(config, "activation_function", None) == "gelu_new":
+        config.activation_function = "gelu_pytorch_tanh"
+    return config
 
 
 # ---- run plumbing: TRY NOT TO MODIFY (checks, run folder, logging, Ctrl-C, checkpoints and resume, evaluation) ----

@@ -33,6 +33,11 @@ EXTRAS = {
     # the report of a committed run's events (Breakout, 1M steps), in the runs/ layout the report reads
     "bench": "mkdir -p {tmp}/runs/Breakout-v5__ppo_atari__1__0 && cp benchmarks/results/ppo_atari_breakout_seed1_fixed/"
     "events.* {tmp}/runs/Breakout-v5__ppo_atari__1__0 && python -m benchmarks.report {tmp}/runs --out {tmp}/report",
+    # a tiny random GPT-2 and word-level tokenizer made in place (no downloads), then a few PPO iterations on it
+    "rlhf": "python -m benchmarks.rlhf_speed --make-model {tmp}/lm --pretrain-steps 0 && HF_HUB_OFFLINE=1 python"
+    " ppo_rlhf.py --model-name {tmp}/lm --total-timesteps 32 --num-prompts 16 --pretrain-steps 5",
+    "trl": "python -m benchmarks.rlhf_speed --make-model {tmp}/lm --pretrain-steps 0 && HF_HUB_OFFLINE=1 python -m"
+    " benchmarks.rlhf_speed --run trl --make-model {tmp}/lm --total-episodes 128",
     "dev": None,
 }
 

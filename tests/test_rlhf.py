@@ -189,3 +189,135 @@ def test_the_rlhf_report_reads_the_runs(workdir):
     table = (workdir / "report" / "results.md").read_text()
     assert "| ppo_rlhf | 1 seed |" in table and "| ppo_rlhf_kl0 | 1 seed |" in table
     assert (workdir / "report" / "kl_penalty.png").stat().st_size > 0
+
+
+# --- --model-name: a transformers model, offline (a tiny random GPT-2 and a word-level tokenizer made here) ---------
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory):
+    """A folder with a tiny random GPT2LMHeadModel and a word-level tokenizer of the review language, and in its
+    `rm` subfolder a random GPT2ForSequenceClassification (1 label) of the same size."""
+    pytest.importorskip("transformers")
+    from transformers import GPT2ForSequenceClassification
+
+    from benchmarks.rlhf_speed import make_tiny_model
+
+    path = tmp_path_factory.mktemp("tiny-lm")
+    make_tiny_model(str(path), pretrain_steps=0)
+    torch.manual_seed(3)
+    GPT2ForSequenceClassification.from_pretrained(path, num_labels=1).save_pretrained(path / "rm")
+    (path / "rm").joinpath("tokenizer.json").write_bytes((path / "tokenizer.json").read_bytes())
+    (path / "rm").joinpath("tokenizer_config.json").write_bytes((path / "tokenizer_config.json").read_bytes())
+    return str(path)
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def test_a_transformers_vocabulary_reads_the_same_words(tiny_lm, offline):
+    agent = R.Agent(tiny(model_name=tiny_lm))
+    vocab = agent.vocab
+    assert (vocab.pad, vocab.eos) == (R.PAD, R.EOS)  # the tokenizer's own, distinct
+    review = words("the movie is very good and bad . the plot was dull .")
+    row = vocab.encode([review], torch.device("cpu"))[0].tolist()
+    assert vocab.words(row) == review + ["<eos>"] and R.grammatical(vocab.words(row))
+    prompts = vocab.prompts(5, torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert all(vocab.words(p)[0] == "the" and vocab.words(p)[1] in R.NOUNS for p in prompts.tolist())
+    # dropout is off: two forwards in training mode agree
+    assert all(m.p == 0.0 for m in agent.modules() if isinstance(m, torch.nn.Dropout))
+    torch.testing.assert_close(agent.logits(prompts), agent.logits(prompts), rtol=0, atol=0)
+
+
+def test_a_transformers_forward_masks_left_and_right_pads(tiny_lm, offline):
+    """A row's logits do not change when it is padded on the left (positions counted from its first token) or has
+    pads after it (TRL's forward)."""
+    agent = R.Agent(tiny(model_name=tiny_lm))
+    the, movie, is_, good = (R.TOKEN[w] for w in ("the", "movie", "is", "good"))
+    alone = agent.forward_lm(torch.tensor([[the, movie, is_, good]]))[1]
+    padded = agent.forward_lm(
+        torch.tensor([[R.PAD, R.PAD, the, movie, is_, good], [the, movie, is_, good, R.PAD, R.PAD]])
+    )[1]
+    torch.testing.assert_close(padded[0, 2:], alone[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(padded[1, :4], alone[0], atol=1e-5, rtol=1e-5)
+    # the model computes what transformers' own does (fast_config's GELU kernel is the same function)
+    from transformers import GPT2LMHeadModel
+
+    plain = GPT2LMHeadModel.from_pretrained(tiny_lm).eval()
+    assert agent.lm.config.activation_function == "gelu_pytorch_tanh" != plain.config.activation_function
+    torch.testing.assert_close(alone, plain(torch.tensor([[the, movie, is_, good]])).logits, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("critic", ["shared", "separate"])
+def test_a_transformers_rollout_has_ratio_1_in_the_first_minibatch(tiny_lm, offline, critic):
+    torch.manual_seed(0)
+    args = tiny(model_name=tiny_lm, critic=critic)
+    agent = R.Agent(args)
+    R.pretrain(agent, args, torch.device("cpu"))
+    reference = R.copy.deepcopy(agent)
+    batch, episodes = R.rollout(agent, reference, None, args, 0.05, torch.device("cpu"))
+    assert len(episodes) == args.num_prompts and (batch["values"] == 0).all()
+    torch.testing.assert_close(batch["logprobs"], batch["ref_logprobs"], rtol=0, atol=0)
+    # the generated tokens are the ones sampled: after the first <eos> only pads, each response's score is gold's
+    gold = [R.gold_score(agent.vocab.words(row)) for row in batch["query_responses"].tolist()]
+    torch.testing.assert_close(batch["scores"], torch.tensor(gold) - batch["has_eos"].logical_not().float())
+    _, stats = R.rlhf_loss(agent, {k: v[:8] for k, v in batch.items()}, args)
+    assert stats["val/ratio"].item() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_a_transformers_reward_model_scores_each_rows_last_token(tiny_lm, offline):
+    from transformers import GPT2ForSequenceClassification
+
+    args = tiny(model_name=tiny_lm, reward="model", reward_model_name=f"{tiny_lm}/rm")
+    vocab = R.Agent(args).vocab
+    reward_model = R.RewardModel(args, vocab)
+    plain = GPT2ForSequenceClassification.from_pretrained(f"{tiny_lm}/rm", num_labels=1)
+    rows = [words("the movie is good . <eos>"), words("the plot was dull and long . <eos>")]
+    ids = [[R.TOKEN[w] for w in row] for row in rows]
+    batch = torch.tensor([[R.PAD] * (len(ids[1]) - len(ids[0])) + ids[0], ids[1]])  # left-padded
+    expected = torch.stack([plain(torch.tensor([row])).logits[0, 0] for row in ids])
+    torch.testing.assert_close(reward_model(batch), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_a_transformers_run_trains_checkpoints_and_resumes_exactly(tiny_lm, offline, workdir, capsys):
+    kw = dict(model_name=tiny_lm, reward="model", reward_model_name=f"{tiny_lm}/rm")
+    first = R.main(tiny(total_timesteps=32, save_model=True, **kw))
+    resumed = R.main(R.parse_args(["--resume", f"{first['run_dir']}/checkpoint.pt", "--total-timesteps", "64"]))
+    straight = R.main(tiny(total_timesteps=64, eval_episodes=8, **kw))
+    assert resumed["history"][-1]["objective/scores"] == straight["history"][-1]["objective/scores"]
+    assert resumed["history"][-1]["loss/value_avg"] == straight["history"][-1]["loss/value_avg"]
+    assert "KL to the reference" in capsys.readouterr().out
+
+
+def test_transformers_flags_are_one_line(tiny_lm, offline, tmp_path):
+    with pytest.raises(R.UsageError, match="--reward-model-name needs --reward model and --model-name"):
+        R.main(tiny(reward="model", reward_model_name=tiny_lm))
+    with pytest.raises(R.UsageError, match="--reward model with --model-name needs --reward-model-name"):
+        R.main(tiny(model_name=tiny_lm, reward="model"))
+    with pytest.raises(R.UsageError, match=f"--model-name {tmp_path}/none: "):
+        R.main(tiny(model_name=f"{tmp_path}/none"))
+
+
+@pytest.mark.slow
+def test_ppo_on_a_transformers_model_raises_the_gold_score(tiny_lm, offline, workdir):
+    """The tiny GPT-2 learns as the built-in GPT does. At the built-in's learning rate it makes a one-iteration
+    excursion now and then (approxkl > 1, KL and grammaticality off for an iteration, then back): hence medians."""
+    history = R.main(R.Args(model_name=tiny_lm, total_timesteps=64 * 15))["history"]
+    start = np.mean([h["gold/score"] for h in history[:2]])
+    end = np.mean([h["gold/score"] for h in history[-3:]])
+    assert start < 0.4 and end > 0.8, (start, end)
+    assert np.median([h["objective/kl"] for h in history[-5:]]) < 4.0
+    assert np.median([h["gold/grammatical"] for h in history[-5:]]) > 0.9
+
+
+def test_the_trl_benchmarks_gold_reward_model_is_the_gold_score_of_each_prefix():
+    from benchmarks.rlhf_speed import GoldRewardModel
+
+    rows = [words("the movie is good and bad . <eos> <pad>"), words("the plot was fun but very long . <pad>")]
+    ids = torch.tensor([[R.TOKEN[w] for w in row] for row in rows])
+    model = GoldRewardModel()
+    scores = model.score(model.backbone(input_ids=ids).hidden_states[-1])
+    for row, ids_row in zip(rows, scores):
+        assert ids_row[:, 0].tolist() == pytest.approx([R.gold_score(row[: t + 1]) for t in range(len(row))])
