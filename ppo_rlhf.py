@@ -1,6 +1,6 @@
 # PPO for language models (RLHF, as InstructGPT): a small GPT pre-trained on a synthetic review language, then tuned
 # by PPO against a reward with a per-token KL penalty to the frozen reference; one file of the ppo-single-file project
-# that runs on its own when copied. Needs: pip install torch numpy tyro tensorboard tqdm   (--track: wandb).
+# that runs on its own when copied. Needs: pip install torch numpy tyro tensorboard tqdm (--track: wandb; --model-name: transformers).
 # Sources: Ouyang et al. 2022 (InstructGPT, arXiv 2203.02155); Ziegler et al. 2019
 # (arXiv 1909.08593, the adaptive KL controller); Huang et al. 2024, "The N Implementation Details of RLHF with PPO"
 # (arXiv 2403.17031); TRL's PPO trainer (v0.11 and trl.experimental.ppo); Shao et al. 2024 (DeepSeekMath, GRPO).
@@ -282,7 +282,9 @@ class Agent(nn.Module):
             width = args.d_model
         else:  # a transformers causal LM: its hidden states are the backbone's, its logits the LM head's
             self.lm = load_transformers("AutoModelForCausalLM", args.model_name, self.vocab)
-            self.critic = load_transformers("AutoModelForCausalLM", args.model_name, self.vocab) if separate else None
+            self.critic = (
+                load_transformers("AutoModel", args.model_name, self.vocab) if separate else None
+            )  # no LM head
             width = self.lm.config.hidden_size
         self.value_head = nn.Linear(width, 1) if args.advantage == "gae" else None
         if self.value_head is not None:
@@ -774,7 +776,7 @@ def check_env(args: Args) -> tuple:
 
 
 def load_transformers(kind: str, name: str, vocab: Vocabulary | None = None):
-    """transformers' `kind` (AutoTokenizer, AutoModelForCausalLM, AutoModelForSequenceClassification with 1 label)
+    """transformers' `kind` (AutoTokenizer, AutoModelForCausalLM, AutoModel, AutoModelForSequenceClassification: 1 label)
     from `name`; a model in float32 with its embeddings grown to `vocab` (an added pad token) and dropout off (the
     first ratios must be 1). transformers is imported here: only --model-name needs it."""
     import transformers
@@ -795,10 +797,11 @@ def load_transformers(kind: str, name: str, vocab: Vocabulary | None = None):
 
 def transformers_forward(model, tokens: torch.Tensor, pad: int):
     """A transformers model on tokens [B, T] with pads (left and after EOS) masked out and positions counted from
-    each row's first token, as TRL's forward; returns its output with the hidden states."""
+    each row's first token, as TRL's forward, no KV cache; returns its output with the hidden states."""
     mask = tokens != pad
     positions = (mask.cumsum(1) - 1).clamp(min=0)
-    return model(input_ids=tokens, attention_mask=mask.long(), position_ids=positions, output_hidden_states=True)
+    kwargs = dict(attention_mask=mask.long(), position_ids=positions, output_hidden_states=True, use_cache=False)
+    return model(input_ids=tokens, **kwargs)
 
 
 def transformers_generate(agent: Agent, prompts, length: int, generator: torch.Generator | None, greedy: bool):

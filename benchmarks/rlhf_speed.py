@@ -56,8 +56,8 @@ def make_tiny_model(path: str, pretrain_steps: int = 0, seed: int = 1) -> None:
     words = Tokenizer(models.WordLevel({w: i for i, w in enumerate(R.VOCAB)}, unk_token="<pad>"))
     words.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>")
-    config = GPT2Config(vocab_size=len(R.VOCAB), n_positions=64, n_embd=64, n_layer=2, n_head=4)
-    config.update(dict(bos_token_id=R.BOS, eos_token_id=R.EOS, pad_token_id=R.PAD))
+    sizes = dict(vocab_size=len(R.VOCAB), n_positions=64, n_embd=64, n_layer=2, n_head=4)
+    config = GPT2Config(**sizes, bos_token_id=R.BOS, eos_token_id=R.EOS, pad_token_id=R.PAD)
     GPT2LMHeadModel(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     if pretrain_steps:

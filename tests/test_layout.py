@@ -34,7 +34,7 @@ LOOP_BY_LINE = {
     "ppo_lstm.py": 520,
     "trpo_baseline.py": 330,
     "a2c_baseline.py": 330,
-    "ppo_rlhf.py": 330,
+    "ppo_rlhf.py": 390,  # its task section holds the vocabulary in a transformers tokenizer's ids (--model-name)
 }
 # What main calls, in the order the script defines it (ppo_rlhf.py has no envs: its task is built in).
 CALL_ORDER = {
