@@ -699,7 +699,8 @@ def resumed_lr_schedule(ckpt: dict, args: Args) -> tuple[int, float]:
     start, rate = ckpt.get("lr_schedule", (1, saved["learning_rate"]))  # checkpoints of the first format
     if args.learning_rate != saved["learning_rate"]:
         return k + 1, args.learning_rate
-    saved_iterations = saved["total_timesteps"] // (saved["num_envs"] * saved["num_steps"])
+    saved_batch = saved["num_envs"] * saved["num_steps"] * ckpt["world_size"]  # every process's steps together
+    saved_iterations = saved["total_timesteps"] // saved_batch
     if args.num_iterations == saved_iterations and args.anneal_lr == saved["anneal_lr"]:
         return start, rate
     last = annealed_lr(k, saved_iterations, rate, start) if saved["anneal_lr"] else saved["learning_rate"]

@@ -59,7 +59,8 @@ class Args:
 @dataclass
 class Run:
     """One run's logged scalars: episodes as (global step, wall seconds since the run's start, return); its budget
-    (num_iterations * batch_size from the logged hyperparameters; 0 if unknown) and the last step it logged."""
+    (num_iterations * batch_size * world_size from the logged hyperparameters; 0 if unknown) and the last step it
+    logged."""
 
     path: str
     env_id: str
@@ -79,13 +80,14 @@ class Run:
 
 
 def logged_budget(acc: EventAccumulator) -> int:
-    """num_iterations * batch_size from the `hyperparameters` text the scripts log (a markdown table); 0 if absent."""
+    """num_iterations * batch_size * world_size from the `hyperparameters` text the scripts log (a markdown table;
+    world_size, the torchrun processes that each step batch_size, is 1 when not logged); 0 if absent."""
     if "hyperparameters/text_summary" not in acc.Tags().get("tensors", []):
         return 0
     text = acc.Tensors("hyperparameters/text_summary")[-1].tensor_proto.string_val[0].decode()  # a resume's own
     table = dict(re.findall(r"\|(\w+)\|([^|]*)\|", text))
     try:
-        return int(table["num_iterations"]) * int(table["batch_size"])
+        return int(table["num_iterations"]) * int(table["batch_size"]) * int(table.get("world_size", 1))
     except (KeyError, ValueError):
         return 0
 

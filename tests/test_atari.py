@@ -15,6 +15,8 @@ import pytest
 import torch
 from conftest import ROOT, learning
 
+from benchmarks import report
+
 P = importlib.import_module("ppo_atari")
 BACKENDS = ["envpool", "ale"]
 
@@ -390,6 +392,24 @@ def test_torchrun_a_signal_after_the_agreement_stops_every_process_together(work
     assert len(r0["history"]) == len(r1["history"]) == 2  # of 3 iterations
     ckpt = torch.load(glob.glob("runs/*/checkpoint.pt")[0], weights_only=True)
     assert ckpt["iteration"] == 2 and "SIGINT: stopped after iteration 2" in proc.stdout
+
+
+def test_torchrun_a_stopped_and_resumed_run_keeps_the_learning_rate_schedule(workdir, tmp_path):
+    """2 processes, 3 iterations, stopped after 2 and resumed unchanged: the resumed iteration logs the rate of the
+    uninterrupted run (once, the checkpoint's iterations were counted as one process's, and the resume took the
+    "train longer" branch: 1.5x the rate at the defaults resumed halfway). benchmarks.report reads both runs'
+    budgets as all processes' steps."""
+    flags = [*TORCHRUN_FLAGS, "--total-timesteps", "384", "--save-model"]
+    _, straight, _ = torchrun(tmp_path, flags, port=29529)
+    rates = [h["charts/learning_rate"] for h in straight["history"]]
+    assert rates == pytest.approx([2.5e-4 * (1 - i / 3) for i in range(3)])
+    shutil.rmtree("runs")
+    torchrun(tmp_path, flags, port=29531, probe=LATE_SIGNAL_PROBE)  # stops after iteration 2
+    (path,) = glob.glob("runs/*/checkpoint.pt")
+    _, resumed, _ = torchrun(tmp_path, ["--resume", path], port=29533)
+    assert [h["charts/learning_rate"] for h in resumed["history"]] == pytest.approx(rates[2:], rel=1e-12)
+    (run,) = report.load_runs("runs")
+    assert run.budget == 384 and run.last_step == 384
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -67,13 +67,15 @@ def test_aggregate_normalises_and_bootstraps_with_rliable():
     assert np.allclose(result["algo"]["mean"], 0.65) and np.allclose(result["algo"]["iqm"], 0.65)
 
 
-def write_logged_run(name, returns, steps, budget, eval_returns=()):
+def write_logged_run(name, returns, steps, budget, eval_returns=(), world_size=1):
     """A run as the scripts log it: episodes, SPS once per 100-step iteration up to its last step, the
-    hyperparameters table that holds its budget (num_iterations x batch_size), and the greedy evaluation."""
+    hyperparameters table that holds its budget (num_iterations x batch_size x world_size: under torchrun each of
+    world_size processes steps batch_size per iteration), and the greedy evaluation."""
     with SummaryWriter(f"runs/{name}") as writer:
         for idx, value in enumerate(eval_returns):
             writer.add_scalar("eval/episodic_return_greedy", value, idx)
-        writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n|num_iterations|{budget // 100}|\n|batch_size|100|")
+        table = f"|num_iterations|{budget // 100}|\n|batch_size|{100 // world_size}|\n|world_size|{world_size}|"
+        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + table)
         for step, value in zip(steps, returns):
             writer.add_scalar("charts/episodic_return", value, step)
         for step in range(100, steps[-1] + 1, 100):
@@ -196,3 +198,17 @@ def test_harness_names_and_messages(tmp_path):
         report.main(report.Args(runs_dirs=(str(tmp_path / "nowhere"),)))
     with pytest.raises(SystemExit, match="name the runs folder"):
         report.main(report.Args(runs_dirs=()))
+
+
+def test_a_torchrun_runs_budget_counts_every_process(workdir):
+    """Under torchrun each of world_size processes steps batch_size per iteration: a 2-process run that stopped
+    halfway is incomplete, and the table's steps column is the whole budget."""
+    steps = np.arange(1, 31) * 100
+    write_logged_run("Pong-v5__ppo_atari__1__100", np.full(30, 5.0), steps, 3000, world_size=2)
+    write_logged_run("Pong-v5__ppo_atari__2__100", np.full(15, 5.0), steps[:15], 3000, world_size=2)  # stopped
+    runs = report.load_runs("runs")
+    assert [(r.budget, r.complete) for r in runs] == [(3000, True), (3000, False)]
+    report.main(report.Args(("runs",), out="out"))
+    table = (workdir / "out" / "results.md").read_text()
+    assert "| Pong-v5 | ppo_atari | 3k | 1 |" in table
+    assert "- ppo_atari/Pong-v5/seed2: incomplete (1,500 of 3,000 steps)" in table
