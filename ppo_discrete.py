@@ -636,6 +636,10 @@ def validate_args(args: Args) -> None:
     Raises:
         UsageError: naming the first bad flag.
     """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UsageError(
+            "torchrun: this script trains in one process, run it with python (ppo_atari.py trains data-parallel)"
+        )
     for name in ("total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs", "torch_threads"):
         if getattr(args, name) <= 0:
             raise UsageError(f"{flag(name)} must be positive, got {getattr(args, name)}")

@@ -28,7 +28,7 @@ import tyro
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-CHECKPOINT_FORMAT = "ppo_rlhf.py checkpoint v1"
+CHECKPOINT_FORMAT = "ppo_rlhf.py checkpoint v2"  # v2: the learning-rate schedule (lr_schedule)
 # Flags a resumed run must keep: they make its task and model, or change what its saved model computes.
 RESUME_FIXED = ("env_id", "seed", "n_layer", "d_model", "n_head", "response_length", "critic")
 RESUME_FIXED += ("model_name", "reward_model_name")
@@ -57,6 +57,12 @@ class Args:
     """minibatches per epoch"""
     clip_coef: float = 0.2
     """the surrogate clipping coefficient"""
+    target_kl: float | None = None
+    """the update phase stops before a minibatch whose approximate KL to the rollout policy (policy/approxkl_avg's
+    measure: half the mean squared log-ratio over its valid tokens) is above this (None: never)"""
+    loss_agg: Literal["token", "sequence"] = "token"
+    """how the per-token policy loss (and GRPO's KL term) is averaged over a minibatch: "token", over all its valid
+    tokens (TRL's PPO, DAPO); "sequence", each response's mean over its tokens, then over responses (GRPO's eq. 3)"""
     clip_vloss: bool = True
     """clip the value loss as in PPO (range --vf-clip-coef)"""
     vf_clip_coef: float = 0.2
@@ -71,8 +77,9 @@ class Args:
     """GAE's lambda over tokens"""
     kl_coef: float = 0.05
     """the KL penalty's coefficient beta (the start value with --adaptive-kl)"""
-    kl_estimator: Literal["k1", "k3"] = "k1"
-    """the per-token KL estimate: k1 = log pi - log pi_ref; k3 = (r - 1) - log r with r = pi_ref / pi (>= 0)"""
+    kl_estimator: Literal["k1", "k3"] | None = None
+    """the per-token KL estimate: k1 = log pi - log pi_ref; k3 = (r - 1) - log r with r = pi_ref / pi (>= 0). None:
+    k1 in the reward for --advantage gae, k3 in the loss for grpo (the only one there: k1's gradient is 0 on average)"""
     adaptive_kl: bool = False
     """Ziegler et al.'s adaptive controller: beta follows --kl-target with horizon --kl-horizon"""
     kl_target: float = 3.0
@@ -86,7 +93,8 @@ class Args:
     critic: Literal["shared", "separate"] = "shared"
     """the value head on the policy's backbone (zero-init), or a separate critic transformer"""
     advantage: Literal["gae", "grpo"] = "gae"
-    """PPO's token GAE with a critic, or GRPO's group-normalised sequence advantage with the k3 KL in the loss"""
+    """PPO's token GAE with a critic, or GRPO's group-normalised sequence advantage with the k3 KL in the loss
+    (--kl-coef, adapted with --adaptive-kl); GRPO refuses the critic's and the token rewards' flags"""
     group_size: int = 4
     """GRPO: samples per prompt (num_prompts must be a multiple)"""
     reward: Literal["gold", "model"] = "gold"
@@ -370,24 +378,30 @@ def main(args: Args) -> dict:
     agent.reference = [reference]  # for the final evaluation's KL (in a list: not a submodule of the agent)
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=True)  # see "speed"
     # What a checkpoint saves besides the flags and progress (the reference too: a resumed run does not pre-train).
+    # lr_schedule: where the learning-rate decay starts (iteration, rate).
     train = {"agent": agent, "reference": reference, "optimizer": optimizer, "kl_coef": args.kl_coef}
+    train["lr_schedule"] = (1, args.learning_rate)
     if reward_model is not None:
         train["reward_model"] = reward_model
     start_iteration, global_step = run.begin(train)  # a --resume checkpoint is loaded into `train` here
+    if run.ckpt is not None:
+        train["lr_schedule"] = resumed_lr_schedule(run.ckpt, args)
 
     with run.training(envs=None):  # Ctrl-C and SIGTERM checkpoint and stop; the logs close at the end
         for iteration in range(start_iteration, args.num_iterations + 1):
-            lrnow = args.learning_rate * (1.0 - (iteration - 1.0) / args.num_iterations if args.anneal_lr else 1.0)
+            lrnow = args.learning_rate
+            if args.anneal_lr:  # Annealing the rate if instructed to do so.
+                lrnow = annealed_lr(iteration, args.num_iterations, train["lr_schedule"][1], train["lr_schedule"][0])
             optimizer.param_groups[0]["lr"] = lrnow
 
             batch, episodes = rollout(agent, reference, reward_model, args, train["kl_coef"], device)
             global_step += args.num_prompts
             episodes = [(global_step, score, length) for score, length in episodes]
-            stats = ppo_update(agent, optimizer, batch, args)
+            stats = ppo_update(agent, optimizer, batch, args, train["kl_coef"])
             stats.update(rollout_stats(batch, train["kl_coef"], agent.vocab))
             if args.adaptive_kl:
                 train["kl_coef"] = adaptive_kl_coef(train["kl_coef"], stats["objective/kl"], args)
-            if run.log.writer is not None and args.sample_every and iteration % args.sample_every in (0, 1):
+            if run.log.writer is not None and args.sample_every and iteration % args.sample_every == 0:
                 run.log.writer.add_text("samples", sample_table(batch, agent.vocab), global_step)
             if run.end_iteration(iteration, global_step, lrnow, stats, episodes, train):
                 break
@@ -433,7 +447,8 @@ def rollout(agent: Agent, reference: Agent, reward_model, args: Args, kl_coef: f
     response's first <eos> becomes <pad> and leaves the mask (the <eos> itself stays: the score is given there). The
     old log-probabilities and values, and the reference's log-probabilities, come from one batched pass each at the
     sampling temperature. Per-token rewards: -kl_coef * kl_t (the k1 or k3 estimate) plus the score at the last valid
-    token (GRPO: no KL in the reward, it is in the loss). Returns (batch of [B, R] tensors, [(score, length)]).
+    token (GRPO: no KL in the reward, it is in the loss; `kl` is its k3). Returns (batch of [B, R] tensors,
+    [(score, length)]).
     """
     repeat = args.group_size if args.advantage == "grpo" else 1
     prompts = agent.vocab.prompts(args.num_prompts // repeat, None, device).repeat_interleave(repeat, 0)
@@ -447,7 +462,8 @@ def rollout(agent: Agent, reference: Agent, reward_model, args: Args, kl_coef: f
         scores = score_responses(query_responses, reward_model, vocab)
         has_eos = (responses == vocab.eos).any(1)
         scores = scores - args.missing_eos_penalty * (~has_eos).float()
-        kl = kl_estimate(logprobs, ref_logprobs, args.kl_estimator) * mask
+        estimator = args.kl_estimator or ("k3" if args.advantage == "grpo" else "k1")
+        kl = kl_estimate(logprobs, ref_logprobs, estimator) * mask
         rewards = torch.zeros_like(logprobs) if args.advantage == "grpo" else -kl_coef * kl
         last = mask.sum(1).long() - 1  # the <eos> (or the last token of a response that has none)
         rewards[torch.arange(len(rewards)), last] += scores
@@ -557,28 +573,38 @@ def group_advantages(scores: torch.Tensor, group_size: int) -> torch.Tensor:
     return ((groups - groups.mean(1, keepdim=True)) / (groups.std(1, keepdim=True) + 1e-4)).view(-1)
 
 
-def ppo_update(agent: Agent, optimizer: torch.optim.Optimizer, batch: dict, args: Args) -> dict:
+def ppo_update(agent: Agent, optimizer: torch.optim.Optimizer, batch: dict, args: Args, kl_coef: float) -> dict:
     """`update_epochs` passes over the batch's sequences in `num_minibatches` shuffled minibatches, each one Adam
-    step on rlhf_loss, the gradient clipped. Returns TRL's statistics: the averages over the minibatch steps
-    (policy/approxkl_avg, policy/clipfrac_avg, loss/policy_avg, loss/value_avg, val/ratio) and minibatch_updates."""
-    logs = []
+    step on rlhf_loss (`kl_coef`: GRPO's KL coefficient, the adaptive one's current value), the gradient clipped.
+    With `args.target_kl`, the update phase ends before the step of the first minibatch whose approximate KL (from
+    the loss's own forward, before its step) is above it. Returns TRL's statistics, each measured before its
+    minibatch's step and averaged over the minibatches measured (policy/approxkl_avg, policy/clipfrac_avg,
+    loss/policy_avg, loss/value_avg, val/ratio, policy/entropy_avg), and minibatch_updates, the steps taken."""
+    logs, steps, stop = [], 0, False
     for epoch in range(args.update_epochs):
         for mb_inds in torch.randperm(len(batch["mask"])).tensor_split(args.num_minibatches):
             mb = {k: v[mb_inds.to(v.device)] for k, v in batch.items()}
-            loss, stats = rlhf_loss(agent, mb, args)
+            loss, stats = rlhf_loss(agent, mb, args, kl_coef)
+            logs.append(stats)
+            if args.target_kl is not None and stats["policy/approxkl_avg"] > args.target_kl:
+                stop = True
+                break
             optimizer.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
             optimizer.step()
-            logs.append(stats)
+            steps += 1
+        if stop:
+            break
     means = torch.stack([torch.stack(list(s.values())) for s in logs]).mean(0).tolist()
-    return {"minibatch_updates": len(logs), **dict(zip(logs[0], means))}
+    return {"minibatch_updates": steps, **dict(zip(logs[0], means))}
 
 
-def rlhf_loss(agent: Agent, mb: dict, args: Args) -> tuple[torch.Tensor, dict]:
-    """The loss on one minibatch of sequences, masked means over the valid tokens: PPO's clipped surrogate
-    (arXiv 1707.06347, eq. 7) plus vf_coef times the clipped value loss, or for GRPO the surrogate plus kl_coef
-    times the k3 KL to the reference (Shao et al. 2024, eq. 3). Returns (loss, {TRL tag: detached 0-d})."""
+def rlhf_loss(agent: Agent, mb: dict, args: Args, kl_coef: float) -> tuple[torch.Tensor, dict]:
+    """The loss on one minibatch of sequences: PPO's clipped surrogate (arXiv 1707.06347, eq. 7) plus vf_coef times
+    the clipped value loss, or for GRPO the surrogate plus `kl_coef` times the k3 KL to the reference (Shao et al.
+    2024, eq. 3). The surrogate and GRPO's KL are averaged as --loss-agg says (aggregate); the value loss and the
+    statistics are means over the valid tokens. Returns (loss, {TRL tag: detached 0-d})."""
     mask = mb["mask"]
     context = mb["query_responses"].shape[1] - mask.shape[1]  # the prompt's tokens
     logprob, entropy, value = agent.get_action_and_value(mb["query_responses"], context)
@@ -587,10 +613,10 @@ def rlhf_loss(agent: Agent, mb: dict, args: Args) -> tuple[torch.Tensor, dict]:
     pg_losses = torch.max(
         -mb["advantages"] * ratio, -mb["advantages"] * ratio.clamp(1 - args.clip_coef, 1 + args.clip_coef)
     )
-    pg_loss = masked_mean(pg_losses, mask)
+    pg_loss = aggregate(pg_losses, mask, args.loss_agg)
     stats = {"loss/policy_avg": pg_loss, "policy/entropy_avg": masked_mean(entropy, mask)}
     if args.advantage == "grpo":
-        loss = pg_loss + args.kl_coef * masked_mean(kl_estimate(logprob, mb["ref_logprobs"], "k3"), mask)
+        loss = pg_loss + kl_coef * aggregate(kl_estimate(logprob, mb["ref_logprobs"], "k3"), mask, args.loss_agg)
     else:
         v_loss = (value - mb["returns"]) ** 2
         if args.clip_vloss:
@@ -605,6 +631,15 @@ def rlhf_loss(agent: Agent, mb: dict, args: Args) -> tuple[torch.Tensor, dict]:
         {"policy/approxkl_avg": approxkl, "policy/clipfrac_avg": clipfrac, "val/ratio": masked_mean(ratio, mask)}
     )
     return loss, {k: v.detach() for k, v in stats.items()}
+
+
+def aggregate(x: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
+    """A per-token loss [B, R] as one number: "token", the mean over all valid tokens (mask [B, R] 0/1 float; TRL's
+    PPO, DAPO: Yu et al. 2025, arXiv 2503.14476, eq. 8); "sequence", each row's mean over its valid tokens, then the
+    mean over rows (GRPO: Shao et al. 2024, eq. 3)."""
+    if how == "token":
+        return masked_mean(x, mask)
+    return ((x * mask).sum(1) / mask.sum(1)).mean()
 
 
 def rollout_stats(batch: dict, kl_coef: float, vocab: Vocabulary) -> dict:
@@ -631,6 +666,35 @@ def adaptive_kl_coef(kl_coef: float, kl: float, args: Args) -> float:
     beta <- beta * (1 + e * n / horizon) with n the episodes of this iteration."""
     error = float(np.clip(kl / args.kl_target - 1, -0.2, 0.2))
     return kl_coef * (1 + error * args.num_prompts / args.kl_horizon)
+
+
+def annealed_lr(iteration: int, num_iterations: int, learning_rate: float, start: int = 1) -> float:
+    """Linear decay from `learning_rate` at iteration `start` to 0 one iteration after `num_iterations`:
+    learning_rate * (1 - (iteration - start) / (num_iterations - start + 1)). With start 1 (the default) this is
+    CleanRL's schedule, learning_rate * (1 - (iteration - 1) / num_iterations): it starts at learning_rate and
+    ends at learning_rate / num_iterations, never 0 during training. A resumed run that trains longer continues
+    from a later start (resumed_lr_schedule)."""
+    return (1.0 - (iteration - start) / (num_iterations - start + 1.0)) * learning_rate
+
+
+def resumed_lr_schedule(ckpt: dict, args: Args) -> tuple[int, float]:
+    """Where a resumed run's learning-rate decay starts: (start iteration, rate there), for annealed_lr.
+
+    The checkpoint's schedule is kept when `--total-timesteps`, `--learning-rate` and `--anneal-lr` are those it
+    was saved with, so the resumed run is exactly the uninterrupted one. Otherwise the rate must not jump
+    ("train longer": a larger `--total-timesteps` would otherwise put the rate back up the old line): the decay
+    starts again from the rate of the checkpoint's last iteration k and falls linearly to 0 one iteration after
+    the new end. A new `--learning-rate` starts the decay from that rate at iteration k + 1 instead.
+    """
+    saved, k = ckpt["args"], ckpt["iteration"]
+    start, rate = ckpt["lr_schedule"]
+    if args.learning_rate != saved["learning_rate"]:
+        return k + 1, args.learning_rate
+    saved_iterations = saved["total_timesteps"] // saved["num_prompts"]
+    if args.num_iterations == saved_iterations and args.anneal_lr == saved["anneal_lr"]:
+        return start, rate
+    last = annealed_lr(k, saved_iterations, rate, start) if saved["anneal_lr"] else saved["learning_rate"]
+    return k, last
 
 
 def sample_table(batch: dict, vocab: Vocabulary, rows: int = 8) -> str:
@@ -716,6 +780,10 @@ def validate_args(args: Args) -> None:
     Raises:
         UsageError: naming the first bad flag.
     """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UsageError(
+            "torchrun: this script trains in one process, run it with python (ppo_atari.py trains data-parallel)"
+        )
     for name in ("total_timesteps", "num_prompts", "response_length", "update_epochs", "num_minibatches", "n_layer"):
         if getattr(args, name) <= 0:
             raise UsageError(f"{flag(name)} must be positive, got {getattr(args, name)}")
@@ -744,6 +812,20 @@ def validate_args(args: Args) -> None:
         raise UsageError(f"--response-length {args.response_length}: at most {64 - PROMPT_LENGTH} (the position table)")
     if args.checkpoint_every and not args.save_model:
         raise UsageError("--checkpoint-every needs --save-model")
+    if args.target_kl is not None and not args.target_kl > 0:
+        raise UsageError(f"--target-kl must be positive or None, got {args.target_kl}")
+    default = Args()
+    if args.advantage == "grpo":
+        if args.kl_estimator == "k1":
+            raise UsageError("--kl-estimator k1: GRPO's KL term in the loss is k3 (k1's gradient is 0 on average)")
+        for name in ("critic", "vf_coef", "clip_vloss", "vf_clip_coef", "gamma", "gae_lambda", "whiten_rewards"):
+            if getattr(args, name) != getattr(default, name):
+                raise UsageError(
+                    f"{flag(name)} {getattr(args, name)}: --advantage grpo has no critic or per-token rewards "
+                    "(it belongs to --advantage gae)"
+                )
+    elif args.group_size != default.group_size:
+        raise UsageError(f"--group-size {args.group_size} needs --advantage grpo")
 
 
 def check_env(args: Args) -> tuple:

@@ -1,11 +1,15 @@
 """ppo_rlhf.py: the task (grammar, gold score, parser), the RLHF maths against naive references and their formulas,
 the rollout against the update at the same parameters, and a short learning run."""
 
+import copy
+import glob
 import random
+import re
 
 import numpy as np
 import pytest
 import torch
+from conftest import learning
 
 import ppo_rlhf as R
 
@@ -129,13 +133,13 @@ def test_rollout_log_probabilities_equal_the_updates_at_the_same_parameters(crit
     batch, episodes = R.rollout(agent, reference, None, args, 0.05, torch.device("cpu"))
     assert len(episodes) == args.num_prompts and torch.equal(batch["logprobs"], batch["ref_logprobs"])
     mb = {k: v[:8] for k, v in batch.items()}
-    _, stats = R.rlhf_loss(agent, mb, args)
+    _, stats = R.rlhf_loss(agent, mb, args, 0.05)
     assert stats["val/ratio"].item() == pytest.approx(1.0, abs=1e-6)
     assert stats["policy/approxkl_avg"].item() < 1e-10
     assert (batch["values"] == 0).all()
     # the sampling temperature reaches the log-probabilities
     agent.temperature = 1.0
-    _, stats = R.rlhf_loss(agent, mb, args)
+    _, stats = R.rlhf_loss(agent, mb, args, 0.05)
     assert abs(stats["val/ratio"].item() - 1.0) > 1e-3
 
 
@@ -160,12 +164,164 @@ def test_bad_flags_are_one_line():
         R.main(tiny(n_head=3))
 
 
-def test_a_short_run_checkpoints_and_resumes_exactly(workdir):
-    first = R.main(tiny(total_timesteps=96, save_model=True))
+def test_a_stopped_run_resumes_exactly_with_the_annealed_rate(workdir, monkeypatch):
+    """Killed during iteration 7 of 10 with a checkpoint at 6, then resumed: the rest is the uninterrupted run's,
+    learning-rate annealing included."""
+    straight = R.main(tiny(total_timesteps=160, anneal_lr=True))
+    real_update, calls = R.ppo_update, []
+
+    def killed_at_7(*a):
+        calls.append(1)
+        if len(calls) == 7:
+            raise KeyboardInterrupt
+        return real_update(*a)
+
+    with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
+        m.setattr(R, "ppo_update", killed_at_7)
+        R.main(tiny(total_timesteps=160, anneal_lr=True, save_model=True, checkpoint_every=6))
+    (ckpt,) = glob.glob("runs/*/checkpoint.pt")
+    resumed = R.main(R.parse_args(["--resume", ckpt]))
+    assert learning(resumed) == learning(straight)[6:]
+    for p, q in zip(resumed["agent"].parameters(), straight["agent"].parameters()):
+        assert torch.equal(p, q)
+
+
+def test_training_longer_continues_the_decay_from_the_last_rate(workdir):
+    """6 annealed iterations, resumed with a larger --total-timesteps: the rate goes on down from the checkpoint's
+    last one (3e-4 / 6) to 0 one iteration after the new end; it never jumps back up."""
+    first = R.main(tiny(total_timesteps=96, anneal_lr=True, save_model=True))
+    assert [h["charts/learning_rate"] for h in first["history"]] == pytest.approx(
+        [3e-4 * (6 - i) / 6 for i in range(6)]
+    )
     resumed = R.main(R.parse_args(["--resume", f"{first['run_dir']}/checkpoint.pt", "--total-timesteps", "160"]))
-    straight = R.main(tiny(total_timesteps=160))
-    for a, b in zip(resumed["history"][-4:], straight["history"][-4:]):
-        assert a["objective/scores"] == b["objective/scores"] and a["loss/policy_avg"] == b["loss/policy_avg"]
+    last = 3e-4 / 6
+    assert [h["charts/learning_rate"] for h in resumed["history"]] == pytest.approx(
+        [last * k / 5 for k in (4, 3, 2, 1)]
+    )
+
+
+def reference_rlhf_update(agent, batch, args, kl_coef, lr):
+    """The update written from the papers with torch.distributions and torch's own Adam, one row at a time: per
+    token, the clipped surrogate (and GRPO's k3 KL to the reference, or the clipped value loss), averaged over all
+    valid tokens (token) or per response then over responses (sequence); the minibatch early stop on TRL's approxkl
+    before each step. Returns the number of steps taken."""
+    optimizer = torch.optim.Adam(agent.parameters(), lr=lr, eps=1e-5)
+    steps = 0
+    for _ in range(args.update_epochs):
+        for idx in torch.randperm(len(batch["mask"])).tensor_split(args.num_minibatches):
+            qr, mask = batch["query_responses"][idx], batch["mask"][idx]
+            context = qr.shape[1] - mask.shape[1]
+            logits = agent.forward_lm(qr)[1][:, context - 1 : -1] / args.temperature
+            logprob = torch.distributions.Categorical(logits=logits).log_prob(qr[:, context:])
+            if args.advantage == "gae":
+                value = agent.get_value(qr, context)
+            rows, kls, values, approxkl = [], [], [], []
+            for i in range(len(idx)):
+                n = int(mask[i].sum())
+                logratio = logprob[i, :n] - batch["logprobs"][idx[i], :n]
+                ratio, adv = logratio.exp(), batch["advantages"][idx[i], :n]
+                clipped = ratio.clamp(1 - args.clip_coef, 1 + args.clip_coef)
+                rows.append(torch.max(-adv * ratio, -adv * clipped))
+                approxkl.append(0.5 * logratio**2)
+                if args.advantage == "grpo":
+                    log_r = batch["ref_logprobs"][idx[i], :n] - logprob[i, :n]
+                    kls.append(log_r.exp() - 1 - log_r)
+                else:
+                    v, old, ret = value[i, :n], batch["values"][idx[i], :n], batch["returns"][idx[i], :n]
+                    v_clipped = old + (v - old).clamp(-args.vf_clip_coef, args.vf_clip_coef)
+                    values.append(torch.max((v - ret) ** 2, (v_clipped - ret) ** 2))
+
+            def agg(terms):
+                if args.loss_agg == "token":
+                    return torch.cat(terms).mean()
+                return torch.stack([t.mean() for t in terms]).mean()
+
+            if args.target_kl is not None and torch.cat(approxkl).mean() > args.target_kl:
+                return steps
+            loss = agg(rows)
+            if args.advantage == "grpo":
+                loss = loss + kl_coef * agg(kls)
+            else:
+                loss = loss + args.vf_coef * 0.5 * torch.cat(values).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+            optimizer.step()
+            steps += 1
+    return steps
+
+
+@pytest.mark.parametrize("target_kl", [None, 1e-4])
+@pytest.mark.parametrize("loss_agg", ["token", "sequence"])
+@pytest.mark.parametrize("advantage", ["gae", "grpo"])
+def test_the_update_equals_the_hand_computation(advantage, loss_agg, target_kl):
+    """Two epochs of two minibatches on a fixed batch, every coefficient away from its default and the KL
+    coefficient passed in (GRPO's adaptive one) different from --kl-coef: the script's parameters equal those of
+    the reference update with torch's Adam. Breaks if the loss takes --kl-coef instead of the adapted coefficient,
+    if --loss-agg or --target-kl is ignored, if a clip or coefficient is."""
+    torch.manual_seed(0)
+    args = tiny(advantage=advantage, loss_agg=loss_agg, target_kl=target_kl, update_epochs=2, clip_coef=0.1)
+    args.vf_coef, args.vf_clip_coef, args.max_grad_norm, args.kl_coef = 0.3, 0.05, 0.5, 0.05
+    agent, reference = R.Agent(args), R.Agent(args)  # different random models: GRPO's KL term is not 0
+    batch, _ = R.rollout(agent, reference, None, args, 0.05, torch.device("cpu"))
+    if advantage == "gae":  # old values away from the current ones, so that the value clip binds
+        batch["values"] = batch["values"] + 0.5 * torch.randn(batch["values"].shape) * batch["mask"]
+    expected = copy.deepcopy(agent)
+    optimizer = torch.optim.Adam(agent.parameters(), lr=1e-2, eps=1e-5, fused=True)  # as main's
+    torch.manual_seed(7)
+    stats = R.ppo_update(agent, optimizer, batch, args, kl_coef=0.3)
+    torch.manual_seed(7)
+    steps = reference_rlhf_update(expected, batch, args, kl_coef=0.3, lr=1e-2)
+    assert stats["minibatch_updates"] == steps
+    assert steps == 4 if target_kl is None else 0 < steps < 4  # the early stop binds
+    for (name, p), q in zip(agent.named_parameters(), expected.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_grpo_with_the_adaptive_controller_trains_on_the_adapted_coefficient(workdir, monkeypatch):
+    """Each iteration's update gets the coefficient the controller has reached (logged as objective/kl_coef)."""
+    real_update, coefs = R.ppo_update, []
+
+    def update(agent, optimizer, batch, args, kl_coef):
+        coefs.append(kl_coef)
+        return real_update(agent, optimizer, batch, args, kl_coef)
+
+    monkeypatch.setattr(R, "ppo_update", update)
+    result = R.main(tiny(advantage="grpo", adaptive_kl=True, kl_horizon=100))
+    assert coefs == [h["objective/kl_coef"] for h in result["history"]] and len(set(coefs)) == 4
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (dict(critic="separate"), "--critic separate: --advantage grpo has no critic or per-token rewards"),
+        (dict(vf_coef=0.5), "--vf-coef 0.5: --advantage grpo has no critic"),
+        (dict(gamma=0.9), "--gamma 0.9: --advantage grpo"),
+        (dict(gae_lambda=0.9), "--gae-lambda 0.9: --advantage grpo"),
+        (dict(whiten_rewards=True), "--whiten-rewards True: --advantage grpo"),
+        (dict(kl_estimator="k1"), "--kl-estimator k1: GRPO's KL term in the loss is k3"),
+    ],
+)
+def test_grpo_refuses_the_flags_it_would_ignore(flags, message):
+    with pytest.raises(R.UsageError, match=f"^{re.escape(message)}"):
+        R.main(tiny(advantage="grpo", **flags))
+
+
+def test_the_group_size_needs_grpo():
+    with pytest.raises(R.UsageError, match="^--group-size 8 needs --advantage grpo$"):
+        R.main(tiny(group_size=8))
+
+
+def test_grpo_logs_the_k3_it_penalises():
+    torch.manual_seed(0)
+    args = tiny(advantage="grpo")
+    agent, reference = R.Agent(args), R.Agent(args)
+    batch, _ = R.rollout(agent, reference, None, args, 0.05, torch.device("cpu"))
+    k3 = R.kl_estimate(batch["logprobs"], batch["ref_logprobs"], "k3") * batch["mask"]
+    torch.testing.assert_close(batch["kl"], k3)
+    expected = torch.zeros_like(batch["rewards"])  # no KL in GRPO's rewards: the score at the last token alone
+    expected[torch.arange(len(expected)), batch["mask"].sum(1).long() - 1] = batch["scores"]
+    torch.testing.assert_close(batch["rewards"], expected)
 
 
 @pytest.mark.slow
@@ -263,7 +419,7 @@ def test_a_transformers_rollout_has_ratio_1_in_the_first_minibatch(tiny_lm, offl
     # the generated tokens are the ones sampled: after the first <eos> only pads, each response's score is gold's
     gold = [R.gold_score(agent.vocab.words(row)) for row in batch["query_responses"].tolist()]
     torch.testing.assert_close(batch["scores"], torch.tensor(gold) - batch["has_eos"].logical_not().float())
-    _, stats = R.rlhf_loss(agent, {k: v[:8] for k, v in batch.items()}, args)
+    _, stats = R.rlhf_loss(agent, {k: v[:8] for k, v in batch.items()}, args, 0.05)
     assert stats["val/ratio"].item() == pytest.approx(1.0, abs=1e-5)
 
 

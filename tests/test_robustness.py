@@ -3,6 +3,7 @@ unwritable paths, missing extras, corrupt or mismatched checkpoints, rounding of
 
 import fcntl
 import glob
+import importlib
 import itertools
 import os
 import pty
@@ -357,3 +358,31 @@ def test_mujoco_deprecation_notices_and_log_file_are_gone(ppo_continuous, workdi
     out, err = capfd.readouterr()
     assert "deprecated" not in out + err
     assert not os.path.exists("MUJOCO_LOG.TXT")
+
+
+# --- torchrun ----------------------------------------------------------------------------------------------------
+
+ONE_PROCESS_SCRIPTS = ["ppo_discrete", "ppo_continuous", "ppo_lstm", "trpo_baseline", "a2c_baseline", "ppo_rlhf"]
+
+
+@pytest.mark.parametrize("name", ONE_PROCESS_SCRIPTS)
+def test_a_one_process_script_refuses_torchrun_before_writing(name, monkeypatch, workdir):
+    """Only ppo_atari.py trains data-parallel: under torchrun (WORLD_SIZE > 1) the others refuse in one line, before
+    anything is written (once, rank 1 crashed with a TypeError in Run.begin and left a run folder behind)."""
+    P = importlib.import_module(name)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(P.UsageError, match="^torchrun: this script trains in one process, run it with python"):
+        P.main(P.Args())
+    assert os.listdir(workdir) == []
+    monkeypatch.setenv("WORLD_SIZE", "1")  # torchrun --nproc_per_node 1 is one process: it runs
+    P.validate_args(getattr(P, "with_task_defaults", lambda args: args)(P.Args()))
+
+
+def test_torchrun_ppo_rlhf_exits_with_one_line_per_process(workdir):
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([*command, str(ROOT / "ppo_rlhf.py")], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if "ppo_rlhf.py: error:" in line]
+    assert errors and "torchrun: this script trains in one process" in errors[0], proc.stderr[-2000:]
+    assert "TypeError" not in proc.stderr and os.listdir(workdir) == []  # torchrun's own report follows the line
