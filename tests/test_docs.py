@@ -104,3 +104,23 @@ def test_the_docs_site_builds_strictly(tmp_path):
     built = (tmp_path / "site" / "ppo_atari" / "index.html").read_text()
     assert "--repeat-action-probability" in built and "--env-backend" in built  # the --help block is there
     assert (tmp_path / "site" / "results" / "rlhf" / "kl_penalty.png").exists()
+
+
+@pytest.mark.parametrize("script", ["ppo_discrete", "ppo_continuous", "ppo_atari", "ppo_lstm"])
+def test_what_the_pages_say_compile_compiles_is_what_compile_functions_compiles(script):
+    """compile_functions hands the update the compiled loss (ppo_loss) and leaves the clip, Adam and the gradients'
+    all-reduce eager: no page may say that --compile compiles the whole update or holds the all-reduce."""
+    import torch
+
+    module = importlib.import_module(script)
+    with torch._dynamo.config.patch(specialize_float=False):  # compile_functions sets it; leave the suite's alone
+        _, update = module.compile_functions(module.Args(compile=True), torch.device("cpu"))
+    assert update.func is module.minibatch_step and update.keywords["loss_fn"]._torchdynamo_orig_callable is (
+        module.ppo_loss
+    )
+    text = " ".join(p.read_text() for p in (ROOT / "docs").glob("*.md"))
+    text = re.sub(r"\s+", " ", text)
+    for wrong in ("whole minibatch update", "all-reduce is inside the compiled", "compiles the whole"):
+        assert wrong not in text, wrong
+    page = re.sub(r"\s+", " ", (ROOT / "docs" / f"{script}.md").read_text())
+    assert "`ppo_loss`" in page and "`--compile`" in page
