@@ -1393,8 +1393,9 @@ def load_checkpoint(path: str) -> dict:
         if "Unsupported global" in str(e):  # weights_only refused to unpickle an arbitrary object
             raise UsageError(f"--resume {path}: holds Python objects that no checkpoint contains; not loaded") from None
         raise UsageError(f"--resume {path}: cannot be read: the file is corrupt or truncated") from None
-    if not isinstance(ckpt, dict) or not str(ckpt.get("format")).startswith(f"{os.path.basename(__file__)} "):
-        raise UsageError(f"--resume {path}: not a {os.path.basename(__file__)} checkpoint")
+    script = CHECKPOINT_FORMAT.split(" checkpoint ")[0]  # the script this file was copied from: a renamed copy's too
+    if not isinstance(ckpt, dict) or not str(ckpt.get("format")).startswith(f"{script} checkpoint "):
+        raise UsageError(f"--resume {path}: not a checkpoint of this script ({script})")
     if ckpt["format"] != CHECKPOINT_FORMAT:
         raise UsageError(
             f"--resume {path}: written by an older version of this script ({ckpt['format']}); start a new run"

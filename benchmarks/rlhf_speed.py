@@ -7,7 +7,9 @@ gold score as the reward (for TRL wrapped as a reward model: `score` of each pre
 4 epochs x 4 minibatches, temperature 0.7, kl_coef 0.05, missing-EOS penalty 1, lr 3e-4, no lr decay. Each run is
 its own process, the trainers alternating for --rounds; episodes per second is each trainer's own count over its
 training loop (TRL's `eps`, ppo_rlhf's charts/SPS: episodes since the loop started over the time since, at the last
-iteration). ppo_rlhf's built-in GPT of the same size runs too (`ours-builtin`, its default path).
+iteration). ppo_rlhf's built-in GPT of the same size runs too (`ours-builtin`, its default path), and TRL once more
+with its two `gc.collect()` calls per iteration made no-ops (`trl-no-gc`: TRL's own code otherwise; on this CPU
+they are most of TRL's extra time). No minibatch early stop on either side (ppo_rlhf: --target-kl None).
 
     pip install -e ".[trl]"
     python -m benchmarks.rlhf_speed --out benchmarks/results/rlhf   # a table in speed.md
@@ -43,7 +45,7 @@ class Args:
     make_model: str | None = None
     """only write the tiny model (pre-trained for --pretrain-steps) to this folder and exit"""
     run: str | None = None
-    """internal: run one trainer (trl, ours, ours-builtin) on the model in --make-model's folder, print JSON"""
+    """internal: run one trainer (trl, trl-no-gc, ours, ours-builtin) on the model in --make-model's folder, print JSON"""
 
 
 def make_tiny_model(path: str, pretrain_steps: int = 0, seed: int = 1) -> None:
@@ -91,11 +93,17 @@ class GoldRewardModel(torch.nn.Module):
         return (total / self.is_adjective[input_ids].cumsum(1).clamp(min=1))[..., None]
 
 
-def run_trl(path: str, episodes: int, output_dir: str) -> dict:
-    """TRL 1.12's PPOTrainer on the model at `path`; returns episodes/s and the last iteration's scores and KL."""
+def run_trl(path: str, episodes: int, output_dir: str, collect_garbage: bool = True) -> dict:
+    """TRL 1.12's PPOTrainer on the model at `path` (without `collect_garbage`, the trainer module's `gc.collect`
+    is a no-op); returns episodes/s and the last iteration's scores and KL."""
+    import types
+
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2ForSequenceClassification, TrainerCallback
-    from trl.experimental.ppo import PPOConfig, PPOTrainer
+    from trl.experimental.ppo import PPOConfig, PPOTrainer, ppo_trainer
+
+    if not collect_garbage:
+        ppo_trainer.gc = types.SimpleNamespace(collect=lambda *args: 0)
 
     torch.manual_seed(1)
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -131,6 +139,7 @@ def run_ours(path: str | None, episodes: int) -> dict:
     """ppo_rlhf.main with --critic separate on the model at `path` (--pretrain-steps 0), or on its built-in GPT
     (path None: pre-trained inside, before the loop's clock starts)."""
     args = R.Args(total_timesteps=episodes, critic="separate", model_name=path, pretrain_steps=0 if path else 600)
+    args.learning_rate, args.target_kl = 3e-4, None  # TRL's settings: no minibatch early stop
     last = R.main(args)["history"][-1]
     return {"eps": last["charts/SPS"], "scores": last["objective/scores"], "kl": last["objective/kl"]}
 
@@ -144,13 +153,13 @@ def main(args: Args) -> None:
         torch.set_num_threads(1)  # ppo_rlhf's default for this model size; TRL's run gets the same
         with tempfile.TemporaryDirectory() as tmp:
             os.chdir(tmp)
-            if args.run == "trl":
-                result = run_trl(args.make_model, args.total_episodes, tmp)
+            if args.run in ("trl", "trl-no-gc"):
+                result = run_trl(args.make_model, args.total_episodes, tmp, collect_garbage=args.run == "trl")
             else:
                 result = run_ours(args.make_model if args.run == "ours" else None, args.total_episodes)
         print("RESULT " + json.dumps(result), flush=True)
         return
-    results = {"trl": [], "ours": [], "ours-builtin": []}
+    results = {"trl": [], "trl-no-gc": [], "ours": [], "ours-builtin": []}
     with tempfile.TemporaryDirectory() as tmp:
         print(f"pre-training the shared starting model ({args.pretrain_steps} steps)", flush=True)
         make_tiny_model(f"{tmp}/model", args.pretrain_steps)
@@ -165,17 +174,27 @@ def main(args: Args) -> None:
                 results[name].append(json.loads(lines[-1][len("RESULT ") :]))
                 print(f"round {round_ + 1} {name}: {results[name][-1]}", flush=True)
     trl_eps = sum(r["eps"] for r in results["trl"]) / args.rounds
-    rows = ["| trainer | episodes/s | vs TRL | last iteration's score | KL (nats) |", "|---|---|---|---|---|"]
+    no_gc = sum(r["eps"] for r in results["trl-no-gc"]) / args.rounds
+    rows = ["| trainer | episodes/s | vs TRL | vs TRL without gc.collect | last iteration's score | KL (nats) |"]
+    rows.append("|---|---|---|---|---|---|")
     names = {
         "trl": "TRL 1.12 PPOTrainer",
+        "trl-no-gc": "TRL 1.12 PPOTrainer, its gc.collect() a no-op",
         "ours": "ppo_rlhf.py --model-name",
         "ours-builtin": "ppo_rlhf.py (built-in GPT)",
     }
     for name, runs in results.items():
         eps = sum(r["eps"] for r in runs) / args.rounds
         scores, kl = (sum(r[k] for r in runs) / args.rounds for k in ("scores", "kl"))
-        rows.append(f"| {names[name]} | {eps:.1f} | {eps / trl_eps:.2f}x | {scores:.2f} | {kl:.2f} |")
-    table = "\n".join(rows)
+        rows.append(
+            f"| {names[name]} | {eps:.1f} | {eps / trl_eps:.2f}x | {eps / no_gc:.2f}x | {scores:.2f} | {kl:.2f} |"
+        )
+    kls = {name: [f"{r['kl']:.3f}" for r in runs] for name, runs in results.items()}
+    table = (
+        "\n".join(rows)
+        + "\n\nLast iteration's KL of each round (a fixed seed): "
+        + "; ".join(f"{names[name]}: {', '.join(values)}" for name, values in kls.items())
+    )
     print(table)
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ import itertools
 import os
 import pty
 import select
+import shutil
 import signal
 import struct
 import subprocess
@@ -386,3 +387,22 @@ def test_torchrun_ppo_rlhf_exits_with_one_line_per_process(workdir):
     errors = [line for line in proc.stderr.splitlines() if "ppo_rlhf.py: error:" in line]
     assert errors and "torchrun: this script trains in one process" in errors[0], proc.stderr[-2000:]
     assert "TypeError" not in proc.stderr and os.listdir(workdir) == []  # torchrun's own report follows the line
+
+
+def test_a_renamed_copy_resumes_its_own_checkpoints_and_refuses_another_scripts(workdir):
+    """Copying a script under a new name is what the project is for: the copy's checkpoints resume with the copy."""
+    shutil.copy(ROOT / "ppo_discrete.py", "my_ppo.py")
+    command = [sys.executable, "my_ppo.py", "--num-envs", "2", "--num-steps", "16", "--total-timesteps", "64"]
+    done = subprocess.run([*command, "--save-model"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    (path,) = glob.glob("runs/CartPole-v1__my_ppo__1__*/checkpoint.pt")
+    done = subprocess.run(
+        [sys.executable, "my_ppo.py", "--resume", path, "--total-timesteps", "128"], capture_output=True, text=True
+    )
+    assert done.returncode == 0 and "resumed from iteration 2 (global_step 64)" in done.stdout, done.stderr
+    torch.save({**torch.load(path, weights_only=True), "format": "ppo_continuous.py checkpoint v3"}, "other.pt")
+    done = subprocess.run([sys.executable, "my_ppo.py", "--resume", "other.pt"], capture_output=True, text=True)
+    assert done.returncode == 1
+    assert (
+        done.stderr.strip() == "my_ppo.py: error: --resume other.pt: not a checkpoint of this script (ppo_discrete.py)"
+    )

@@ -323,7 +323,7 @@ class NotAllowed:
     [
         (None, "no such file"),
         (b"not a checkpoint at all", "cannot be read: the file is corrupt or truncated"),
-        ({"agent": {}}, "not a SCRIPT checkpoint"),
+        ({"agent": {}}, "not a checkpoint of this script \\(SCRIPT\\)"),
         (NotAllowed(), "holds Python objects that no checkpoint contains"),  # never unpickled
     ],
 )
