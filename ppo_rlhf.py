@@ -7,6 +7,7 @@
 import contextlib
 import copy
 import importlib.util
+import math
 import os
 import random
 import re
@@ -58,8 +59,7 @@ class Args:
     clip_coef: float = 0.2
     """the surrogate clipping coefficient"""
     target_kl: float | None = None
-    """the update phase stops before a minibatch whose approximate KL to the rollout policy (policy/approxkl_avg's
-    measure: half the mean squared log-ratio over its valid tokens) is above this (None: never)"""
+    """the update phase stops before a minibatch whose policy/approxkl_avg is above this (None: never)"""
     loss_agg: Literal["token", "sequence"] = "token"
     """how the per-token policy loss (and GRPO's KL term) is averaged over a minibatch: "token", over all its valid
     tokens (TRL's PPO, DAPO); "sequence", each response's mean over its tokens, then over responses (GRPO's eq. 3)"""
@@ -378,9 +378,8 @@ def main(args: Args) -> dict:
     agent.reference = [reference]  # for the final evaluation's KL (in a list: not a submodule of the agent)
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=True)  # see "speed"
     # What a checkpoint saves besides the flags and progress (the reference too: a resumed run does not pre-train).
-    # lr_schedule: where the learning-rate decay starts (iteration, rate).
     train = {"agent": agent, "reference": reference, "optimizer": optimizer, "kl_coef": args.kl_coef}
-    train["lr_schedule"] = (1, args.learning_rate)
+    train["lr_schedule"] = (1, args.learning_rate)  # where the learning-rate decay starts (iteration, rate)
     if reward_model is not None:
         train["reward_model"] = reward_model
     start_iteration, global_step = run.begin(train)  # a --resume checkpoint is loaded into `train` here
@@ -927,6 +926,10 @@ class UsageError(Exception):
     """Bad flags or files: reported as one line and a non-zero exit before any work starts."""
 
 
+class TrainingError(Exception):
+    """Training that cannot go on (a loss or parameter no longer finite): one line and a non-zero exit."""
+
+
 def flag(name: str) -> str:
     """The command-line spelling of an Args field: `num_envs` -> `--num-envs`."""
     return "--" + name.replace("_", "-")
@@ -967,6 +970,9 @@ class Run:
     def start(cls, args: Args) -> "Run":
         """Check the flags, the packages they need, the env (check_env: its spaces become `run.spaces`) and the
         --resume file with the flags it fixes, before any work. Raises UsageError, naming the flag or file."""
+        for f in fields(args):  # nan and infinities pass every comparison check: refused here for every float flag
+            if isinstance(getattr(args, f.name), float) and not math.isfinite(getattr(args, f.name)):
+                raise UsageError(f"{flag(f.name)} must be a finite number, got {getattr(args, f.name)}")
         validate_args(args)
         check_extras(args)
         ckpt = load_checkpoint(args.resume) if args.resume else None
@@ -1064,6 +1070,11 @@ class Run:
             self.stop.received = self.stop.received or received
         last = iteration == self.args.num_iterations
         self.log.iteration(global_step, lr, stats, episodes, last)
+        bad = non_finite(stats, train)
+        if bad is not None:  # before any checkpoint: the last one saved stays the last good one
+            self.log.end_progress()
+            kept = os.path.isfile(f"{self.dir}/checkpoint.pt") and f"; {self.dir}/checkpoint.pt is the last good one"
+            raise TrainingError(f"iteration {iteration}: {bad} is not finite, training stopped{kept or ''}")
         every = self.args.checkpoint_every
         if self.args.save_model and (last or (every and iteration % every == 0) or received):
             state = checkpoint_state(self, iteration, global_step, train)  # every process: it gathers their RNGs
@@ -1266,6 +1277,19 @@ def checkpoint_state(run: Run, iteration: int, global_step: int, train: dict) ->
     return state
 
 
+def non_finite(stats: dict | None, train: dict) -> str | None:
+    """The name of the first loss in `stats` (keys with "loss") or parameter of a module in `train` that is nan or
+    infinite; None when all are finite. One host sync for all the parameters."""
+    for name, value in (stats or {}).items():
+        if "loss" in name and isinstance(value, float) and not math.isfinite(value):
+            return name
+    modules = [(key, module) for key, module in train.items() if isinstance(module, nn.Module)]
+    params = [(f"{key}.{name}", p) for key, module in modules for name, p in module.named_parameters()]
+    if params and not torch.stack([p.detach().isfinite().all() for _, p in params]).all():
+        return next(name for name, p in params if not p.detach().isfinite().all())
+    return None
+
+
 def save_checkpoint(path: str, state: dict) -> None:
     """torch.save to a temporary file, fsync'ed, renamed over `path`: a crash mid-write keeps the last checkpoint."""
     tmp = f"{path}.tmp{os.getpid()}"
@@ -1374,7 +1398,7 @@ def parse_args(argv: list[str]) -> Args:
 if __name__ == "__main__":
     try:
         main(parse_args(sys.argv[1:]))
-    except UsageError as e:
+    except (UsageError, TrainingError) as e:
         sys.exit(f"{os.path.basename(__file__)}: error: {e}")
     except KeyboardInterrupt as e:  # Ctrl-C: one line, no traceback
         print(f"{os.path.basename(__file__)}: {e or 'interrupted'}", file=sys.stderr)

@@ -18,7 +18,7 @@ import time
 
 import pytest
 import torch
-from conftest import ROOT, TEST_ENVS, tiny
+from conftest import ROOT, TEST_ENVS, interrupt_update, tiny
 
 # A cheap env per script for subprocess runs (ppo_continuous on Pendulum: no MuJoCo start-up).
 CHEAP_ENV = {"ppo_discrete": "CartPole-v1", "ppo_continuous": "Pendulum-v1"}
@@ -406,3 +406,50 @@ def test_a_renamed_copy_resumes_its_own_checkpoints_and_refuses_another_scripts(
     assert (
         done.stderr.strip() == "my_ppo.py: error: --resume other.pt: not a checkpoint of this script (ppo_discrete.py)"
     )
+
+
+# --- non-finite numbers ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan"])
+def test_non_finite_float_flags_are_refused(any_script, value, workdir):
+    """nan and infinities pass every comparison check (inf > 0): the plumbing refuses them for every float flag."""
+    P = any_script
+    with pytest.raises(P.UsageError, match=f"^--learning-rate must be a finite number, got {value}$"):
+        P.main(tiny(P, learning_rate=float(value)))
+    assert os.listdir(workdir) == []
+
+
+@pytest.mark.parametrize("name", ["ppo_discrete", "ppo_continuous", "ppo_atari"])
+def test_minibatches_too_small_to_normalise_are_refused(name):
+    """512 steps in 256 minibatches: 2 samples each, fewer once the reset steps leave, and the per-minibatch
+    advantage normalisation divides by a zero or nan std; every weight turned nan."""
+    P = importlib.import_module(name)
+    with pytest.raises(P.UsageError, match="^--num-minibatches 256 leaves 2 samples a minibatch: --norm-adv needs"):
+        P.main(P.Args(num_envs=4, num_steps=128, num_minibatches=256))
+    P.validate_args(P.Args(num_envs=4, num_steps=128, num_minibatches=256, norm_adv=False))
+
+
+def test_a_run_whose_parameters_turn_nan_stops_before_its_next_checkpoint(any_script, monkeypatch, workdir):
+    """The parameters become nan in iteration 3: the run stops there, naming the iteration and the parameter, and
+    the checkpoint of iteration 2 is left as it was."""
+    P = any_script
+
+    def poison():
+        next(iter(poisoned)).data.fill_(float("nan"))
+
+    real_main, poisoned = P.Agent.parameters, []
+
+    def parameters(self, *a, **kw):
+        params = list(real_main(self, *a, **kw))
+        poisoned[:] = params
+        return iter(params)
+
+    monkeypatch.setattr(P.Agent, "parameters", parameters)
+    with monkeypatch.context() as m, pytest.raises(P.TrainingError) as error:
+        interrupt_update(P, m, 3, poison)
+        P.main(tiny(P, save_model=True, checkpoint_every=2))
+    (path,) = glob.glob("runs/*/checkpoint.pt")
+    assert str(error.value).startswith("iteration 3: ")
+    assert str(error.value).endswith(f" is not finite, training stopped; {path} is the last good one")
+    assert torch.load(path, weights_only=True)["iteration"] == 2
