@@ -326,11 +326,20 @@ def start_envs(envs, agent, args: Args, buffers: dict, actions: list, replay: bo
     observation statistics already include the observation it resumes from (the agent's state_dict restored them)."""
     next_obs, _ = envs.reset(seed=args.seed if args.env_backend == "gymnasium" else None)
     low, high = envs.single_action_space.low, envs.single_action_space.high
-    for step_actions in torch.cat(actions).numpy() if actions and replay else []:
+    steps = torch.cat(actions).numpy() if actions and replay else []
+    for step_actions in replay_progress(steps):
         next_obs, _, term, trunc, _ = envs.step(np.clip(step_actions, low, high))
         buffers["next_done"] = term | trunc
     obs = agent.normalize_obs(next_obs, update=not actions)
     buffers["obs"][args.num_steps] = torch.as_tensor(obs, device=buffers["obs"].device)
+
+
+def replay_progress(steps):
+    """The replayed steps, announced in one line and shown as a progress bar on a terminal: replaying a long run
+    takes minutes (about 3 minutes for 1M steps of HalfCheetah)."""
+    if len(steps):
+        print(f"resume: replaying {len(steps):,} steps of every env, to restore the envs' exact state", flush=True)
+    return tqdm(steps, desc="replay", unit="step", disable=None, leave=False)
 
 
 def make_buffers(args: Args, obs_dim: int, action_dim: int, device: torch.device, train: dict) -> dict:

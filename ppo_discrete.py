@@ -270,10 +270,19 @@ def start_envs(envs, args: Args, buffers: dict, actions: list, replay: bool) -> 
     resumed run with iterations left first replays the `actions` it took ([steps, N] tensors), which brings the
     freshly seeded envs to the exact state they were in."""
     next_obs, _ = envs.reset(seed=args.seed if args.env_backend == "gymnasium" else None)
-    for step_actions in torch.cat(actions).long().numpy() if actions and replay else []:
+    steps = torch.cat(actions).long().numpy() if actions and replay else []
+    for step_actions in replay_progress(steps):
         next_obs, _, term, trunc, _ = envs.step(step_actions)
         buffers["next_done"] = term | trunc
     buffers["obs"][args.num_steps] = torch.as_tensor(next_obs, device=buffers["obs"].device)
+
+
+def replay_progress(steps):
+    """The replayed steps, announced in one line and shown as a progress bar on a terminal: replaying a long run
+    takes minutes (about 3 minutes for 1M steps of HalfCheetah)."""
+    if len(steps):
+        print(f"resume: replaying {len(steps):,} steps of every env, to restore the envs' exact state", flush=True)
+    return tqdm(steps, desc="replay", unit="step", disable=None, leave=False)
 
 
 def make_buffers(args: Args, obs_dim: int, device: torch.device, action_log: list) -> dict:

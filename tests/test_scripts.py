@@ -491,6 +491,8 @@ def test_resume_says_where_it_resumed_and_when_nothing_is_left(script, capsys):
     ckpt = f"{first['run_dir']}/checkpoint.pt"
     capsys.readouterr()
     P.main(P.parse_args(["--resume", ckpt, "--total-timesteps", "192"]))
-    assert "resumed from iteration 4 (global_step 128)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "resumed from iteration 4 (global_step 128)" in out
+    assert "resume: replaying 64 steps of every env, to restore the envs' exact state" in out  # 4 x 16 steps
     P.main(P.parse_args(["--resume", ckpt, "--total-timesteps", "64"]))
     assert "the checkpoint has trained 192 steps, --total-timesteps 64 asks no more" in capsys.readouterr().out
