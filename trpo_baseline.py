@@ -1067,6 +1067,7 @@ class Run:
         try:
             self.log = RunLog(args, self.name, self.dir, ckpt, evaluate_only, self.rank, self.world_size)
         except UsageError:  # W&B cannot log in: a new run leaves no folder behind
+            unlock_run_dir(self.dir)
             if ckpt is None and self.rank == 0:
                 shutil.rmtree(self.dir, ignore_errors=True)
                 with contextlib.suppress(OSError):
@@ -1097,6 +1098,7 @@ class Run:
             if envs is not None:
                 envs.close()
             self.log.close()
+            unlock_run_dir(self.dir)
             if dist.is_initialized():
                 dist.destroy_process_group()
 
@@ -1337,7 +1339,8 @@ def non_finite(stats: dict | None, train: dict) -> str | None:
 
 
 def save_checkpoint(path: str, state: dict) -> None:
-    """torch.save to a temporary file, fsync'ed, renamed over `path`: a crash mid-write keeps the last checkpoint."""
+    """torch.save to a temporary file, fsync'ed, renamed over `path`: a crash mid-write keeps the last checkpoint.
+    Raises TrainingError naming the path when it cannot be written (a full disk, a read-only file system)."""
     tmp = f"{path}.tmp{os.getpid()}"
     try:
         with open(tmp, "wb") as f:
@@ -1345,8 +1348,12 @@ def save_checkpoint(path: str, state: dict) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch.save reports a failed write as a RuntimeError
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
+        kept = " (the last checkpoint there is kept)" if os.path.isfile(path) else ""
+        raise TrainingError(f"cannot write {os.path.abspath(path)}: {reason}{kept}") from None
     finally:
-        if os.path.exists(tmp):
+        with contextlib.suppress(OSError):
             os.remove(tmp)
 
 
@@ -1423,7 +1430,35 @@ def prepare_run_dir(args: Args, run_name: str, new: bool) -> tuple[str, str]:
         raise UsageError(f"cannot write {os.path.abspath(path)}: {reason}") from None
     if args.save_model and os.path.isdir(f"{run_dir}/checkpoint.pt"):
         raise UsageError(f"cannot write {os.path.abspath(run_dir)}/checkpoint.pt: is a directory")
+    lock_run_dir(run_dir)
     return run_name, run_dir
+
+
+RUN_DIR_LOCKS: dict = {}  # run folder -> the open file whose lock claims it for this process's run
+
+
+def lock_run_dir(run_dir: str) -> None:
+    """Claim `run_dir` for this run with an exclusive fcntl.flock on its .lock file, held until unlock_run_dir (or
+    the process ends: the system releases it). Raises UsageError when another run holds it (two resumes of one
+    checkpoint at once would overwrite each other's checkpoint and mix their curves). No lock where fcntl is missing."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        return
+    lock = open(f"{run_dir}/.lock", "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        raise UsageError(f"{os.path.abspath(run_dir)} is in use by another run: resume it once at a time") from None
+    RUN_DIR_LOCKS[run_dir] = lock
+
+
+def unlock_run_dir(run_dir: str | None) -> None:
+    """Release lock_run_dir's claim on `run_dir`, if this process holds one."""
+    lock = RUN_DIR_LOCKS.pop(run_dir, None)
+    if lock is not None:
+        lock.close()
 
 
 def parse_args(argv: list[str]) -> Args:

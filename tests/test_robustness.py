@@ -1,6 +1,7 @@
 """What a user meets outside the algorithm: Ctrl-C and SIGTERM on real processes, run folders, "train longer",
 unwritable paths, missing extras, corrupt or mismatched checkpoints, rounding of --total-timesteps, terminal output."""
 
+import errno
 import fcntl
 import glob
 import importlib
@@ -64,7 +65,8 @@ def test_signal_saves_a_checkpoint_that_resumes(any_script, workdir, signum):
     """With --save-model, Ctrl-C (or SIGTERM) during training finishes the iteration, writes the checkpoint, prints
     the resume command and exits 0, without a traceback; the checkpoint is that iteration's."""
     P = any_script
-    proc = start(P, "--save-model", "--num-steps", "64")
+    minibatches = ["--num-minibatches", "4"] if P.__name__ == "ppo_continuous" else []  # 1 env: 16 samples each
+    proc = start(P, "--save-model", "--num-steps", "64", *minibatches)
     read_until(proc, "global_step=")  # training: the handlers are installed
     proc.send_signal(signum)
     code, out = finish(proc)
@@ -453,3 +455,69 @@ def test_a_run_whose_parameters_turn_nan_stops_before_its_next_checkpoint(any_sc
     assert str(error.value).startswith("iteration 3: ")
     assert str(error.value).endswith(f" is not finite, training stopped; {path} is the last good one")
     assert torch.load(path, weights_only=True)["iteration"] == 2
+
+
+# --- one run per folder, disk faults -------------------------------------------------------------------------------
+
+
+def test_a_second_resume_of_a_running_checkpoint_is_refused(any_script, workdir):
+    """While one run holds its folder (a process resuming it: here an exclusive flock on the folder's .lock from
+    another open file, as that process holds it), a second resume of the same checkpoint refuses in one line and
+    writes nothing; once released, it resumes."""
+    P = any_script
+    first = P.main(tiny(P, save_model=True))
+    ckpt = f"{first['run_dir']}/checkpoint.pt"
+    before = open(ckpt, "rb").read()
+    with open(f"{first['run_dir']}/.lock", "w") as other:
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(P.UsageError, match=f"^{workdir}/{first['run_dir']} is in use by another run: resume"):
+            P.main(P.parse_args(["--resume", ckpt, "--total-timesteps", "256"]))
+    assert open(ckpt, "rb").read() == before
+    assert len(P.main(P.parse_args(["--resume", ckpt, "--total-timesteps", "256"]))["history"]) == 4
+
+
+def test_two_resumes_at_once_in_two_processes(workdir):
+    first = subprocess.run(
+        [sys.executable, str(ROOT / "ppo_discrete.py"), "--total-timesteps", "2048", "--save-model"],
+        capture_output=True,
+        text=True,
+    )
+    (path,) = glob.glob("runs/*/checkpoint.pt")
+    proc = subprocess.Popen(
+        [sys.executable, "-u", str(ROOT / "ppo_discrete.py"), "--resume", path, "--total-timesteps", "10000000"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    read_until(proc, "resumed from iteration")
+    second = subprocess.run(
+        [sys.executable, str(ROOT / "ppo_discrete.py"), "--resume", path, "--total-timesteps", "10000000"],
+        capture_output=True,
+        text=True,
+    )
+    proc.kill()
+    proc.communicate()
+    assert first.returncode == 0 and second.returncode == 1
+    assert second.stderr.strip().endswith("is in use by another run: resume it once at a time"), second.stderr
+
+
+@pytest.mark.parametrize("errno_, reason", [(errno.ENOSPC, "No space left on device"), (errno.EROFS, "Read-only")])
+def test_a_checkpoint_the_disk_refuses_is_one_line_naming_the_path(any_script, monkeypatch, workdir, errno_, reason):
+    """A full disk or a file system remounted read-only while checkpointing: one line naming the file, the last
+    checkpoint kept, no temporary file left behind."""
+    P = any_script
+    first = P.main(tiny(P, save_model=True))
+    path = f"{workdir}/{first['run_dir']}/checkpoint.pt"
+    before = open(path, "rb").read()
+
+    def full(obj, f, *a, **kw):
+        f.write(b"partial")
+        raise OSError(errno_, os.strerror(errno_))
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(
+        P.TrainingError, match=f"^cannot write {path}: {reason}.* \\(the last checkpoint there is kept\\)$"
+    ):
+        P.main(P.parse_args(["--resume", path, "--total-timesteps", "256"]))
+    assert open(path, "rb").read() == before and os.listdir(os.path.dirname(path)).count("checkpoint.pt") == 1
+    assert not glob.glob(f"{path}.tmp*")
