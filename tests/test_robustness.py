@@ -494,6 +494,7 @@ def test_two_resumes_at_once_in_two_processes(workdir):
         [sys.executable, str(ROOT / "ppo_discrete.py"), "--resume", path, "--total-timesteps", "10000000"],
         capture_output=True,
         text=True,
+        timeout=120,
     )
     proc.kill()
     proc.communicate()
