@@ -886,6 +886,9 @@ def check_video(args: Args) -> None:
     if "DISPLAY" not in os.environ:
         os.environ.setdefault("MUJOCO_GL", "egl")  # MuJoCo renders headless through EGL (set MUJOCO_GL to override)
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # pygame draws off-screen: no SDL "XDG_RUNTIME_DIR" error
+    if importlib.util.find_spec("triton") is not None:  # torch's CUDA build: imported after MuJoCo's first EGL frame
+        with contextlib.suppress(Exception):  # (torch.compile imports it), triton crashes the process (SIGSEGV)
+            import triton  # noqa: F401
     try:
         env = gym.make(args.env_id, render_mode="rgb_array")
         env.reset(seed=args.seed)

@@ -522,3 +522,29 @@ def test_a_checkpoint_the_disk_refuses_is_one_line_naming_the_path(any_script, m
         P.main(P.parse_args(["--resume", path, "--total-timesteps", "256"]))
     assert open(path, "rb").read() == before and os.listdir(os.path.dirname(path)).count("checkpoint.pt") == 1
     assert not glob.glob(f"{path}.tmp*")
+
+
+@pytest.mark.parametrize("name", ["ppo_continuous", "trpo_baseline", "a2c_baseline"])
+def test_the_video_check_imports_triton_before_the_first_frame(name, monkeypatch, tmp_path):
+    """With torch's CUDA build (which brings triton) on a CPU machine, importing triton after MuJoCo has rendered
+    a frame through EGL crashes the process with SIGSEGV and no message (torch.compile imports it); imported
+    before, everything works (checked by hand in such an environment: HalfCheetah-v5 --capture-video then exit 0
+    with videos, and exit 139 without the import). Here a stand-in triton records when it is imported."""
+    P = importlib.import_module(name)
+    order = []
+    (tmp_path / "triton").mkdir()
+    (tmp_path / "triton" / "__init__.py").write_text("import builtins\nbuiltins._order.append('triton')\n")
+    monkeypatch.setattr("builtins._order", order, raising=False)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "triton", raising=False)
+    real_make = P.gym.make
+
+    def make(*a, **kw):
+        env = real_make(*a, **kw)
+        real_render = env.render
+        env.render = lambda: (order.append("render"), real_render())[1]
+        return env
+
+    monkeypatch.setattr(P.gym, "make", make)
+    P.check_video(P.Args(env_id="Pendulum-v1", capture_video=True))
+    assert order == ["triton", "render"]
