@@ -1234,6 +1234,7 @@ class RunLog:
                     flush=True,
                 )
             return
+        print(f"logging to {run_dir} (see it with: tensorboard --logdir runs)", flush=True)
         if ckpt is not None:
             print(f"resumed from iteration {ckpt['iteration']} (global_step {ckpt['global_step']})", flush=True)
         batch = args.batch_size * world_size  # steps per iteration, all processes together

@@ -1258,8 +1258,8 @@ def env_spaces(env_id: str, backend: str) -> tuple[gym.Space, gym.Space]:
         raise UsageError(f"--env-id {env_id}: not a registered gymnasium environment ({e})") from None
     try:
         env = gym.make(env_id)
-    except gym.error.Error as e:  # e.g. DependencyNotInstalled
-        raise UsageError(f"--env-id {env_id}: cannot be made ({e})") from None
+    except (gym.error.Error, ImportError) as e:  # DependencyNotInstalled; Pusher-v4 on mujoco>=3 (ImportError)
+        raise UsageError(f"--env-id {env_id}: cannot be made ({str(e).splitlines()[0]})") from None
     env.close()
     return env.observation_space, env.action_space
 
@@ -1526,6 +1526,7 @@ class RunLog:
                     flush=True,
                 )
             return
+        print(f"logging to {run_dir} (see it with: tensorboard --logdir runs)", flush=True)
         if ckpt is not None:
             print(f"resumed from iteration {ckpt['iteration']} (global_step {ckpt['global_step']})", flush=True)
         batch = args.batch_size * world_size  # steps per iteration, all processes together

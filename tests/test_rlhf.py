@@ -5,11 +5,13 @@ import copy
 import glob
 import random
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
-from conftest import learning
+from conftest import ROOT, learning
 
 import ppo_rlhf as R
 
@@ -477,3 +479,21 @@ def test_the_trl_benchmarks_gold_reward_model_is_the_gold_score_of_each_prefix()
     scores = model.score(model.backbone(input_ids=ids).hidden_states[-1])
     for row, ids_row in zip(rows, scores):
         assert ids_row[:, 0].tolist() == pytest.approx([R.gold_score(row[: t + 1]) for t in range(len(row))])
+
+
+def test_the_docs_tiny_model_recipe_runs_from_any_directory(tmp_path, offline):
+    """The docs' recipe: benchmarks/rlhf_speed.py by its path makes the tiny model from another directory, and
+    ppo_rlhf.py trains on it there."""
+    pytest.importorskip("transformers")
+    made = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "rlhf_speed.py"), "--make-model", "lm", "--pretrain-steps", "0"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert made.returncode == 0, made.stderr[-2000:]
+    flags = ["--model-name", "lm", "--total-timesteps", "32", "--num-prompts", "16", "--pretrain-steps", "2"]
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "ppo_rlhf.py"), *flags], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert run.returncode == 0 and "finished at global_step=32" in run.stdout, run.stderr[-2000:]

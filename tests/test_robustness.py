@@ -548,3 +548,16 @@ def test_the_video_check_imports_triton_before_the_first_frame(name, monkeypatch
     monkeypatch.setattr(P.gym, "make", make)
     P.check_video(P.Args(env_id="Pendulum-v1", capture_video=True))
     assert order == ["triton", "render"]
+
+
+def test_an_env_that_cannot_be_made_on_this_mujoco_is_one_line():
+    P = importlib.import_module("ppo_continuous")
+    with pytest.raises(P.UsageError, match=r"^--env-id Pusher-v4: cannot be made \(`Pusher-v4` is only supported on"):
+        P.main(P.Args(env_id="Pusher-v4"))
+
+
+def test_the_first_line_says_where_the_logs_go(any_script, capsys, workdir):
+    P = any_script
+    result = P.main(tiny(P))
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == f"logging to {result['run_dir']} (see it with: tensorboard --logdir runs)"
