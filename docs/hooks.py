@@ -12,11 +12,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 MARKER = re.compile(r"<!-- help: (\S+\.py) -->")
 INCLUDE = re.compile(r"<!-- include: (\S+\.md) -->")
+HELP_COLUMNS = 76  # the --help box fits the page's content column (wider, its right side scrolled out of view)
 
 
 @cache
 def script_help(script: str) -> str:
-    env = {**os.environ, "COLUMNS": "100", "NO_COLOR": "1", "TERM": "dumb"}
+    env = {**os.environ, "COLUMNS": str(HELP_COLUMNS), "NO_COLOR": "1", "TERM": "dumb"}
     done = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, env=env, capture_output=True, text=True)
     if done.returncode:
         raise RuntimeError(f"python {script} --help failed: {done.stderr.strip()[-500:]}")

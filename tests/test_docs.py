@@ -124,3 +124,17 @@ def test_what_the_pages_say_compile_compiles_is_what_compile_functions_compiles(
         assert wrong not in text, wrong
     page = re.sub(r"\s+", " ", (ROOT / "docs" / f"{script}.md").read_text())
     assert "`ppo_loss`" in page and "`--compile`" in page
+
+
+def test_the_help_box_and_the_rlhf_examples_fit_the_content_column():
+    """Wider than the content column, a code block's right side is scrolled out of view (the --help box and the first
+    block of ppo_rlhf.md were)."""
+    sys.path.insert(0, str(ROOT / "docs"))
+    import hooks
+
+    for script in SCRIPTS:
+        widths = [len(line) for line in hooks.script_help(f"{script}.py").splitlines()]
+        assert max(widths) <= hooks.HELP_COLUMNS, script
+    text = (ROOT / "docs" / "ppo_rlhf.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", text, re.S)
+    assert blocks and all(len(line) <= hooks.HELP_COLUMNS for block in blocks for line in block.splitlines())
