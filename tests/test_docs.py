@@ -24,6 +24,8 @@ OTHER_PROGRAMS = {
     "--slurm",
     "--rounds",
     "--out",
+    "--make-model",  # benchmarks/rlhf_speed.py
+    "--index-url",  # pip
 }
 
 
