@@ -48,7 +48,7 @@ class Args:
     """tokens generated per prompt (a response that has not ended by then gets --missing-eos-penalty)"""
     temperature: float = 0.7
     """sampling temperature; the logits are divided by it everywhere (rollout, reference, update)"""
-    learning_rate: float = 3e-4
+    learning_rate: float = 5e-5
     """Adam learning rate of the policy (and value head or critic)"""
     anneal_lr: bool = False
     """linear learning-rate decay to 0 over the iterations"""
@@ -58,7 +58,7 @@ class Args:
     """minibatches per epoch"""
     clip_coef: float = 0.2
     """the surrogate clipping coefficient"""
-    target_kl: float | None = None
+    target_kl: float | None = 0.01
     """the update phase stops before a minibatch whose policy/approxkl_avg is above this (None: never)"""
     loss_agg: Literal["token", "sequence"] = "token"
     """how the per-token policy loss (and GRPO's KL term) is averaged over a minibatch: "token", over all its valid
@@ -75,7 +75,7 @@ class Args:
     """the discount over tokens"""
     gae_lambda: float = 0.95
     """GAE's lambda over tokens"""
-    kl_coef: float = 0.05
+    kl_coef: float = 0.1
     """the KL penalty's coefficient beta (the start value with --adaptive-kl)"""
     kl_estimator: Literal["k1", "k3"] | None = None
     """the per-token KL estimate: k1 = log pi - log pi_ref; k3 = (r - 1) - log r with r = pi_ref / pi (>= 0). None:
@@ -90,8 +90,8 @@ class Args:
     """subtracted from the score of a response with no EOS token"""
     whiten_rewards: bool = False
     """whiten the per-token rewards over the batch's valid tokens before GAE"""
-    critic: Literal["shared", "separate"] = "shared"
-    """the value head on the policy's backbone (zero-init), or a separate critic transformer"""
+    critic: Literal["shared", "separate"] = "separate"
+    """a critic transformer of its own (as TRL), or a value head on the policy's backbone (less stable, measured)"""
     advantage: Literal["gae", "grpo"] = "gae"
     """PPO's token GAE with a critic, or GRPO's group-normalised sequence advantage with the k3 KL in the loss
     (--kl-coef, adapted with --adaptive-kl); GRPO refuses the critic's and the token rewards' flags"""

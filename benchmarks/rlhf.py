@@ -4,7 +4,9 @@
 
 Runs are grouped by exp_name (`--exp-name`: ppo_rlhf, ppo_rlhf_kl0, ...). Per group, over its seeds: the gold score,
 grammaticality, EOS rate and mean sequence KL of the last 10 iterations (training samples), the final evaluation's
-gold score on held-out prompts (`--eval-episodes`, sampled), and the wall time. The figure puts the mean sequence KL
+gold score on held-out prompts (`--eval-episodes`, sampled), the wall time, and the stability columns: per seed,
+the iterations after the 10th whose samples were less than 90% grammatical, and the largest sequence KL after the
+10th. The figure puts the mean sequence KL
 and grammaticality of the groups named by --figure side by side against episodes.
 """
 
@@ -53,8 +55,9 @@ def main(args: Args) -> None:
     if not groups:
         raise SystemExit(f"benchmarks.rlhf: error: no runs under {args.runs}")
     lines = [
-        "| exp_name | seeds | gold score (last 10) | grammatical | ends with EOS | sequence KL | eval gold score | wall s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| exp_name | seeds | gold score (last 10) | grammatical | ends with EOS | sequence KL | eval gold score | wall s "
+        "| iterations after the 10th with grammatical < 0.9 | largest sequence KL after the 10th |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, runs in groups.items():
         cells = []
@@ -67,6 +70,10 @@ def main(args: Args) -> None:
         cells.append(f"{np.mean(evals):.3f}" if evals else "-")
         walls = [r["objective/kl"][-1][2] - r["objective/kl"][0][2] for r in runs]
         cells.append(f"{np.mean(walls):.0f} (PPO loop)")
+        degraded = [sum(v < 0.9 for _, v, _ in r["gold/grammatical"][10:]) for r in runs]
+        cells.append(f"{sum(degraded)} ({', '.join(map(str, degraded))})")
+        peaks = [max([v for _, v, _ in r["objective/kl"][10:]], default=float("nan")) for r in runs]
+        cells.append(f"{max(peaks):.2f} ({', '.join(f'{v:.2f}' for v in peaks)})")
         lines.append(f"| {name} | {seeds(len(runs))} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     print(table)

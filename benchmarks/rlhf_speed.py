@@ -139,7 +139,7 @@ def run_ours(path: str | None, episodes: int) -> dict:
     """ppo_rlhf.main with --critic separate on the model at `path` (--pretrain-steps 0), or on its built-in GPT
     (path None: pre-trained inside, before the loop's clock starts)."""
     args = R.Args(total_timesteps=episodes, critic="separate", model_name=path, pretrain_steps=0 if path else 600)
-    args.learning_rate, args.target_kl = 3e-4, None  # TRL's settings: no minibatch early stop
+    args.learning_rate, args.kl_coef, args.target_kl = 3e-4, 0.05, None  # TRL's settings: no minibatch early stop
     last = R.main(args)["history"][-1]
     return {"eps": last["charts/SPS"], "scores": last["objective/scores"], "kl": last["objective/kl"]}
 

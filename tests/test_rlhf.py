@@ -346,6 +346,9 @@ def test_the_rlhf_report_reads_the_runs(workdir):
     rlhf.main(rlhf.Args(runs="runs", out="report"))
     table = (workdir / "report" / "results.md").read_text()
     assert "| ppo_rlhf | 1 seed |" in table and "| ppo_rlhf_kl0 | 1 seed |" in table
+    assert table.splitlines()[0].endswith(
+        "| iterations after the 10th with grammatical < 0.9 | largest sequence KL after the 10th |"
+    )
     assert (workdir / "report" / "kl_penalty.png").stat().st_size > 0
 
 
