@@ -500,3 +500,12 @@ def test_the_docs_tiny_model_recipe_runs_from_any_directory(tmp_path, offline):
         [sys.executable, str(ROOT / "ppo_rlhf.py"), *flags], cwd=tmp_path, capture_output=True, text=True
     )
     assert run.returncode == 0 and "finished at global_step=32" in run.stdout, run.stderr[-2000:]
+
+
+def test_samples_are_logged_once_every_sample_every_iterations(workdir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result = R.main(tiny(total_timesteps=96, sample_every=2))  # 6 iterations of 16 prompts
+    events = EventAccumulator(result["run_dir"], size_guidance={"tensors": 0})
+    events.Reload()
+    assert [e.step for e in events.Tensors("samples/text_summary")] == [32, 64, 96]  # iterations 2, 4, 6
