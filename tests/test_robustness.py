@@ -208,8 +208,7 @@ def test_evaluating_a_checkpoint_writes_nothing(any_script, workdir):
     P = any_script
     first = P.main(tiny(P, save_model=True))
     os.rename(f"{first['run_dir']}/checkpoint.pt", "final.pt")
-    for path in glob.glob("runs/**", recursive=True)[::-1]:
-        os.rmdir(path) if os.path.isdir(path) else os.remove(path)
+    shutil.rmtree("runs")
     open("runs", "w").close()  # runs/ cannot be written
     before = sorted(os.listdir(workdir))
     result = P.main(P.parse_args(["--resume", "final.pt", "--eval-episodes", "2"]))
@@ -301,8 +300,9 @@ def test_flags_that_change_the_saved_agent_are_refused_on_resume(ppo_continuous)
 def test_total_timesteps_not_a_multiple_of_the_batch_is_said_at_start(any_script, capsys):
     P = any_script
     result = P.main(tiny(P, total_timesteps=100))
-    first = capsys.readouterr().out.splitlines()[0]
-    assert first == "--total-timesteps 100 is not a multiple of the batch size 32: training 96 steps (3 iterations)"
+    first, second = capsys.readouterr().out.splitlines()[:2]  # after the line naming the log folder
+    assert first.startswith("logging to runs/")
+    assert second == "--total-timesteps 100 is not a multiple of the batch size 32: training 96 steps (3 iterations)"
     assert len(result["history"]) == 3
     P.main(tiny(P, total_timesteps=96))
     assert "not a multiple" not in capsys.readouterr().out

@@ -22,7 +22,7 @@ def tiny_matrix(out, **kw):
         env_ids=("CartPole-v1",),
         seeds=(1, 2),
         total_timesteps=1024,
-        script_args="--num-steps 32",
+        script_args="--num-steps 32 --num-minibatches 4",
         workers=2,
         out=str(out),
     )
