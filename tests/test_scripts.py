@@ -307,7 +307,7 @@ def test_checkpoint_write_is_atomic(any_script, monkeypatch):
         f.write(b"partial")
         raise OSError("disk full")
 
-    with monkeypatch.context() as m, pytest.raises(OSError):
+    with monkeypatch.context() as m, pytest.raises(P.TrainingError, match="cannot write .*ckpt.pt: disk full"):
         m.setattr(P.torch, "save", crash_mid_write)
         P.save_checkpoint("ckpt.pt", {"format": P.CHECKPOINT_FORMAT, "n": 2})
     assert P.load_checkpoint("ckpt.pt")["n"] == 1
