@@ -865,10 +865,10 @@ def validate_args(args: Args) -> None:
             f"--num-minibatches {args.num_minibatches} must divide the batch size "
             f"num_envs*num_steps = {args.batch_size}"
         )
-    if args.norm_adv and args.batch_size // args.num_minibatches < 8:  # the std of 1-2 samples: 0 or nan
+    if args.norm_adv and args.batch_size // args.num_minibatches < 4:  # the std of 1-2 samples: 0 or nan
         raise UsageError(
             f"--num-minibatches {args.num_minibatches} leaves {args.batch_size // args.num_minibatches} samples a "
-            "minibatch: --norm-adv needs at least 8 (fewer minibatches, or --no-norm-adv)"
+            "minibatch: --norm-adv needs at least 4 (fewer minibatches, or --no-norm-adv)"
         )
     if args.total_timesteps < args.batch_size * world_size():
         raise UsageError(
