@@ -46,6 +46,12 @@ NORMALISATION = {
 }
 
 
+def normalised(env_id: str, value: float) -> float:
+    """A return on NORMALISATION's scale for `env_id` (0: the range's low end, 1: its high end); raw without one."""
+    low, high = NORMALISATION.get(env_id, (0.0, 1.0))
+    return (value - low) / (high - low)
+
+
 @dataclass
 class Args:
     runs_dirs: tyro.conf.Positional[tuple[str, ...]]

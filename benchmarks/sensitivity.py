@@ -29,7 +29,7 @@ import numpy as np
 import tyro
 
 from benchmarks import run as bench_run
-from benchmarks.report import NORMALISATION, final_return, load_run, pyplot
+from benchmarks.report import final_return, load_run, normalised, pyplot
 
 ROOT = Path(__file__).resolve().parents[1]
 # The main hyperparameters of each script: PPO's learning rate, clip coefficient, epochs and minibatches; TRPO's
@@ -115,11 +115,10 @@ def plan(args: Args) -> tuple[list[tuple[str, str, float, bench_run.Run]], str]:
 
 
 def score(entry: dict | None, env_id: str) -> float:
-    """A finished run's final return normalised by NORMALISATION (raw without a range); nan if it failed."""
+    """A finished run's final return normalised by benchmarks.report's range (raw without one); nan if it failed."""
     if entry is None or entry["status"] != "done" or not entry["tensorboard"]:
         return float("nan")
-    low, high = NORMALISATION.get(env_id, (0.0, 1.0))
-    return (final_return(load_run(entry["tensorboard"])) - low) / (high - low)
+    return normalised(env_id, final_return(load_run(entry["tensorboard"])))
 
 
 def summarise(grid: list, entries: dict, out: str) -> str:

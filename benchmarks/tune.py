@@ -34,7 +34,7 @@ import numpy as np
 import tyro
 
 from benchmarks import run as bench_run
-from benchmarks.report import NORMALISATION, load_run
+from benchmarks.report import load_run, normalised
 
 ROOT = Path(__file__).resolve().parents[1]
 KINDS = ("log", "float", "int", "cat")
@@ -137,15 +137,14 @@ def flags_of(params: dict) -> list[str]:
 
 
 def normalised_score(tensorboard_dir: str, env_id: str, budget: int) -> float:
-    """The mean return of the episodes in the last 10% of training, normalised by NORMALISATION[env_id] (raw if
-    the env has no range); nan if no episode ended there."""
+    """The mean return of the episodes in the last 10% of training, normalised by benchmarks.report's range for
+    `env_id` (raw without one); nan if no episode ended there."""
     run = load_run(tensorboard_dir)
     episodes = run.episodes if run is not None else np.zeros((0, 3))
     late = episodes[episodes[:, 0] >= 0.9 * budget, 2] if len(episodes) else []
     if len(late) == 0:
         return float("nan")
-    low, high = NORMALISATION.get(env_id, (0.0, 1.0))
-    return (float(np.mean(late)) - low) / (high - low)
+    return normalised(env_id, float(np.mean(late)))
 
 
 def trial_runs(args: Args, out: str, number: int, flags: list[str]) -> list[bench_run.Run]:
