@@ -71,7 +71,8 @@ class Args:
 
 def defaults(script: str) -> dict:
     """The script's Args defaults (the script imported as a module)."""
-    sys.path.insert(0, str(ROOT))
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
     module = importlib.import_module(Path(script).stem)
     return vars(module.Args())
 
